@@ -1,0 +1,1 @@
+"""The teacher: talking training video of one face, made from speech with phoneme timings."""
