@@ -1,0 +1,320 @@
+"""``avatarcast``: the command line of INTERFACE.md.
+
+User errors (bad input, missing avatar, missing optional dependency) end with one line on
+stderr and exit status 2; only bugs show a traceback. Heavy modules (torch, the server,
+training) are imported inside the handlers so that ``--help`` is fast and serving needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from streamer import __version__
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Anything the user can fix; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage block; the contract is one line.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from models.avatar import AvatarError
+    from streamer.config import ConfigError
+    from streamer.engine.base import BackendError
+    from streamer.pipeline.decode import AudioDecodeError
+    from streamer.render import RenderError
+
+    return (UserError, AvatarError, BackendError, AudioDecodeError, RenderError, ConfigError)
+
+
+def _require(module: str, extra: str) -> None:
+    raise UserError(
+        f"this command needs {module}, which is not installed here: "
+        f"pip install 'avatarcast[{extra}]'"
+    )
+
+
+def _import(name: str, extra: str) -> object:
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or name
+        if missing == name or missing.startswith(("models.", "streamer.")):
+            raise UserError(f"{name} is not part of this build yet") from None
+        _require(missing.split(".")[0], extra)
+    raise AssertionError("unreachable")
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        app = _import("streamer.app", "server")
+    except UserError:
+        raise UserError("`avatarcast serve` is not implemented yet in this build") from None
+    serve = getattr(app, "serve", None)
+    if serve is None:
+        raise UserError("`avatarcast serve` is not implemented yet in this build")
+    from streamer.config import Settings
+
+    settings = Settings.from_env(
+        host=args.host, port=args.port, avatar=args.avatar, backend=args.backend
+    )
+    result = serve(settings)
+    return int(result or 0)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from models.avatar import load_avatar
+    from streamer.config import Settings
+    from streamer.engine import make_backend
+    from streamer.render import render
+
+    settings = Settings.from_env(avatar=args.avatar, backend=args.backend)
+    if args.text is not None and not args.text.strip():
+        raise UserError("--text is empty: give some words to say")
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise UserError(f"--out {out} must be an .mp4 file")
+    if args.audio is not None:
+        # Fail on a bad input before the model loads.
+        from streamer.pipeline.decode import decode_audio
+
+        next(iter(decode_audio(args.audio)), None)
+    avatar = load_avatar(settings.avatar)
+    backend = make_backend(settings.backend, avatar, threads=settings.threads)
+    progress = _progress_bar()
+    try:
+        result = render(
+            out,
+            avatar,
+            backend,
+            audio=args.audio,
+            text=args.text,
+            batch_size=settings.batch_size,
+            progress=progress.update if progress else None,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    print(
+        f"wrote {result.path}: {result.frames} frames, {result.duration_s:.2f} s of audio, "
+        f"{result.ms_per_frame:.1f} ms per frame ({backend.name})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+class _Progress:
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(unit="frame", desc="render", file=sys.stderr, leave=False)
+        self._done = 0
+
+    def update(self, frames: int) -> None:
+        self._bar.update(frames - self._done)
+        self._done = frames
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress_bar() -> _Progress | None:
+    return _Progress() if sys.stderr.isatty() else None
+
+
+def cmd_avatar_list(args: argparse.Namespace) -> int:
+    from models.avatar import list_avatars
+
+    for name in list_avatars():
+        print(name)
+    return 0
+
+
+def cmd_avatar_show(args: argparse.Namespace) -> int:
+    import json
+
+    from models.avatar import load_avatar
+
+    avatar = load_avatar(args.name)
+    info = avatar.manifest.to_json()
+    info["path"] = str(avatar.path)
+    info["base_frames"] = len(avatar.frames)
+    info["checkpoint"] = avatar.checkpoint_path is not None
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_avatar_delete(args: argparse.Namespace) -> int:
+    from models.avatar import delete_avatar
+
+    delete_avatar(args.name)
+    print(f"deleted avatar {args.name}", file=sys.stderr)
+    return 0
+
+
+def cmd_avatar_create(args: argparse.Namespace) -> int:
+    from models.avatar import check_name
+
+    check_name(args.name)
+    source = Path(args.video or args.image)
+    if not source.is_file():
+        raise UserError(f"{source} does not exist")
+    creator = _import("models.create", "train")
+    create = getattr(creator, "create_avatar", None)
+    if create is None:
+        raise UserError("`avatarcast avatar create` is not implemented yet in this build")
+    create(args.name, video=args.video, image=args.image)
+    return 0
+
+
+def cmd_avatar_train(args: argparse.Namespace) -> int:
+    from models.avatar import DEFAULT_NAME, avatar_dir, check_name
+
+    check_name(args.name)
+    if args.name != DEFAULT_NAME:
+        if not (avatar_dir(args.name) / "manifest.json").is_file():
+            raise UserError(
+                f"no avatar named {args.name!r}: create it with `avatarcast avatar create`"
+            )
+        raise UserError("training a person's own avatar is not implemented yet in this build")
+    recipe = _import("models.recipe", "train")
+    argv = ["--device", args.device or "auto"]
+    if args.steps is not None:
+        argv += ["--steps", str(args.steps)]
+    if args.resume:
+        argv.append("--resume")
+    return int(recipe.main(argv) or 0)  # type: ignore[attr-defined]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from models.avatar import avatar_dir, check_name
+
+    check_name(args.name)
+    if args.to == "tensorrt":
+        raise UserError("TensorRT export is not available in this build: use --to onnx")
+    root = avatar_dir(args.name)
+    checkpoint = root / "checkpoint.pt"
+    if not checkpoint.is_file():
+        raise UserError(
+            f"avatar {args.name!r} has no checkpoint.pt in {root}: "
+            f"train it first (avatarcast avatar train {args.name})"
+        )
+    export = _import("models.export", "train")
+    diff = export.export_onnx(checkpoint, root / "generator.onnx")  # type: ignore[attr-defined]
+    print(f"wrote {root / 'generator.onnx'} (parity max abs diff {diff:.2e})", file=sys.stderr)
+    return 0
+
+
+# bench and eval own their flags (their modules' build_parser); argv is handed over unparsed.
+FORWARDED = {"bench": ("streamer.bench", "dev"), "eval": ("models.eval", "eval")}
+
+
+def run_forwarded(command: str, argv: Sequence[str]) -> int:
+    module, extra = FORWARDED[command]
+    return int(_import(module, extra).main(list(argv)) or 0)  # type: ignore[attr-defined]
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+BACKENDS = ("auto", "onnx", "tensorrt", "torch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="avatarcast", description="Real-time lip-synced streaming avatars.")
+    parser.add_argument("--version", action="version", version=f"avatarcast {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> _Parser:
+        p: _Parser = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("serve", cmd_serve, "run the streaming server")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    p.add_argument("--avatar", default=None, help="avatar name (default: default)")
+    p.add_argument("--backend", choices=BACKENDS, default=None)
+
+    p = command("render", cmd_render, "render a lip-synced MP4 from audio or text")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio", help="audio file in any format PyAV decodes")
+    source.add_argument("--text", help="text spoken by the built-in TTS")
+    p.add_argument("--out", required=True, help="output .mp4 file")
+    p.add_argument("--avatar", default=None, help="avatar name (default: default)")
+    p.add_argument("--backend", choices=BACKENDS, default=None)
+
+    p = command("avatar", lambda a: 0, "manage avatars")
+    avatar_sub = p.add_subparsers(dest="avatar_command", required=True, parser_class=_Parser)
+
+    def avatar_command(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str
+    ) -> _Parser:
+        q: _Parser = avatar_sub.add_parser(name, help=help, description=help)
+        q.set_defaults(handler=handler)
+        return q
+
+    q = avatar_command("create", cmd_avatar_create, "build an avatar from a video or photo")
+    q.add_argument("name")
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video")
+    src.add_argument("--image")
+    q = avatar_command("train", cmd_avatar_train, "fit the lip-sync GAN to an avatar")
+    q.add_argument("name")
+    q.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if any")
+    q.add_argument("--steps", type=int, default=None)
+    q.add_argument("--resume", action="store_true")
+    avatar_command("list", cmd_avatar_list, "list installed avatars")
+    q = avatar_command("show", cmd_avatar_show, "show an avatar's manifest")
+    q.add_argument("name")
+    q = avatar_command("delete", cmd_avatar_delete, "delete an avatar (not default)")
+    q.add_argument("name")
+
+    p = command("export", cmd_export, "write the runtime model of an avatar for a backend")
+    p.add_argument("name")
+    p.add_argument("--to", choices=("onnx", "tensorrt"), required=True)
+
+    for name, help in (("bench", "performance figures"), ("eval", "lip-sync and quality figures")):
+        p = command(name, lambda a: 0, f"{help} (see avatarcast {name} --help)")
+        p.add_argument("options", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    errors = _user_errors()
+    try:
+        if argv and argv[0] in FORWARDED:
+            return run_forwarded(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
+        return int(args.handler(args))
+    except errors as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("avatarcast: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(message: str) -> int:
+    line = " ".join(message.split()) or "failed"
+    print(f"avatarcast: error: {line}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

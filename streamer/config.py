@@ -1,0 +1,60 @@
+"""Settings, read once at the edge (flags and ``AVATARCAST_*`` variables) and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from models.avatar import avatarcast_home
+
+BACKENDS = ("auto", "onnx", "tensorrt", "torch")
+
+
+class ConfigError(ValueError):
+    """A bad setting from a flag or an environment variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=avatarcast_home)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    avatar: str = "default"
+    backend: str = "auto"
+    threads: int = 2  # inference threads: the default machine has two cores
+    api_key: str | None = None
+    batch_size: int = 8
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Defaults, then ``AVATARCAST_*`` variables, then explicit overrides (flags) win."""
+        env = os.environ if env is None else env
+        settings = cls()
+        values: dict[str, object] = {}
+        if env.get("AVATARCAST_HOME"):
+            values["home"] = Path(env["AVATARCAST_HOME"]).expanduser()
+        for key in ("host", "avatar", "backend"):
+            if env.get(f"AVATARCAST_{key.upper()}"):
+                values[key] = env[f"AVATARCAST_{key.upper()}"]
+        for key in ("port", "threads", "batch_size"):
+            raw = env.get(f"AVATARCAST_{key.upper()}")
+            if raw:
+                try:
+                    values[key] = int(raw)
+                except ValueError:
+                    raise ConfigError(
+                        f"AVATARCAST_{key.upper()}={raw!r} is not an integer"
+                    ) from None
+        if env.get("AVATARCAST_API_KEY"):
+            values["api_key"] = env["AVATARCAST_API_KEY"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = replace(settings, **values)  # type: ignore[arg-type]
+        if settings.backend not in BACKENDS:
+            raise ConfigError(
+                f"unknown backend {settings.backend!r}: use one of {', '.join(BACKENDS)}"
+            )
+        if settings.threads < 1 or settings.batch_size < 1:
+            raise ConfigError("threads and batch size must be at least 1")
+        return settings

@@ -1,0 +1,107 @@
+"""Pasting the generated mouth into the avatar's base frame, then applying idle motion."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from models.avatar import Avatar
+from streamer.pipeline.idle import STILL, IdleMotion, Pose
+
+
+class Compositor:
+    """Per video frame k: the generator's image inputs, and the final RGB frame.
+
+    Photo avatars stand on base frame 0 (or a blink frame) and move by :class:`IdleMotion`
+    after pasting, so the mouth moves with the head. Video avatars play their frames forwards
+    and backwards (no jump at the loop point) with their own per-frame boxes.
+    """
+
+    def __init__(self, avatar: Avatar, idle: bool = True, seed: int = 0) -> None:
+        self.avatar = avatar
+        self._photo = avatar.manifest.kind == "photo"
+        self._idle = (
+            IdleMotion(avatar.manifest.blink_frames, seed) if idle and self._photo else None
+        )
+        size = avatar.crop_size
+        self._size = size
+        self._reference = _chw(avatar.reference)
+        self._hole = (avatar.mask <= 0.05).astype(np.float32)  # where the target stays visible
+        self._masked: dict[int, np.ndarray] = {}
+        self._masks: dict[int, np.ndarray] = {size: avatar.mask[..., None].astype(np.float32)}
+        width, height = avatar.manifest.frame_size
+        self._centre = (width / 2.0, height / 2.0)
+
+    def pose(self, k: int) -> Pose:
+        return self._idle.pose(k) if self._idle is not None else STILL
+
+    def base_index(self, k: int, pose: Pose | None = None) -> int:
+        n = len(self.avatar.frames)
+        if self._photo:
+            return (pose or self.pose(k)).base
+        if n == 1:
+            return 0
+        period = 2 * (n - 1)
+        i = k % period
+        return i if i < n else period - i
+
+    def inputs(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(reference, masked) for frame k, each (3, S, S) float32 in [0, 1]."""
+        index = self.base_index(k)
+        masked = self._masked.get(index)
+        if masked is None:
+            crop = self._crop(index)
+            masked = _chw(crop) * self._hole[None]
+            if self._photo or len(self._masked) < 256:  # a long video avatar: cache a loop's worth
+                self._masked[index] = masked
+        return self._reference, masked
+
+    def _crop(self, index: int) -> np.ndarray:
+        x0, y0, x1, y1 = (int(v) for v in self.avatar.boxes[index])
+        crop = self.avatar.frames[index, y0:y1, x0:x1]
+        if x1 - x0 != self._size:
+            interp = cv2.INTER_AREA if x1 - x0 > self._size else cv2.INTER_LINEAR
+            crop = cv2.resize(crop, (self._size, self._size), interpolation=interp)
+        return crop
+
+    def _mask(self, side: int) -> np.ndarray:
+        mask = self._masks.get(side)
+        if mask is None:
+            mask = cv2.resize(self.avatar.mask, (side, side), interpolation=cv2.INTER_LINEAR)
+            mask = np.clip(mask, 0.0, 1.0)[..., None].astype(np.float32)
+            self._masks[side] = mask
+        return mask
+
+    def compose(self, k: int, mouth: np.ndarray | None) -> np.ndarray:
+        """The RGB frame k (H, W, 3) uint8; ``mouth`` is the generator output (3, S, S) in
+        [0, 1], or None for the plain base frame (no generator run)."""
+        pose = self.pose(k)
+        index = self.base_index(k, pose)
+        frame = self.avatar.frames[index].copy()
+        if mouth is not None:
+            x0, y0, x1, y1 = (int(v) for v in self.avatar.boxes[index])
+            side = x1 - x0
+            gen: np.ndarray = np.transpose(np.asarray(mouth, np.float32), (1, 2, 0)) * 255.0
+            if side != self._size:
+                gen = cv2.resize(gen, (side, side), interpolation=cv2.INTER_LINEAR)
+            region = frame[y0:y1, x0:x1].astype(np.float32)
+            # Blend in float and round once: a mask of 0 gives back the base pixels exactly.
+            region += self._mask(side) * (gen - region)
+            frame[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
+        if pose.still:
+            return frame
+        matrix = cv2.getRotationMatrix2D(self._centre, pose.rotation_deg, pose.scale)
+        matrix[0, 2] += pose.dx
+        matrix[1, 2] += pose.dy
+        height, width = frame.shape[:2]
+        return cv2.warpAffine(
+            frame,
+            matrix,
+            (width, height),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT101,
+        )
+
+
+def _chw(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(image, (2, 0, 1)), np.float32) / 255.0

@@ -1,0 +1,213 @@
+"""Offline rendering: audio (or text) in, a lip-synced MP4 out, through the server's path.
+
+Everything streams: decode -> mel windows -> generator in batches -> compositor -> encoder,
+so memory stays flat however long the audio is. The audio track is the decoded 16 kHz signal
+itself, zero-padded to the end of the last video frame, and both tracks start at pts 0:
+video frame k shows the mouth for samples [640k, 640k + 640).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from models.avatar import Avatar
+from streamer.engine.base import Backend
+from streamer.pipeline.compositor import Compositor
+from streamer.pipeline.decode import clean, decode_audio
+from streamer.pipeline.mel import MelWindower
+
+BATCH = 8  # frames per generator call: amortises per-call overhead, adds 320 ms of buffering
+
+
+class RenderError(ValueError):
+    """The input cannot become a video (e.g. no samples at all): a user-facing error."""
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    path: Path
+    frames: int
+    samples: int
+    seconds: float  # wall-clock time the render took
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+    @property
+    def ms_per_frame(self) -> float:
+        return 1000.0 * self.seconds / max(1, self.frames)
+
+
+def generate_frames(
+    avatar: Avatar,
+    backend: Backend,
+    samples: Iterable[np.ndarray],
+    *,
+    batch_size: int = BATCH,
+    idle: bool = True,
+    seed: int = 0,
+) -> Iterator[np.ndarray]:
+    """RGB frames (H, W, 3) uint8, one per 40 ms of ``samples`` (16 kHz mono float chunks),
+    ceil(n / 640) in all; a bare array counts as one chunk. ``idle=False`` keeps the head
+    still and the eyes open (for eval)."""
+    if isinstance(samples, np.ndarray):  # one whole signal rather than chunks
+        samples = [samples]
+    windower = MelWindower(avatar.window)
+    compositor = Compositor(avatar, idle=idle, seed=seed)
+    pending: list[np.ndarray] = []
+    k = 0
+
+    def run(windows: list[np.ndarray]) -> Iterator[np.ndarray]:
+        nonlocal k
+        inputs = [compositor.inputs(k + i) for i in range(len(windows))]
+        mouths = backend.infer(
+            np.stack([r for r, _ in inputs]), np.stack([m for _, m in inputs]), np.stack(windows)
+        )
+        for mouth in mouths:
+            yield compositor.compose(k, mouth)
+            k += 1
+
+    for chunk in samples:
+        for window in windower.push(clean(chunk)):
+            pending.append(window)
+            if len(pending) == batch_size:
+                yield from run(pending)
+                pending = []
+    pending.extend(windower.flush())
+    for start in range(0, len(pending), batch_size):
+        yield from run(pending[start : start + batch_size])
+
+
+class _Muxer:
+    """H.264 + AAC in MP4, both tracks stamped in their own sample counts from 0."""
+
+    def __init__(self, path: Path, width: int, height: int, crf: int, preset: str) -> None:
+        self._container = av.open(str(path), "w", format="mp4")
+        video = self._container.add_stream("libx264", rate=FPS)
+        video.width, video.height = width, height
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = Fraction(1, FPS)
+        video.options = {"crf": str(crf), "preset": preset}
+        audio = self._container.add_stream("aac", rate=SAMPLE_RATE)
+        audio.layout = "mono"
+        audio.bit_rate = 64_000
+        self._video, self._audio = video, audio
+        self.frames = 0
+        self.samples = 0
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        if not len(samples):
+            return
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self.samples
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        self.samples += len(samples)
+        self._container.mux(self._audio.encode(frame))
+
+    def write_video(self, rgb: np.ndarray) -> None:
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = self.frames
+        frame.time_base = Fraction(1, FPS)
+        self.frames += 1
+        self._container.mux(self._video.encode(frame))
+
+    def close(self) -> None:
+        self._container.mux(self._video.encode(None))
+        self._container.mux(self._audio.encode(None))
+        self._container.close()
+
+    def abort(self) -> None:
+        self._container.close()
+
+
+def render_samples(
+    samples: Iterable[np.ndarray],
+    out_path: Path | str,
+    avatar: Avatar,
+    backend: Backend,
+    *,
+    batch_size: int = BATCH,
+    crf: int = 20,
+    preset: str = "veryfast",
+    progress: Callable[[int], None] | None = None,
+) -> RenderResult:
+    """Render 16 kHz mono float chunks to ``out_path`` (written to a temporary name first, so a
+    failed render never leaves a half file behind). ``progress(frames_done)`` is called per frame.
+    """
+    out = Path(out_path)
+    if out.suffix.lower() not in (".mp4", ".m4v", ".mov"):
+        raise RenderError(f"output {out} must end in .mp4")
+    if not out.parent.is_dir():
+        raise RenderError(f"output folder {out.parent} does not exist")
+    started = time.perf_counter()
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
+    width, height = avatar.manifest.frame_size
+    muxer = _Muxer(tmp, width, height, crf, preset)
+
+    def tee(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        # Audio goes to the encoder as it is read, a few frames ahead of the video it matches.
+        for chunk in chunks:
+            pcm = clean(chunk)
+            muxer.write_audio(pcm)
+            yield pcm
+
+    try:
+        for rgb in generate_frames(avatar, backend, tee(samples), batch_size=batch_size):
+            muxer.write_video(rgb)
+            if progress is not None:
+                progress(muxer.frames)
+        if muxer.samples == 0:
+            raise RenderError("the audio has no samples: nothing to render")
+        received = muxer.samples
+        # Pad to the end of the last frame so both tracks last exactly frames * 40 ms.
+        muxer.write_audio(
+            np.zeros(muxer.frames * SAMPLES_PER_VIDEO_FRAME - muxer.samples, np.float32)
+        )
+        muxer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        muxer.abort()
+        tmp.unlink(missing_ok=True)
+        raise
+    return RenderResult(out, muxer.frames, received, time.perf_counter() - started)
+
+
+def text_samples(text: str) -> Iterator[np.ndarray]:
+    """The built-in TTS, sentence by sentence (bounded memory for long texts)."""
+    if not text.strip():
+        raise RenderError("the text is empty: give some words to say")
+    try:
+        from streamer.tts import TextToSpeech
+    except ImportError as exc:
+        raise RenderError(f"the built-in TTS is not available here ({exc})") from None
+    yield from TextToSpeech().stream(text)
+
+
+def render(
+    out_path: Path | str,
+    avatar: Avatar,
+    backend: Backend,
+    *,
+    audio: Path | str | None = None,
+    text: str | None = None,
+    batch_size: int = BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> RenderResult:
+    """Render an audio file (any format PyAV decodes) or a text through the built-in TTS."""
+    if (audio is None) == (text is None):
+        raise RenderError("give exactly one of an audio file or a text")
+    samples = decode_audio(audio) if audio is not None else text_samples(text or "")
+    return render_samples(
+        samples, out_path, avatar, backend, batch_size=batch_size, progress=progress
+    )
