@@ -1,0 +1,497 @@
+"""``avatarcast eval``: lip-sync and image-quality figures on voices and sentences never trained on.
+
+For each case (a held-out sentence spoken by a held-out voice) the avatar's video comes from
+the runtime path (:func:`streamer.render.generate_frames`), and the teacher renders the same
+speech. Independent face landmarks (MediaPipe Face Mesh) measure the mouth aperture of both:
+
+- ``r``, ``lag_ms``: Pearson correlation of aperture with the phoneme-derived openness
+  (:func:`models.synth.visemes.openness`) at the best lag within +-200 ms (5 ms steps, all
+  cases pooled); a positive lag means the mouth moves after the sound.
+- ``bilabial_closed``: the fraction of P/B/M phones during which the lips close, i.e. the
+  aperture of some frame overlapping the phone falls below a threshold calibrated on the
+  teacher's frames whose mouth is rendered fully closed.
+- ``stillness``: std of aperture inside pauses (silences longer than 200 ms, without their
+  first and last 80 ms) over std of aperture during speech. 0 is a perfectly still mouth.
+- ``psnr_db``, ``ssim``: the mouth crop against the teacher's crop of the same speech, over
+  the pixels the generator replaces (feather mask > 0.05); only for the default avatar, whose
+  face is the teacher's.
+
+The teacher's figures are the ceiling of the measure itself. Both sides are rendered without
+idle motion (still head, open eyes): motion is the compositor's business, not lip sync's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.audio import FPS, SAMPLES_PER_VIDEO_FRAME
+from models.synth.phonemes import BILABIALS, SILENCE, Phone
+
+Progress = Callable[[str], None]
+
+EVAL_SEED = 20_240_611
+N_CASES = 12
+MIN_SECONDS, MAX_SECONDS = 2.5, 5.5
+# TTS leaves almost no silence around a sentence; a talking head spends much of its time
+# between sentences, so every case gets silence before and after (the stillness test).
+LEAD_SILENCE_S, TAIL_SILENCE_S = 0.4, 0.6
+MAX_LAG_S = 0.2
+LAG_STEP_S = 0.005
+PAUSE_MIN_S = 0.2
+PAUSE_EDGE_S = 0.08
+MASK_REGION = 0.05
+# MediaPipe Face Mesh landmark indices: inner-lip midpoints and the outer eye corners. The eye
+# corners do not move with the jaw, so they normalise the gap for face size and distance.
+UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
+EYE_OUTER_RIGHT, EYE_OUTER_LEFT = 33, 263
+
+
+def _stderr(message: str) -> None:
+    print(f"eval: {message}", file=sys.stderr, flush=True)
+
+
+# --- cases ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    index: int
+    text: str
+    voice: Any  # models.synth.speech.Voice
+
+
+def case_voices(n: int) -> list[Any]:
+    """``n`` held-out voices, deterministic: espeak voices spread over dialects and variants at
+    three speaking rates, with every fourth case from the held-out festival voice."""
+    from models.synth.speech import Voice, voices
+
+    pool = voices("heldout")
+    espeak = [v for v in pool if v.engine == "espeak"]
+    festival = [v for v in pool if v.engine == "festival"]
+    out = []
+    for i in range(n):
+        if festival and i % 4 == 3:
+            out.append(festival[(i // 4) % len(festival)])
+            continue
+        # A stride coprime with the pool size visits dialects and variants in turn.
+        base = espeak[(i * 5) % len(espeak)]
+        out.append(Voice(base.engine, base.name, (150.0, 175.0, 200.0)[i % 3], base.pitch))
+    return out
+
+
+def select_speech(
+    n: int = N_CASES, seed: int = EVAL_SEED, progress: Progress = _stderr
+) -> list[Any]:
+    """``n`` held-out utterances of 2.5-5.5 s, the same on every run."""
+    from models.synth.corpus import sentences
+    from models.synth.speech import synthesize
+
+    candidates = sentences("heldout", 6 * n, seed)
+    chosen: list[Any] = []
+    spare: list[Any] = []
+    voice_list = case_voices(n)
+    for text in candidates:
+        if len(chosen) == n:
+            break
+        speech = synthesize(text, voice_list[len(chosen)])
+        if MIN_SECONDS <= speech.duration <= MAX_SECONDS:
+            chosen.append(speech)
+        else:
+            spare.append(speech)
+    # A corpus without enough sentences of the right length still gives n cases.
+    chosen += spare[: n - len(chosen)]
+    chosen = [pad_silence(s, LEAD_SILENCE_S, TAIL_SILENCE_S) for s in chosen]
+    bilabials = sum(p.symbol in BILABIALS for s in chosen for p in s.phones)
+    progress(
+        f"{len(chosen)} cases, {sum(s.duration for s in chosen):.1f} s with silences, "
+        f"{bilabials} p/b/m phones"
+    )
+    return chosen
+
+
+def pad_silence(speech: Any, before: float, after: float) -> Any:
+    """``speech`` with digital silence added at both ends, its phones shifted to match."""
+    from dataclasses import replace
+
+    from models.audio import SAMPLE_RATE
+
+    lead = round(before * SAMPLE_RATE)
+    tail = round(after * SAMPLE_RATE)
+    samples = np.concatenate(
+        [np.zeros(lead, np.float32), speech.samples, np.zeros(tail, np.float32)]
+    )
+    shift = lead / SAMPLE_RATE
+    end = len(samples) / SAMPLE_RATE
+    phones = [Phone(p.symbol, p.start + shift, p.end + shift) for p in speech.phones]
+    # Merge into the utterance's own edge silences so a pause stays one phone.
+    if phones and phones[0].symbol == SILENCE:
+        phones[0] = Phone(SILENCE, 0.0, phones[0].end)
+    else:
+        phones.insert(0, Phone(SILENCE, 0.0, shift))
+    if phones[-1].symbol == SILENCE:
+        phones[-1] = Phone(SILENCE, phones[-1].start, end)
+    else:
+        phones.append(Phone(SILENCE, phones[-1].end, end))
+    return replace(speech, samples=samples, phones=tuple(phones))
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def aperture_from_landmarks(points: np.ndarray) -> float:
+    """Inner-lip gap over the outer eye-corner distance, from (478, 2) pixel coordinates."""
+    gap = float(np.linalg.norm(points[UPPER_INNER_LIP] - points[LOWER_INNER_LIP]))
+    eyes = float(np.linalg.norm(points[EYE_OUTER_RIGHT] - points[EYE_OUTER_LEFT]))
+    return gap / eyes if eyes > 0 else float("nan")
+
+
+class ApertureMeter:
+    """MediaPipe Face Mesh in tracking mode over one video; NaN where no face is found."""
+
+    def __init__(self) -> None:
+        # Quiet the TFLite/absl start-up chatter on stderr.
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        import mediapipe as mp
+
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=False, refine_landmarks=True, max_num_faces=1
+        )
+
+    def __enter__(self) -> ApertureMeter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._mesh.close()
+
+    def measure(self, rgb: np.ndarray) -> float:
+        result = self._mesh.process(np.ascontiguousarray(rgb))
+        if not result.multi_face_landmarks:
+            return float("nan")
+        height, width = rgb.shape[:2]
+        landmarks = result.multi_face_landmarks[0].landmark
+        points = np.array([(p.x * width, p.y * height) for p in landmarks], np.float64)
+        return aperture_from_landmarks(points)
+
+
+@dataclass(frozen=True)
+class Track:
+    """One video's measured aperture per frame, with the phones of its speech."""
+
+    aperture: np.ndarray  # (n,) float64, NaN where no face was found
+    phones: tuple[Phone, ...]
+
+    @property
+    def times(self) -> np.ndarray:
+        return (np.arange(len(self.aperture)) + 0.5) / FPS
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def lag_correlation(
+    tracks: Sequence[Track],
+    target: Callable[[Sequence[Phone], np.ndarray], np.ndarray],
+    max_lag_s: float = MAX_LAG_S,
+    step_s: float = LAG_STEP_S,
+) -> tuple[float, float]:
+    """(best r, its lag in ms): aperture at t against ``target`` at t - lag, cases pooled.
+
+    The target is a function of time, so lags finer than a frame need no interpolation of
+    the measurement.
+    """
+    measured = np.concatenate([t.aperture for t in tracks])
+    best_r, best_lag = float("nan"), 0.0
+    steps = round(max_lag_s / step_s)
+    # Outwards from zero, replacing only on a strictly better r: ties keep the smaller lag.
+    for i in sorted(range(-steps, steps + 1), key=lambda j: (abs(j), j)):
+        lag = i * step_s
+        expected = np.concatenate([target(t.phones, t.times - lag) for t in tracks])
+        r = _pearson(measured, expected)
+        if np.isfinite(r) and (not np.isfinite(best_r) or r > best_r):
+            best_r, best_lag = r, lag * 1000.0
+    return best_r, best_lag
+
+
+def _frames_overlapping(phone: Phone, n: int) -> np.ndarray:
+    first = int(np.floor(phone.start * FPS))
+    last = int(np.ceil(phone.end * FPS))  # exclusive
+    return np.arange(max(0, first), min(n, max(last, first + 1)))
+
+
+def bilabial_closed(tracks: Sequence[Track], threshold: float) -> float | None:
+    """Fraction of P/B/M phones with some overlapping frame's aperture below ``threshold``."""
+    closed = total = 0
+    for track in tracks:
+        for phone in track.phones:
+            if phone.symbol not in BILABIALS:
+                continue
+            frames = _frames_overlapping(phone, len(track.aperture))
+            values = track.aperture[frames]
+            values = values[np.isfinite(values)]
+            if not len(values):
+                continue
+            total += 1
+            closed += int(values.min() < threshold)
+    return closed / total if total else None
+
+
+def pause_and_speech(track: Track) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean frame masks: inside long pauses (edges trimmed), and inside speech phones."""
+    t = track.times
+    pause = np.zeros(len(t), bool)
+    speech = np.zeros(len(t), bool)
+    for phone in track.phones:
+        inside = (t >= phone.start) & (t < phone.end)
+        if phone.symbol != SILENCE:
+            speech |= inside
+        elif phone.duration > PAUSE_MIN_S:
+            pause |= (t >= phone.start + PAUSE_EDGE_S) & (t < phone.end - PAUSE_EDGE_S)
+    return pause, speech
+
+
+def stillness(tracks: Sequence[Track]) -> float | None:
+    """std of aperture in pauses over std in speech, over all cases; None without pauses."""
+    pauses, speech = [], []
+    for track in tracks:
+        p, s = pause_and_speech(track)
+        pauses.append(track.aperture[p])
+        speech.append(track.aperture[s])
+    pa = np.concatenate(pauses)
+    sp = np.concatenate(speech)
+    pa, sp = pa[np.isfinite(pa)], sp[np.isfinite(sp)]
+    if len(pa) < 2 or len(sp) < 2 or np.std(sp) == 0:
+        return None
+    return float(np.std(pa) / np.std(sp))
+
+
+def closed_threshold(apertures: np.ndarray, open_params: np.ndarray) -> float:
+    """The aperture below which lips count as closed, from teacher frames and their params.
+
+    Frames rendered fully closed (open = 0) set the closed level (95th percentile); the
+    threshold lies a fifth of the way from it to the median aperture of clearly open frames,
+    so landmark jitter on a closed mouth never counts as open, and a half-closed one never
+    counts as closed.
+    """
+    ok = np.isfinite(apertures)
+    closed = apertures[ok & (open_params <= 0.0)]
+    opened = apertures[ok & (open_params >= 0.5)]
+    if not len(closed):
+        raise ValueError("no closed-mouth teacher frames to calibrate on")
+    level = float(np.percentile(closed, 95))
+    if not len(opened):
+        return level * 1.5 + 1e-3
+    return level + 0.2 * max(0.0, float(np.median(opened)) - level)
+
+
+def summarise(tracks: Sequence[Track], threshold: float) -> dict[str, float | None]:
+    from models.synth.visemes import openness
+
+    r, lag = lag_correlation(tracks, openness)
+    closed = bilabial_closed(tracks, threshold)
+    still = stillness(tracks)
+    return {
+        "r": _round(r, 3),
+        "lag_ms": _round(lag, 1),
+        "bilabial_closed": _round(closed, 3),
+        "stillness": _round(still, 3),
+    }
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    if value is None or not np.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+# --- image quality --------------------------------------------------------------------------
+
+
+def region_quality(
+    generated: np.ndarray, teacher: np.ndarray, mask: np.ndarray
+) -> tuple[float, float]:
+    """(PSNR dB, SSIM) of two (S, S, 3) uint8 crops over the pixels where ``mask`` > 0.05."""
+    from skimage.metrics import structural_similarity
+
+    region = mask > MASK_REGION
+    a = generated.astype(np.float64)
+    b = teacher.astype(np.float64)
+    mse = float(np.mean((a - b)[region] ** 2))
+    psnr = 100.0 if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+    _, ssim_map = structural_similarity(
+        generated, teacher, channel_axis=2, data_range=255, full=True
+    )
+    ssim = float(np.mean(np.asarray(ssim_map).mean(axis=2)[region]))
+    return psnr, ssim
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def _chunks(samples: np.ndarray, size: int = 4000) -> Iterator[np.ndarray]:
+    for start in range(0, len(samples), size):
+        yield samples[start : start + size]
+
+
+def _crop(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
+    import cv2
+
+    x0, y0, x1, y1 = (int(v) for v in box)
+    crop = frame[y0:y1, x0:x1]
+    if x1 - x0 != size:
+        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    return crop
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    generated: Track
+    teacher: Track
+    teacher_open: np.ndarray  # the teacher's rendered open parameter per frame
+    psnr_db: float | None
+    ssim: float | None
+
+
+def measure_case(
+    speech: Any,
+    avatar: Any,
+    backend: Any,
+    teacher_face: bool,
+    seed: int,
+) -> CaseResult:
+    """Both videos of one utterance through the landmark meter, crops compared on the way."""
+    from models.synth.clip import render_clip
+    from streamer.render import generate_frames
+
+    n = -(-len(speech.samples) // SAMPLES_PER_VIDEO_FRAME)
+    clip = render_clip(speech, np.random.default_rng(seed), idle=False, keep_frames=True)
+    if clip.frames is None:
+        raise RuntimeError("the teacher returned no frames")
+    teacher_frames: Iterable[np.ndarray] = clip.frames
+    teacher_ap = np.full(n, np.nan)
+    with ApertureMeter() as meter:
+        for k, frame in enumerate(teacher_frames):
+            teacher_ap[k] = meter.measure(frame)
+    generated_ap = np.full(n, np.nan)
+    psnrs: list[float] = []
+    ssims: list[float] = []
+    box = avatar.boxes[0]
+    count = 0
+    with ApertureMeter() as meter:
+        frames = generate_frames(avatar, backend, _chunks(speech.samples), idle=False, seed=seed)
+        for k, frame in enumerate(frames):
+            generated_ap[k] = meter.measure(frame)
+            if teacher_face:
+                crop = _crop(frame, box, avatar.crop_size)
+                psnr, ssim = region_quality(crop, np.asarray(clip.crops[k]), avatar.mask)
+                psnrs.append(psnr)
+                ssims.append(ssim)
+            count = k + 1
+    if count != n:
+        raise RuntimeError(f"the runtime made {count} frames for {n} expected")
+    phones = tuple(speech.phones)
+    return CaseResult(
+        generated=Track(generated_ap, phones),
+        teacher=Track(teacher_ap, phones),
+        teacher_open=np.asarray(clip.params)[:, 0],
+        psnr_db=float(np.mean(psnrs)) if psnrs else None,
+        ssim=float(np.mean(ssims)) if ssims else None,
+    )
+
+
+def is_teacher_face(avatar: Any) -> bool:
+    """Whether ``avatar`` shows the teacher's face, so its crops can be compared pixel for pixel."""
+    return bool(avatar.name == "default")
+
+
+def run_eval(
+    avatar_name: str = "default",
+    backend_name: str = "auto",
+    n_cases: int = N_CASES,
+    progress: Progress = _stderr,
+) -> dict[str, Any]:
+    """Evaluate an avatar; the INTERFACE.md object (figures that cannot be measured are null)."""
+    from models.avatar import load_avatar
+    from streamer.engine.factory import make_backend
+
+    started = time.perf_counter()
+    avatar = load_avatar(avatar_name)
+    backend = make_backend(backend_name, avatar)
+    teacher_face = is_teacher_face(avatar)
+    speeches = select_speech(n_cases, progress=progress)
+    results = []
+    for i, speech in enumerate(speeches):
+        results.append(measure_case(speech, avatar, backend, teacher_face, EVAL_SEED + i))
+        progress(
+            f"case {i + 1}/{len(speeches)}: {speech.voice.name}, {speech.duration:.1f} s "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+    teacher_ap = np.concatenate([r.teacher.aperture for r in results])
+    teacher_open = np.concatenate([r.teacher_open for r in results])
+    threshold = closed_threshold(teacher_ap, teacher_open)
+    psnr = [r.psnr_db for r in results if r.psnr_db is not None]
+    ssim = [r.ssim for r in results if r.ssim is not None]
+    out = {
+        "avatar": avatar.name,
+        "cases": len(results),
+        "lipsync": summarise([r.generated for r in results], threshold),
+        "image": {
+            "psnr_db": _round(float(np.mean(psnr)), 2) if psnr else None,
+            "ssim": _round(float(np.mean(ssim)), 4) if ssim else None,
+        },
+        "teacher": summarise([r.teacher for r in results], threshold),
+    }
+    progress(f"done in {time.perf_counter() - started:.0f} s (closed below {threshold:.4f})")
+    return out
+
+
+def format_text(result: dict[str, Any]) -> str:
+    ls, tr, im = result["lipsync"], result["teacher"], result["image"]
+    rows = [
+        f"avatar {result['avatar']}: {result['cases']} held-out cases",
+        f"{'':18}{'avatar':>10}{'teacher':>10}",
+    ]
+    for key in ("r", "lag_ms", "bilabial_closed", "stillness"):
+        rows.append(f"{key:18}{_fmt(ls[key]):>10}{_fmt(tr[key]):>10}")
+    rows.append(f"{'psnr_db':18}{_fmt(im['psnr_db']):>10}")
+    rows.append(f"{'ssim':18}{_fmt(im['ssim']):>10}")
+    return "\n".join(rows)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:g}"
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="avatarcast eval", description=__doc__)
+    parser.add_argument("--avatar", default="default")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = run_eval(args.avatar, args.backend)
+    print(json.dumps(result) if args.json else format_text(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
