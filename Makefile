@@ -6,10 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
-# Speech: espeak-ng is the built-in TTS; festival and its voices give training and eval more voices.
+# Speech: espeak-ng is the built-in TTS; festival and its voices give training and eval more voices;
+# chromium is the real browser of the WebRTC tests (driven by playwright, no browser download).
 RUN_APT := espeak-ng
-TEST_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+TEST_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium
 
 .PHONY: run test install install-dev lint typecheck unit apt-run apt-test default-avatar eval bench clean
 

@@ -40,12 +40,13 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
 def mel_basis() -> np.ndarray:
     """Triangular HTK-style filters, shape (N_MELS, N_FFT // 2 + 1), float64."""
     bins = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
-    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array(F_MIN)), _hz_to_mel(np.array(F_MAX)), N_MELS + 2))
+    low, high = _hz_to_mel(np.array(F_MIN)), _hz_to_mel(np.array(F_MAX))
+    edges = _mel_to_hz(np.linspace(low, high, N_MELS + 2))
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (bins[None, :] - lower) / (centre - lower)
     falling = (upper - bins[None, :]) / (upper - centre)
     filters = np.maximum(0.0, np.minimum(rising, falling))
-    filters *= (2.0 / (upper - lower))  # equal area per filter
+    filters *= 2.0 / (upper - lower)  # equal area per filter
     return filters
 
 
