@@ -1,0 +1,215 @@
+"""Sessions: create, list, show, delete; speak (text or audio bytes), interrupt, outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.audio import SAMPLE_RATE
+from models.avatar import AvatarError
+from streamer.api.auth import require_api_key
+from streamer.api.errors import ApiError
+from streamer.api.state import app_state
+from streamer.engine.base import BackendError
+from streamer.pipeline.decode import AudioDecodeError, decode_audio
+from streamer.session import Session, SessionOptions, SpeechRejected, TooManySessions
+
+router = APIRouter(
+    prefix="/v1/sessions", tags=["sessions"], dependencies=[Depends(require_api_key)]
+)
+
+MAX_JSON_BYTES = 1 << 20
+MAX_AUDIO_BYTES = 50 << 20
+AUDIO_TYPES = ("audio/", "video/")
+AUDIO_EXTRA = ("application/ogg", "application/octet-stream")
+REJECTED_STATUS = {
+    "buffer_full": 413,
+    "text_too_long": 413,
+    "audio_too_long": 413,
+    "empty_text": 400,
+    "empty_audio": 400,
+    "session_closed": 409,
+    "tts_unavailable": 503,
+}
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    avatar: str | None = None
+    video_codec: Literal["vp8", "h264"] = "vp8"
+    width: int | None = Field(default=None, ge=16, le=4096, multiple_of=2)
+    height: int | None = Field(default=None, ge=16, le=4096, multiple_of=2)
+
+
+def session_or_404(request: Request, session_id: str) -> Session:
+    session = app_state(request).registry.get(session_id)
+    if session is None:
+        raise ApiError(404, "session_not_found", f"no session {session_id!r}")
+    return session
+
+
+def urls(request: Request, session: Session) -> dict[str, str]:
+    base = str(request.base_url).rstrip("/")
+    ws_base = "ws" + base[4:] if base.startswith("http") else base
+    token = session.view_token
+    return {
+        "whep_url": f"{base}/v1/sessions/{session.id}/whep",
+        "view_url": f"{base}/view/{session.id}?token={token}",
+        "obs_url": f"{base}/obs/{session.id}?token={token}",
+        "ws_url": f"{ws_base}/v1/sessions/{session.id}/ws?sample_rate={SAMPLE_RATE}",
+    }
+
+
+@router.post("", status_code=201)
+async def create_session(request: Request, body: CreateSession | None = None) -> dict[str, Any]:
+    state = app_state(request)
+    spec = body or CreateSession()
+    name = spec.avatar or state.settings.avatar
+    options = SessionOptions(video_codec=spec.video_codec, width=spec.width, height=spec.height)
+    try:
+        session = await state.registry.create(name, options)
+    except AvatarError as exc:
+        raise ApiError(400, "unknown_avatar", str(exc)) from None
+    except BackendError as exc:
+        raise ApiError(503, "backend_unavailable", str(exc)) from None
+    except TooManySessions as exc:
+        raise ApiError(429, "too_many_sessions", str(exc)) from None
+    return {
+        "id": session.id,
+        "avatar": session.avatar.name,
+        "view_token": session.view_token,
+        **urls(request, session),
+    }
+
+
+@router.get("")
+async def list_sessions(request: Request) -> dict[str, Any]:
+    return {"sessions": [s.describe() for s in app_state(request).registry.list()]}
+
+
+@router.get("/{session_id}")
+async def show_session(request: Request, session_id: str) -> dict[str, Any]:
+    session = session_or_404(request, session_id)
+    return {**session.describe(), "view_token": session.view_token, **urls(request, session)}
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(request: Request, session_id: str) -> Response:
+    if not await app_state(request).registry.delete(session_id):
+        raise ApiError(404, "session_not_found", f"no session {session_id!r}")
+    return Response(status_code=204)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"the body is larger than {limit >> 20} MiB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"the body is larger than {limit >> 20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_bytes(data: bytes, suffix: str, max_seconds: float) -> np.ndarray:
+    """Decode an uploaded file (blocking: run in an executor) to 16 kHz mono float32."""
+    fd, name = tempfile.mkstemp(prefix="avatarcast-upload-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        limit = int(max_seconds * SAMPLE_RATE)
+        chunks: list[np.ndarray] = []
+        total = 0
+        for chunk in decode_audio(name):
+            total += len(chunk)
+            if total > limit:
+                raise SpeechRejected(
+                    "audio_too_long", f"the audio is longer than {max_seconds:.0f} s"
+                )
+            chunks.append(chunk)
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    finally:
+        os.unlink(name)
+
+
+def _rejected(exc: SpeechRejected) -> ApiError:
+    return ApiError(REJECTED_STATUS.get(exc.code, 400), exc.code, str(exc))
+
+
+@router.post("/{session_id}/speak", status_code=202)
+async def speak(request: Request, session_id: str) -> dict[str, str]:
+    session = session_or_404(request, session_id)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
+        text = _text_of(await read_body(request, MAX_JSON_BYTES))
+        try:
+            return {"utterance_id": session.speak_text(text)}
+        except SpeechRejected as exc:
+            raise _rejected(exc) from None
+    if not (content_type.startswith(AUDIO_TYPES) or content_type in AUDIO_EXTRA):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {content_type or '(none)'} is not accepted: send application/json "
+            '{"text": ...} or the bytes of an audio file (audio/wav, audio/mpeg, audio/ogg, ...)',
+        )
+    data = await read_body(request, MAX_AUDIO_BYTES)
+    if not data:
+        raise ApiError(400, "empty_audio", "the request body is empty: send an audio file")
+    subtype = content_type.split("/")[-1]
+    suffix = "." + "".join(c for c in subtype if c.isalnum())[:8]
+    loop = asyncio.get_running_loop()
+    state = app_state(request)
+    try:
+        samples = await loop.run_in_executor(
+            state.decode_pool, decode_bytes, data, suffix, session.config.max_buffer_s
+        )
+        return {"utterance_id": session.speak_audio(samples)}
+    except AudioDecodeError as exc:
+        raise ApiError(400, "bad_audio", f"the audio cannot be decoded: {exc}") from None
+    except SpeechRejected as exc:
+        raise _rejected(exc) from None
+
+
+def _text_of(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or "text" not in data:
+        raise ApiError(422, "invalid_request", 'send {"text": "..."}')
+    text = data["text"]
+    if not isinstance(text, str):
+        raise ApiError(422, "invalid_request", "text must be a string")
+    return text
+
+
+@router.post("/{session_id}/interrupt")
+async def interrupt(request: Request, session_id: str) -> dict[str, list[str]]:
+    return {"interrupted": session_or_404(request, session_id).interrupt()}
+
+
+@router.post("/{session_id}/outputs", status_code=201)
+async def add_output(request: Request, session_id: str) -> dict[str, str]:
+    session_or_404(request, session_id)
+    raise ApiError(501, "not_implemented", "RTMP, WHIP and record outputs are not available yet")
+
+
+@router.delete("/{session_id}/outputs/{output_id}", status_code=204)
+async def delete_output(request: Request, session_id: str, output_id: str) -> Response:
+    session = session_or_404(request, session_id)
+    if output_id not in session.outputs:
+        raise ApiError(404, "output_not_found", f"no output {output_id!r} in this session")
+    raise ApiError(501, "not_implemented", "outputs are not available yet")

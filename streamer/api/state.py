@@ -1,0 +1,31 @@
+"""The app's typed state, owned by the lifespan and reached from any request."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from streamer.config import Settings
+from streamer.engine.worker import EnginePool
+from streamer.metrics import Metrics
+from streamer.session import SessionRegistry
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    engines: EnginePool
+    registry: SessionRegistry
+    compose_pool: ThreadPoolExecutor  # compositing (cv2 releases the GIL)
+    speech_pool: ThreadPoolExecutor  # TTS (espeak is one engine: one thread)
+    decode_pool: ThreadPoolExecutor  # uploaded audio files
+
+
+def app_state(conn: HTTPConnection) -> AppState:
+    state = getattr(conn.app.state, "avatarcast", None)
+    if not isinstance(state, AppState):
+        raise RuntimeError("the app is not started (its lifespan has not run)")
+    return state

@@ -1,0 +1,214 @@
+"""The WebSocket: PCM in (any rate 8-48 kHz, resampled to 16 kHz), commands, events out.
+
+Binary messages are signed 16-bit little-endian mono PCM at ``?sample_rate=``; they form one
+streamed utterance until ``{"type": "audio_end"}``. Text messages: ``speak``, ``audio_end``,
+``interrupt``. The session's events are pushed as text. A client sending audio faster than
+the session can buffer (more than its 60 s) gets an error event and is disconnected; the
+session, and every other, keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from models.audio import SAMPLE_RATE
+from streamer.api.auth import is_authorized
+from streamer.api.state import app_state
+from streamer.session import LiveStream, Session, SpeechRejected
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["websocket"])
+
+MIN_RATE, MAX_RATE = 8_000, 48_000
+MAX_MESSAGE_BYTES = 1 << 20  # one message: ~11 s at 48 kHz
+CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_GOING_AWAY = 1008, 1009, 1001
+
+
+class PcmResampler:
+    """s16le mono bytes at ``rate`` -> 16 kHz float32, stateful across messages (filter
+    history and odd trailing bytes carry over, so chunking never clicks)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._carry = b""
+        self._pts = 0
+        self._resampler = (
+            None
+            if rate == SAMPLE_RATE
+            else av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        )
+
+    def feed(self, data: bytes) -> np.ndarray:
+        data = self._carry + data
+        whole = len(data) // 2 * 2
+        self._carry = data[whole:]
+        pcm = np.frombuffer(data[:whole], "<i2")
+        if not len(pcm):
+            return np.zeros(0, np.float32)
+        if self._resampler is None:
+            return pcm.astype(np.float32) / 32768.0
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.rate
+        frame.pts = self._pts
+        frame.time_base = Fraction(1, self.rate)
+        self._pts += len(pcm)
+        return self._collect(self._resampler.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        if self._resampler is None:
+            return np.zeros(0, np.float32)
+        out = self._collect(self._resampler.resample(None))
+        self.__init__(self.rate)  # type: ignore[misc]
+        return out
+
+    @staticmethod
+    def _collect(frames: list[av.AudioFrame]) -> np.ndarray:
+        parts = [f.to_ndarray().reshape(-1).astype(np.float32) for f in frames]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+async def _deny(websocket: WebSocket, status: int, code: str, message: str) -> None:
+    """Refuse the handshake with an HTTP status where the server supports it."""
+    body = {"error": {"code": code, "message": message}}
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        from fastapi.responses import JSONResponse
+
+        await websocket.send_denial_response(JSONResponse(body, status_code=status))
+        return
+    await websocket.accept()
+    await websocket.send_text(json.dumps({"type": "error", "code": code, "message": message}))
+    await websocket.close(4000 + status)
+
+
+class _Connection:
+    """One client: its outgoing messages go through one lock so events and replies never
+    interleave mid-frame."""
+
+    def __init__(self, websocket: WebSocket, session: Session, rate: int) -> None:
+        self.ws = websocket
+        self.session = session
+        self.resampler = PcmResampler(rate)
+        self.stream: LiveStream | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(json.dumps(message))
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send({"type": "error", "code": code, "message": message})
+
+    async def forward_events(self, events: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            event = await events.get()
+            await self.send(event)
+            if event.get("type") == "session_closed":
+                await self.ws.close(CLOSE_GOING_AWAY)
+                return
+
+    def end_stream(self) -> None:
+        if self.stream is not None:
+            tail = self.resampler.flush()
+            if len(tail) and not self.stream.dropped:
+                with contextlib.suppress(SpeechRejected):
+                    self.stream.push(tail)
+            self.stream.end()
+            self.stream = None
+
+    async def on_audio(self, data: bytes) -> bool:
+        """Returns False when the connection must close."""
+        if len(data) > MAX_MESSAGE_BYTES:
+            await self.error(
+                "message_too_large", f"binary messages are at most {MAX_MESSAGE_BYTES} bytes"
+            )
+            await self.ws.close(CLOSE_TOO_BIG)
+            return False
+        samples = self.resampler.feed(data)
+        if self.stream is None or self.stream.dropped:
+            self.stream = self.session.open_stream()
+        try:
+            self.stream.push(samples)
+        except SpeechRejected as exc:
+            log.warning("session %s: websocket closed: %s", self.session.id, exc)
+            await self.error(exc.code, str(exc))
+            await self.ws.close(CLOSE_POLICY)
+            return False
+        return True
+
+    async def on_text(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except json.JSONDecodeError:
+            await self.error("invalid_json", "text messages must be JSON objects")
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "speak":
+            try:
+                uid = self.session.speak_text(message.get("text", ""))
+            except SpeechRejected as exc:
+                await self.error(exc.code, str(exc))
+                return
+            await self.send({"type": "queued", "utterance_id": uid})
+        elif kind == "audio_end":
+            self.end_stream()
+        elif kind == "interrupt":
+            self.resampler.flush()
+            ids = self.session.interrupt()
+            self.stream = None
+            await self.send({"type": "interrupted", "utterance_ids": ids})
+        else:
+            await self.error("unknown_message", "type must be one of speak, audio_end, interrupt")
+
+
+@router.websocket("/v1/sessions/{session_id}/ws")
+async def session_ws(websocket: WebSocket, session_id: str) -> None:
+    state = app_state(websocket)
+    session = state.registry.get(session_id)
+    if not is_authorized(websocket):
+        await _deny(websocket, 401, "unauthorized", "send Authorization: Bearer <API key>")
+        return
+    if session is None:
+        await _deny(websocket, 404, "session_not_found", f"no session {session_id!r}")
+        return
+    raw = websocket.query_params.get("sample_rate", str(SAMPLE_RATE))
+    rate = int(raw) if raw.isdigit() else 0
+    if not MIN_RATE <= rate <= MAX_RATE:
+        await _deny(
+            websocket,
+            400,
+            "bad_sample_rate",
+            f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz, not {raw!r}",
+        )
+        return
+    await websocket.accept()
+    conn = _Connection(websocket, session, rate)
+    events = session.subscribe_events()
+    forwarder = asyncio.create_task(conn.forward_events(events))
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            data, text = message.get("bytes"), message.get("text")
+            if data is not None:
+                if not await conn.on_audio(data):
+                    break
+            elif text is not None:
+                await conn.on_text(text)
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client went away, or the session closed the socket
+    finally:
+        conn.end_stream()
+        session.unsubscribe_events(events)
+        forwarder.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await forwarder

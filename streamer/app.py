@@ -1,0 +1,197 @@
+"""The FastAPI app factory and ``serve``: the lifespan owns the engines and the sessions."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import ipaddress
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from fastapi import APIRouter, FastAPI
+
+from models.avatar import Avatar, load_avatar
+from streamer.api import core_routers
+from streamer.api.errors import install_error_handlers
+from streamer.api.state import AppState
+from streamer.config import Settings
+from streamer.engine.base import Backend
+from streamer.engine.factory import make_backend
+from streamer.engine.worker import EngineLoader, EnginePool
+from streamer.metrics import Metrics
+from streamer.session import (
+    Session,
+    SessionConfig,
+    SessionOptions,
+    SessionRegistry,
+    SpeechSource,
+)
+
+log = logging.getLogger(__name__)
+
+OPTIONAL_ROUTERS = ("streamer.api.whep", "streamer.api.pages")
+
+
+class BuiltinSpeech:
+    """The espeak-ng TTS, created on first use (in the speech executor, not at startup)."""
+
+    def __init__(self) -> None:
+        self._tts: object | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> Iterator[np.ndarray]:
+        from streamer.tts import TextToSpeech
+
+        with self._lock:
+            if self._tts is None:
+                self._tts = TextToSpeech()
+            tts = self._tts
+        assert isinstance(tts, TextToSpeech)
+        return tts.stream(text)
+
+
+def default_loader(settings: Settings) -> EngineLoader:
+    def load(name: str) -> tuple[Avatar, Backend]:
+        avatar = load_avatar(name)
+        return avatar, make_backend(settings.backend, avatar, settings.threads)
+
+    return load
+
+
+def _optional_router(module: str) -> APIRouter | None:
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        log.info("%s is not part of this build: its routes are left out", module)
+        return None
+    router = getattr(found, "router", None)
+    return router if isinstance(router, APIRouter) else None
+
+
+def create_app(
+    settings: Settings,
+    *,
+    loader: EngineLoader | None = None,
+    speech: SpeechSource | None = None,
+    session_config: SessionConfig | None = None,
+    max_sessions: int = 16,
+    warm_avatar: bool = True,
+) -> FastAPI:
+    """The app. ``loader`` (name -> avatar, backend; blocking), ``speech`` (text -> 16 kHz
+    chunks; blocking) and ``session_config`` are injectable for tests and bench."""
+    load = loader or default_loader(settings)
+    text_to_speech: SpeechSource = speech or BuiltinSpeech()
+    config = session_config or SessionConfig()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = Metrics()
+        engines = EnginePool(load, settings.batch_size, metrics.observe_batch)
+        compose_pool = ThreadPoolExecutor(2, thread_name_prefix="compose")
+        speech_pool = ThreadPoolExecutor(1, thread_name_prefix="speech")
+        decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
+
+        async def make_session(
+            name: str, options: SessionOptions, on_failure: Callable[[Session, BaseException], None]
+        ) -> Session:
+            engine = await engines.get(name)
+            return Session(
+                engine.avatar,
+                engine.worker,
+                executor=compose_pool,
+                speech=text_to_speech,
+                speech_executor=speech_pool,
+                metrics=metrics,
+                config=config,
+                options=options,
+                on_failure=on_failure,
+            )
+
+        async def close_outputs(session: Session) -> None:
+            # The WebRTC peer registry belongs to streamer.api.whep, which creates it on
+            # first use as app.state.webrtc.
+            peers = getattr(app.state, "webrtc", None)
+            remove = getattr(peers, "remove_session", None)
+            if remove is not None:
+                await remove(session.id)
+
+        registry = SessionRegistry(make_session, max_sessions, close_outputs)
+        metrics.bind(
+            sessions=lambda: len(registry),
+            viewers=lambda: sum(s.viewers for s in registry.list()),
+            inference_queue=lambda: engines.depth,
+            utterance_queue=lambda: sum(s.queued for s in registry.list()),
+            audio_buffered_s=lambda: sum(s.buffered_samples() for s in registry.list()) / 16000,
+        )
+        app.state.avatarcast = AppState(
+            settings, metrics, engines, registry, compose_pool, speech_pool, decode_pool
+        )
+        if warm_avatar:  # the first session should not wait for the model to load
+            try:
+                await engines.get(settings.avatar)
+            except Exception as exc:
+                log.warning("avatar %r is not usable yet: %s", settings.avatar, exc)
+        try:
+            yield
+        finally:
+            peers = getattr(app.state, "webrtc", None)
+            if peers is not None and hasattr(peers, "aclose"):
+                await peers.aclose()
+            await registry.aclose()
+            await engines.aclose()
+            for pool in (compose_pool, speech_pool, decode_pool):
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="avatarcast",
+        version="0.1.0",
+        summary="A real-time streaming avatar: speak to it, watch it over WebRTC.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in core_routers():
+        app.include_router(router)
+    for module in OPTIONAL_ROUTERS:
+        extra = _optional_router(module)
+        if extra is not None:
+            app.include_router(extra)
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until interrupted (Ctrl-C). Binds where ``settings.host`` says: the
+    loopback by default; a public address without an API key is allowed (the user asked for
+    it) but warned about."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not settings.api_key and not _is_loopback(settings.host):
+        log.warning(
+            "serving on %s with no AVATARCAST_API_KEY: anyone who can reach it can use it",
+            settings.host,
+        )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ws="websockets",  # sansio logs a spurious error after a denial response (uvicorn 0.54)
+        ws_max_size=2 << 20,
+        lifespan="on",
+        log_level="info",
+    )
+    uvicorn.Server(config).run()
+    return 0

@@ -1,0 +1,220 @@
+"""One inference thread per model, micro-batching the frames of every session by due time.
+
+Sessions submit one frame at a time with the wall-clock deadline of its publication. The
+thread takes everything pending (up to ``max_batch``, earliest deadline first, only requests
+with the same input shapes), runs the backend once and hands each result back to its
+session's event loop. It never waits to fill a batch: an idle machine answers one frame at
+once, a busy one amortises the per-call cost over all sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.avatar import Avatar
+from streamer.engine.base import Backend
+
+log = logging.getLogger(__name__)
+
+
+class WorkerClosed(RuntimeError):
+    """The worker was closed; no more frames are generated."""
+
+
+@dataclass(eq=False)
+class _Request:
+    reference: np.ndarray
+    masked: np.ndarray
+    mel: np.ndarray
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[np.ndarray]
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], ...]:
+        return (self.reference.shape, self.masked.shape, self.mel.shape)
+
+
+@dataclass
+class WorkerStats:
+    calls: int = 0
+    frames: int = 0
+    last_batch: int = 0
+    last_ms: float = 0.0
+    batches: dict[int, int] = field(default_factory=dict)
+
+
+class InferenceWorker:
+    """``await submit(reference, masked, mel, deadline)`` -> the mouth (3, S, S) float32.
+
+    ``on_batch(batch_size, ms)`` is called from the worker thread after every backend call
+    (the metrics hook); it must be thread-safe and quick.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        max_batch: int = 8,
+        on_batch: Callable[[int, float], None] | None = None,
+        name: str = "inference",
+    ) -> None:
+        self.backend = backend
+        self.max_batch = max(1, max_batch)
+        self.stats = WorkerStats()
+        self._on_batch = on_batch
+        self._pending: list[_Request] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the thread."""
+        with self._cond:
+            return len(self._pending)
+
+    async def submit(
+        self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray, deadline: float
+    ) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        request = _Request(reference, masked, mel, deadline, loop, future)
+        with self._cond:
+            if self._closed:
+                raise WorkerClosed("the inference worker is closed")
+            self._pending.append(request)
+            self._cond.notify()
+        return await future
+
+    def _take(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            # Cancelled requests (their frame was published without them) cost nothing.
+            live = [r for r in self._pending if not r.future.cancelled()]
+            live.sort(key=lambda r: r.deadline)
+            if not live:
+                self._pending.clear()
+                return []
+            key = live[0].key
+            batch = [r for r in live if r.key == key][: self.max_batch]
+            taken = {id(r) for r in batch}
+            self._pending = [r for r in live if id(r) not in taken]
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                out = self.backend.infer(
+                    np.stack([r.reference for r in batch]),
+                    np.stack([r.masked for r in batch]),
+                    np.stack([r.mel for r in batch]),
+                )
+            except Exception as exc:  # one bad call fails its frames, not the thread
+                log.exception("generator call failed for a batch of %d", len(batch))
+                for r in batch:
+                    _resolve(r, None, exc)
+                continue
+            ms = (time.perf_counter() - started) * 1000.0
+            self.stats.calls += 1
+            self.stats.frames += len(batch)
+            self.stats.last_batch, self.stats.last_ms = len(batch), ms
+            self.stats.batches[len(batch)] = self.stats.batches.get(len(batch), 0) + 1
+            if self._on_batch is not None:
+                self._on_batch(len(batch), ms)
+            for r, mouth in zip(batch, out, strict=True):
+                _resolve(r, np.asarray(mouth, np.float32), None)
+
+    async def aclose(self) -> None:
+        """Stop the thread (after its current call); pending requests fail. Idempotent."""
+        with self._cond:
+            if self._closed and not self._thread.is_alive():
+                return
+            self._closed = True
+            pending, self._pending = self._pending, []
+            self._cond.notify_all()
+        for r in pending:
+            _resolve(r, None, WorkerClosed("the inference worker is closed"))
+        await asyncio.to_thread(self._thread.join)
+
+
+def _resolve(request: _Request, value: np.ndarray | None, error: BaseException | None) -> None:
+    def settle() -> None:
+        if request.future.done():
+            return
+        if error is not None:
+            request.future.set_exception(error)
+        else:
+            assert value is not None
+            request.future.set_result(value)
+
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+        request.loop.call_soon_threadsafe(settle)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An avatar with the worker that runs its generator."""
+
+    avatar: Avatar
+    worker: InferenceWorker
+
+
+EngineLoader = Callable[[str], tuple[Avatar, Backend]]  # blocking: run in an executor
+
+
+class EnginePool:
+    """One engine per avatar, loaded on first use (off the event loop) and kept until close."""
+
+    def __init__(
+        self,
+        loader: EngineLoader,
+        max_batch: int = 8,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._loader = loader
+        self._max_batch = max_batch
+        self._on_batch = on_batch
+        self._engines: dict[str, Engine] = {}
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    async def get(self, name: str) -> Engine:
+        async with self._lock:
+            if self._closed:
+                raise WorkerClosed("the engines are closed")
+            engine = self._engines.get(name)
+            if engine is None:
+                avatar, backend = await asyncio.to_thread(self._loader, name)
+                worker = InferenceWorker(
+                    backend, self._max_batch, self._on_batch, name=f"inference-{name}"
+                )
+                engine = self._engines[name] = Engine(avatar, worker)
+            return engine
+
+    @property
+    def depth(self) -> int:
+        return sum(e.worker.depth for e in self._engines.values())
+
+    async def aclose(self) -> None:
+        self._closed = True
+        engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            await engine.worker.aclose()

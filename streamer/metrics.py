@@ -1,0 +1,81 @@
+"""Prometheus metrics of one app, in its own registry (no process-global collectors)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MS_BUCKETS = (1, 2, 5, 10, 20, 30, 40, 50, 75, 100, 125, 150, 200, 300, 500, 1000, 2000)
+INTERVAL_BUCKETS = (10, 20, 30, 35, 38, 40, 42, 45, 50, 60, 80, 120, 200, 500)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.sessions = Gauge("avatarcast_sessions", "Live sessions", registry=r)
+        self.viewers = Gauge("avatarcast_viewers", "Viewers over all sessions", registry=r)
+        self.frames_generated = Counter(
+            "avatarcast_frames_generated", "Frames published with a fresh picture", registry=r
+        )
+        self.frames_dropped = Counter(
+            "avatarcast_frames_dropped",
+            "Frames published with the previous picture because generation was late",
+            registry=r,
+        )
+        self.generator_ms = Histogram(
+            "avatarcast_generator_ms", "Generator time per call", registry=r, buckets=MS_BUCKETS
+        )
+        self.generator_batch = Histogram(
+            "avatarcast_generator_batch_frames",
+            "Frames per generator call",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32),
+        )
+        self.speech_to_mouth_ms = Histogram(
+            "avatarcast_speech_to_mouth_ms",
+            "Audio entering the session to the frame with that mouth leaving it",
+            registry=r,
+            buckets=MS_BUCKETS,
+        )
+        self.frame_interval_ms = Histogram(
+            "avatarcast_frame_interval_ms",
+            "Wall time between consecutive published frames of a session",
+            registry=r,
+            buckets=INTERVAL_BUCKETS,
+        )
+        self.inference_queue = Gauge(
+            "avatarcast_inference_queue_depth", "Frames waiting for the generator", registry=r
+        )
+        self.utterance_queue = Gauge(
+            "avatarcast_utterance_queue_depth", "Utterances queued over all sessions", registry=r
+        )
+        self.audio_buffered_s = Gauge(
+            "avatarcast_audio_buffered_seconds",
+            "Speech written ahead of the clock over all sessions",
+            registry=r,
+        )
+
+    def observe_batch(self, frames: int, ms: float) -> None:
+        """The inference worker's hook (called from its thread: prometheus_client is safe)."""
+        self.generator_ms.observe(ms)
+        self.generator_batch.observe(frames)
+
+    def bind(
+        self,
+        sessions: Callable[[], float],
+        viewers: Callable[[], float],
+        inference_queue: Callable[[], float],
+        utterance_queue: Callable[[], float],
+        audio_buffered_s: Callable[[], float],
+    ) -> None:
+        """Gauges read live state at scrape time instead of being kept in step by hand."""
+        self.sessions.set_function(sessions)
+        self.viewers.set_function(viewers)
+        self.inference_queue.set_function(inference_queue)
+        self.utterance_queue.set_function(utterance_queue)
+        self.audio_buffered_s.set_function(audio_buffered_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

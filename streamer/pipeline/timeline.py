@@ -1,0 +1,175 @@
+"""A session's playout buffer: 16 kHz samples indexed by absolute session sample number.
+
+Sample ``n`` plays at ``t0 + n / 16000`` on the session's clock. Speech is written ahead of
+the clock by a fixed latency budget and read, a frame at a time, by the clock: what has not
+been written when the clock reads it is silence, and stays silence (later writes go after the
+read position), so playback never waits for late audio and never drifts.
+
+The generator's audio window looks 60 ms (+12.5 ms of analysis window) into the future, so
+the clock *commits* samples ahead of the ones it plays; :meth:`Timeline.commit` moves that
+read position. :meth:`Timeline.cut` drops everything from a position on (an interrupt) and
+hides what came before it from later windows, so the very next frame is true idle.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.audio import (
+    HOP,
+    SAMPLE_RATE,
+    SAMPLES_PER_VIDEO_FRAME,
+    WIN,
+    WindowConfig,
+    _frames_to_mel,
+    silence_mel,
+)
+
+HISTORY = SAMPLE_RATE  # samples kept behind the read position: more than any window needs
+
+
+class TimelineFull(RuntimeError):
+    """Writing would buffer more audio ahead of the clock than the session allows."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """Samples ``[start, end)`` of one utterance, written at ``arrived_at`` (loop.time())."""
+
+    start: int
+    end: int
+    utterance_id: str
+    arrived_at: float
+
+
+def window_range(k: int, cfg: WindowConfig) -> tuple[int, int]:
+    """The sample range ``[lo, hi)`` whose mel frames make video frame k's window."""
+    first = cfg.centre(k) - cfg.past
+    last = cfg.centre(k) + cfg.future
+    return HOP * first - WIN // 2, HOP * last + WIN // 2
+
+
+def window_mel(samples: np.ndarray, k: int, cfg: WindowConfig) -> np.ndarray:
+    """Frame k's (cfg.length, N_MELS) window from the samples of :func:`window_range`; equal
+    to ``models.audio.window(log_mel(signal), k, cfg)`` because mel frame i covers samples
+    ``[HOP*i - WIN/2, HOP*i + WIN/2)`` in both (and frames before 0 are silence padding)."""
+    x = np.asarray(samples, np.float64)
+    idx = np.arange(cfg.length)[:, None] * HOP + np.arange(WIN)[None, :]
+    mel = _frames_to_mel(x[idx])
+    before = max(0, -(cfg.centre(k) - cfg.past))
+    mel[:before] = silence_mel()
+    return mel
+
+
+class Timeline:
+    """A ring buffer of float32 samples plus the utterance spans written into it."""
+
+    def __init__(self, max_ahead_s: float = 60.0) -> None:
+        self.max_ahead = int(max_ahead_s * SAMPLE_RATE)
+        self._capacity = self.max_ahead + 2 * HISTORY
+        self._data = np.zeros(self._capacity, np.float32)
+        self.write_pos = 0  # end of the written audio
+        self.read_pos = 0  # samples before this are committed: never written again
+        self.floor = 0  # samples before this read as silence (history hidden by a cut)
+        self._spans: collections.deque[Span] = collections.deque()
+
+    def ahead(self, now_pos: int) -> int:
+        """Samples written beyond the one playing now."""
+        return max(0, self.write_pos - now_pos)
+
+    def write(
+        self,
+        samples: np.ndarray,
+        *,
+        now_pos: int,
+        latency: int,
+        utterance_id: str,
+        arrived_at: float,
+    ) -> int:
+        """Write after what is already there, never before ``now_pos + latency`` nor into the
+        committed past; returns the absolute start position."""
+        x = np.asarray(samples, np.float32).reshape(-1)
+        start = max(self.write_pos, self.read_pos, now_pos + latency)
+        end = start + len(x)
+        if end - min(now_pos, self.read_pos) > self.max_ahead:
+            raise TimelineFull(
+                f"more than {self.max_ahead / SAMPLE_RATE:.0f} s of audio would be buffered"
+            )
+        if not len(x):
+            return start
+        self._fill(self.write_pos, start, None)  # a gap is silence (the slots may hold old data)
+        self._fill(start, end, x)
+        self.write_pos = end
+        self._spans.append(Span(start, end, utterance_id, arrived_at))
+        return start
+
+    def commit(self, upto: int) -> None:
+        """The clock has read everything before ``upto``: it is final."""
+        if upto <= self.read_pos:
+            return
+        if upto > self.write_pos:
+            self._fill(self.write_pos, upto, None)
+            self.write_pos = upto
+        self.read_pos = upto
+        horizon = self.read_pos - HISTORY
+        while self._spans and self._spans[0].end <= horizon:
+            self._spans.popleft()
+
+    def samples(self, lo: int, hi: int) -> np.ndarray:
+        """Samples ``[lo, hi)``; silence outside ``[floor, write_pos)``."""
+        out = np.zeros(hi - lo, np.float32)
+        a, b = max(lo, self.floor, 0), min(hi, self.write_pos)
+        if b > a:
+            if a < self.read_pos - HISTORY:
+                raise ValueError("samples older than the kept history were requested")
+            out[a - lo : b - lo] = self._slice(a, b)
+        return out
+
+    def spans(self, lo: int, hi: int) -> list[Span]:
+        return [s for s in self._spans if s.start < hi and s.end > lo and s.end > self.floor]
+
+    def cut(self, pos: int) -> None:
+        """Drop all audio from ``pos`` on and hide the history before it from later reads."""
+        if self.write_pos > pos:
+            self._fill(pos, self.write_pos, None)
+        self.write_pos = min(self.write_pos, pos)
+        self.read_pos = min(self.read_pos, pos)
+        self.floor = max(self.floor, pos)
+        kept: collections.deque[Span] = collections.deque()
+        for span in self._spans:
+            if span.start >= pos:
+                continue
+            kept.append(
+                span
+                if span.end <= pos
+                else Span(span.start, pos, span.utterance_id, span.arrived_at)
+            )
+        self._spans = kept
+
+    def _fill(self, lo: int, hi: int, values: np.ndarray | None) -> None:
+        if hi <= lo:
+            return
+        a = lo % self._capacity
+        n = hi - lo
+        first = min(n, self._capacity - a)
+        if values is None:
+            self._data[a : a + first] = 0.0
+            self._data[: n - first] = 0.0
+        else:
+            self._data[a : a + first] = values[:first]
+            self._data[: n - first] = values[first:]
+
+    def _slice(self, lo: int, hi: int) -> np.ndarray:
+        a = lo % self._capacity
+        n = hi - lo
+        first = min(n, self._capacity - a)
+        if first == n:
+            return self._data[a : a + n]
+        return np.concatenate([self._data[a:], self._data[: n - first]])
+
+
+def frame_range(k: int) -> tuple[int, int]:
+    return k * SAMPLES_PER_VIDEO_FRAME, (k + 1) * SAMPLES_PER_VIDEO_FRAME

@@ -1,0 +1,323 @@
+"""The HTTP API on a real uvicorn server, with the stand-in avatar and generator."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import wave
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_session import build_standin, fake_speech, tone
+
+from models.audio import SAMPLE_RATE
+from models.avatar import Avatar, AvatarError
+from streamer.api.state import AppState
+from streamer.app import create_app
+from streamer.config import Settings
+from streamer.engine.base import Backend
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Avatar, Backend]:
+    return build_standin(tmp_path_factory)
+
+
+def make_app(standin: tuple[Avatar, Backend], **settings: Any) -> FastAPI:
+    avatar, backend = standin
+
+    def loader(name: str) -> tuple[Avatar, Backend]:
+        if name not in ("default", avatar.name):
+            raise AvatarError(f"no avatar named {name!r}: see `avatarcast avatar list`")
+        return avatar, backend
+
+    return create_app(
+        Settings(**settings),
+        loader=loader,
+        speech=fake_speech,  # type: ignore[arg-type]
+    )
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """A real uvicorn on a free loopback port, in this event loop."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, ws="websockets", log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def state_of(app: FastAPI) -> AppState:
+    state = app.state.avatarcast
+    assert isinstance(state, AppState)
+    return state
+
+
+@pytest.fixture()
+async def api(standin: tuple[Avatar, Backend]) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    app = make_app(standin)
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        yield client, app
+
+
+def wav_bytes(x: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((x * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+
+
+async def test_session_lifecycle(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    client, _ = api
+    r = await client.post("/v1/sessions", json={"avatar": "default"})
+    assert r.status_code == 201
+    made = r.json()
+    assert set(made) == {"id", "avatar", "view_token", "whep_url", "view_url", "obs_url", "ws_url"}
+    sid = made["id"]
+    assert made["whep_url"].endswith(f"/v1/sessions/{sid}/whep")
+    assert made["ws_url"].startswith("ws://") and f"/v1/sessions/{sid}/ws" in made["ws_url"]
+    assert made["view_token"] in made["view_url"] and made["view_token"] in made["obs_url"]
+    r = await client.post("/v1/sessions")  # no body: the server's avatar
+    assert r.status_code == 201
+    listed = (await client.get("/v1/sessions")).json()["sessions"]
+    assert {s["id"] for s in listed} == {sid, r.json()["id"]}
+    one = (await client.get(f"/v1/sessions/{sid}")).json()
+    assert one["state"] == "idle" and one["viewers"] == 0 and one["outputs"] == []
+    await asyncio.sleep(0.3)
+    one = (await client.get(f"/v1/sessions/{sid}")).json()
+    assert one["ready"] and one["frames"] > 3
+    assert (await client.delete(f"/v1/sessions/{sid}")).status_code == 204
+    assert_error(await client.get(f"/v1/sessions/{sid}"), 404, "session_not_found")
+    assert_error(await client.delete(f"/v1/sessions/{sid}"), 404)
+
+
+async def test_speak_text_and_audio_queue_in_order(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    client, app = api
+    sid = (await client.post("/v1/sessions", json={})).json()["id"]
+    session = state_of(app).registry.get(sid)
+    assert session is not None
+    events = session.subscribe_events()
+    r1 = await client.post(f"/v1/sessions/{sid}/speak", json={"text": "hello there"})
+    assert r1.status_code == 202
+    r2 = await client.post(
+        f"/v1/sessions/{sid}/speak",
+        content=wav_bytes(np.resize(tone(0.3), int(0.3 * 22_050)), 22_050),
+        headers={"Content-Type": "audio/wav"},
+    )
+    assert r2.status_code == 202, r2.text
+    ids = [r1.json()["utterance_id"], r2.json()["utterance_id"]]
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        while sum(e["type"] == "playback_finished" for e in seen) < 2:
+            seen.append(await events.get())
+    assert [e["utterance_id"] for e in seen if e["type"] == "speaking_started"] == ids
+    finished = [e for e in seen if e["type"] == "playback_finished"]
+    assert [e["utterance_id"] for e in finished] == ids
+    assert finished[0]["position_s"] == pytest.approx(0.4, abs=0.01)
+    # 0.3 s at 22.05 kHz resampled to 16 kHz
+    assert finished[1]["position_s"] == pytest.approx(0.3, abs=0.01)
+
+
+async def test_interrupt_over_http(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    client, app = api
+    sid = (await client.post("/v1/sessions", json={})).json()["id"]
+    session = state_of(app).registry.get(sid)
+    assert session is not None
+    uid = (
+        await client.post(
+            f"/v1/sessions/{sid}/speak",
+            content=wav_bytes(tone(3.0)),
+            headers={"Content-Type": "audio/x-wav"},
+        )
+    ).json()["utterance_id"]
+    for _ in range(100):
+        if session.state == "speaking":
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.get(f"/v1/sessions/{sid}")).json()["state"] == "speaking"
+    r = await client.post(f"/v1/sessions/{sid}/interrupt")
+    assert r.status_code == 200 and r.json() == {"interrupted": [uid]}
+    assert (await client.get(f"/v1/sessions/{sid}")).json()["state"] == "idle"
+    assert (await client.post(f"/v1/sessions/{sid}/interrupt")).json() == {"interrupted": []}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        (
+            {"content": b"hello", "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+        ({"content": b"hello"}, 415, "unsupported_media_type"),
+        (
+            {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+            "invalid_json",
+        ),
+        ({"json": {"words": "hi"}}, 422, "invalid_request"),
+        ({"json": {"text": 5}}, 422, "invalid_request"),
+        ({"json": {"text": "  ...  "}}, 400, "empty_text"),
+        ({"json": {"text": "a " * 60_000}}, 413, "text_too_long"),
+        ({"content": b"", "headers": {"Content-Type": "audio/wav"}}, 400, "empty_audio"),
+        (
+            {"content": b"RIFF\x00garbage" * 50, "headers": {"Content-Type": "audio/wav"}},
+            400,
+            "bad_audio",
+        ),
+        (
+            {"content": wav_bytes(tone(61.0)), "headers": {"Content-Type": "audio/wav"}},
+            413,
+            "audio_too_long",
+        ),
+    ],
+)
+async def test_bad_speak_requests_get_clean_errors(
+    api: tuple[httpx.AsyncClient, FastAPI], kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    client, app = api
+    sid = (await client.post("/v1/sessions", json={})).json()["id"]
+    assert_error(await client.post(f"/v1/sessions/{sid}/speak", **kwargs), status, code)
+    session = state_of(app).registry.get(sid)
+    assert session is not None and not session.closed and session.queued == 0
+
+
+async def test_too_large_body_is_413(
+    api: tuple[httpx.AsyncClient, FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamer.api.sessions as sessions
+
+    monkeypatch.setattr(sessions, "MAX_AUDIO_BYTES", 10_000)
+    client, _ = api
+    sid = (await client.post("/v1/sessions", json={})).json()["id"]
+    r = await client.post(
+        f"/v1/sessions/{sid}/speak",
+        content=wav_bytes(tone(1.0)),
+        headers={"Content-Type": "audio/wav"},
+    )
+    assert_error(r, 413, "too_large")
+
+
+@pytest.mark.parametrize(
+    ("call", "status"),
+    [
+        (lambda c: c.post("/v1/sessions/nope/speak", json={"text": "hi"}), 404),
+        (lambda c: c.post("/v1/sessions/nope/interrupt"), 404),
+        (lambda c: c.get("/v1/sessions/nope"), 404),
+        (lambda c: c.post("/v1/sessions", json={"avatar": "nobody"}), 400),
+        (lambda c: c.post("/v1/sessions", json={"video_codec": "av1"}), 422),
+        (lambda c: c.post("/v1/sessions", json={"width": 13}), 422),
+        (lambda c: c.post("/v1/sessions", json={"bogus": 1}), 422),
+        (
+            lambda c: c.post(
+                "/v1/sessions", content=b"{", headers={"Content-Type": "application/json"}
+            ),
+            422,
+        ),
+        (lambda c: c.put("/v1/sessions"), 405),
+        (lambda c: c.get("/v1/nothing-here"), 404),
+    ],
+)
+async def test_bad_requests_get_clean_errors(
+    api: tuple[httpx.AsyncClient, FastAPI],
+    call: Callable[[httpx.AsyncClient], Any],
+    status: int,
+) -> None:
+    client, _ = api
+    assert_error(await call(client), status)
+
+
+async def test_outputs_are_not_implemented_yet(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    client, _ = api
+    sid = (await client.post("/v1/sessions", json={})).json()["id"]
+    r = await client.post(f"/v1/sessions/{sid}/outputs", json={"type": "rtmp", "url": "rtmp://x"})
+    assert_error(r, 501, "not_implemented")
+
+
+async def test_health_metrics_and_openapi(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    client, _ = api
+    sid = (await client.post("/v1/sessions", json={})).json()["id"]
+    await client.post(f"/v1/sessions/{sid}/speak", json={"text": "one two three"})
+    await asyncio.sleep(1.0)
+    assert (await client.get("/healthz")).json() == {"status": "ok", "sessions": 1}
+    text = (await client.get("/metrics")).text
+    for name in (
+        "avatarcast_sessions 1.0",
+        "avatarcast_viewers 0.0",
+        "avatarcast_frames_generated_total",
+        "avatarcast_frames_dropped_total",
+        "avatarcast_generator_ms_bucket",
+        "avatarcast_speech_to_mouth_ms_count",
+        "avatarcast_frame_interval_ms_bucket",
+        "avatarcast_inference_queue_depth",
+        "avatarcast_utterance_queue_depth",
+    ):
+        assert name in text, name
+    assert "/v1/sessions/{session_id}/speak" in (await client.get("/openapi.json")).json()["paths"]
+
+
+async def test_api_key(standin: tuple[Avatar, Backend]) -> None:
+    app = make_app(standin, api_key="s3cret")
+    async with serving(app) as url, httpx.AsyncClient(base_url=url) as client:
+        assert_error(await client.post("/v1/sessions", json={}), 401, "unauthorized")
+        bad = {"Authorization": "Bearer nope"}
+        assert_error(await client.get("/v1/sessions", headers=bad), 401)
+        good = {"Authorization": "Bearer s3cret"}
+        r = await client.post("/v1/sessions", json={}, headers=good)
+        assert r.status_code == 201
+        # The view token is for viewers, not for control.
+        viewer = {"Authorization": f"Bearer {r.json()['view_token']}"}
+        assert_error(await client.get("/v1/sessions", headers=viewer), 401)
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_many_sessions_share_one_worker(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    client, app = api
+    ids = [(await client.post("/v1/sessions", json={})).json()["id"] for _ in range(3)]
+    for sid in ids:
+        await client.post(
+            f"/v1/sessions/{sid}/speak",
+            content=wav_bytes(tone(1.0)),
+            headers={"Content-Type": "audio/wav"},
+        )
+    await asyncio.sleep(1.5)
+    state = state_of(app)
+    for sid in ids:
+        session = state.registry.get(sid)
+        assert session is not None and session.stats.frames > 30
+    engine = await state.engines.get("default")
+    assert engine.worker.stats.frames >= 60
+    print(f"\ngenerator calls by batch size: {dict(sorted(engine.worker.stats.batches.items()))}")

@@ -1,0 +1,346 @@
+"""A live session with real parts: the ONNX stand-in generator, the compositor, the clock.
+
+Also the source of the helpers the API and WebSocket tests share (a stand-in avatar and
+backend, frame collection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_avatar import make_stand_in_avatar
+
+from models.audio import SAMPLE_RATE
+from models.avatar import Avatar, read_avatar
+from streamer.engine import make_backend
+from streamer.engine.base import Backend
+from streamer.engine.worker import InferenceWorker
+from streamer.metrics import Metrics
+from streamer.pipeline.frames import AVFrame
+from streamer.session import Session, SessionConfig, SessionOptions, SessionRegistry
+
+FRAME = 640
+
+
+def build_standin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Avatar, Backend]:
+    """The stand-in avatar package and its real ONNX backend (one inference thread)."""
+    avatar = read_avatar(make_stand_in_avatar(tmp_path_factory.mktemp("live") / "standin"))
+    return avatar, make_backend("onnx", avatar, threads=1)
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Avatar, Backend]:
+    return build_standin(tmp_path_factory)
+
+
+def tone(seconds: float, freq: float = 220.0, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (amp * np.sin(2 * np.pi * freq * t + 0.3)).astype(np.float32)  # x[0] != 0
+
+
+def fake_speech(text: str) -> object:
+    """A deterministic TTS stand-in: 0.2 s of tone per word."""
+    return iter([tone(0.2 * len(text.split()), 300.0)])
+
+
+class Live:
+    """A session on a real worker, for one test."""
+
+    def __init__(self, avatar: Avatar, backend: Backend, config: SessionConfig | None = None):
+        self.pool = ThreadPoolExecutor(2)
+        self.metrics = Metrics()
+        self.worker = InferenceWorker(backend, 8, self.metrics.observe_batch)
+        self.session = Session(
+            avatar,
+            self.worker,
+            executor=self.pool,
+            speech=fake_speech,  # type: ignore[arg-type]
+            metrics=self.metrics,
+            config=config,
+        )
+
+    async def aclose(self) -> None:
+        await self.session.aclose()
+        await self.worker.aclose()
+        self.pool.shutdown()
+
+
+@pytest.fixture()
+async def live(standin: tuple[Avatar, Backend]) -> AsyncIterator[Live]:
+    made = Live(*standin)
+    await made.session.start()
+    yield made
+    await made.aclose()
+
+
+async def collect(session: Session, count: int) -> list[AVFrame]:
+    sub = session.bus.subscribe(video_depth=1000, audio_depth=1000)
+    try:
+        return [await sub.next_audio() for _ in range(count)]
+    finally:
+        session.bus.unsubscribe(sub)
+
+
+async def events_until(
+    queue: asyncio.Queue[dict[str, object]], kind: str, n: int = 1, wait_s: float = 10.0
+) -> list[dict[str, object]]:
+    seen: list[dict[str, object]] = []
+    async with asyncio.timeout(wait_s):
+        while sum(e["type"] == kind for e in seen) < n:
+            seen.append(await queue.get())
+    return seen
+
+
+def speech_audio(frames: list[AVFrame]) -> np.ndarray:
+    return np.concatenate([f.audio for f in frames])
+
+
+async def test_frames_are_paced_by_timestamps_and_carry_640_samples(live: Live) -> None:
+    frames = await collect(live.session, 50)
+    assert [f.index for f in frames] == list(range(frames[0].index, frames[0].index + 50))
+    assert all(f.audio.shape == (FRAME,) and f.audio.dtype == np.int16 for f in frames)
+    # Published at t0 + k * 40 ms: the error against the ideal timestamps does not grow.
+    t = np.array([f.published_at for f in frames])
+    k = np.array([f.index for f in frames])
+    error = t - (t[0] + (k - k[0]) * 0.040)
+    assert abs(np.median(error)) < 0.010 and error.max() < 0.060
+    assert 38.0 < np.median(np.diff(t)) * 1000 < 42.0
+    assert live.session.ready and live.session.state == "idle"
+
+
+async def test_idle_reuses_the_cached_mouth(live: Live) -> None:
+    await collect(live.session, 60)
+    # Four base frames (open + three blink frames): at most one generator run for each.
+    assert live.worker.stats.frames <= 4
+    assert live.session.stats.generated >= 55
+
+
+async def test_speech_plays_exactly_with_events(live: Live) -> None:
+    events = live.session.subscribe_events()
+    sub = live.session.bus.subscribe(video_depth=1000, audio_depth=1000)
+    x = tone(0.5)
+    uid = live.session.speak_audio(x)
+    seen = await events_until(events, "playback_finished")
+    frames: list[AVFrame] = []
+    while sub.depth[1]:
+        frames.append(await sub.next_audio())
+    assert [e["type"] for e in seen] == ["speaking_started", "playback_finished"]
+    assert seen[1] == {
+        "type": "playback_finished",
+        "utterance_id": uid,
+        "position_s": 0.5,
+        "interrupted": False,
+    }
+    pcm = speech_audio(frames).astype(np.float32) / 32767.0
+    start = int(np.argmax(np.abs(pcm) > 0))
+    np.testing.assert_allclose(pcm[start : start + len(x)], x, atol=1.5 / 32767)
+    assert not pcm[start + len(x) :].any()
+    spoken = [f for f in frames if f.utterance_id == uid]
+    assert sum(int(np.count_nonzero(f.audio)) > 0 for f in spoken) >= 12
+    # The mouth follows the audio: the stand-in brightens the mouth with the mel energy.
+    mouth = [float(f.video[330:430, 206:306].mean()) for f in frames]
+    loud = [m for m, f in zip(mouth, frames, strict=True) if f.utterance_id == uid]
+    quiet = [m for m, f in zip(mouth, frames, strict=True) if f.utterance_id is None]
+    assert np.mean(loud) > np.mean(quiet) + 1.0
+
+
+async def test_utterances_play_in_order(live: Live) -> None:
+    events = live.session.subscribe_events()
+    first = live.session.speak_audio(tone(0.3, 200))
+    second = live.session.speak_text("one two")  # the stand-in TTS: 0.4 s
+    third = live.session.speak_audio(tone(0.2, 500))
+    seen = await events_until(events, "playback_finished", 3)
+    order = [(e["type"], e["utterance_id"]) for e in seen]
+    assert order == [
+        ("speaking_started", first),
+        ("playback_finished", first),
+        ("speaking_started", second),
+        ("playback_finished", second),
+        ("speaking_started", third),
+        ("playback_finished", third),
+    ]
+    positions = [e["position_s"] for e in seen if e["type"] == "playback_finished"]
+    assert positions == [0.3, 0.4, 0.2]
+
+
+async def test_interrupt_goes_idle_within_two_frames(live: Live) -> None:
+    session = live.session
+    events = session.subscribe_events()
+    sub = session.bus.subscribe(video_depth=1000, audio_depth=1000)
+    queued = session.speak_audio(tone(1.0, 300))
+    playing = session.speak_audio(tone(3.0))
+    ids = [queued, playing]
+    await events_until(events, "speaking_started")
+    await asyncio.sleep(0.3)
+    last_before = session.bus.last
+    assert last_before is not None
+    t_interrupt = asyncio.get_running_loop().time()
+    assert sorted(session.interrupt()) == sorted(ids)
+    assert session.state == "idle"
+    finished = [
+        e
+        for e in await events_until(events, "playback_finished", 2)
+        if e["type"] == "playback_finished"
+    ]
+    assert all(e["interrupted"] for e in finished)
+    assert 0.2 < float(finished[0]["position_s"]) < 1.0  # type: ignore[arg-type]
+    frames: list[AVFrame] = []
+    while len(frames) < 200 and (not frames or frames[-1].index < last_before.index + 10):
+        frames.append(await sub.next_audio())
+    after = [f for f in frames if f.index > last_before.index]
+    first_idle = next(f for f in after if not f.audio.any() and f.utterance_id is None)
+    assert first_idle.index - last_before.index <= 2
+    assert all(
+        not f.audio.any() and f.utterance_id is None for f in after if f.index >= first_idle.index
+    )
+    ms = (first_idle.published_at - t_interrupt) * 1000
+    print(f"\ninterrupt to idle leaving the session: {ms:.1f} ms")
+    assert ms < 80
+
+
+class SlowBackend:
+    """The stand-in generator plus 70 ms per call: generation is always late."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = "slow"
+
+    def infer(self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        time.sleep(0.07)
+        return self.inner.infer(reference, masked, mel)
+
+
+async def test_late_generation_drops_video_but_never_audio(
+    standin: tuple[Avatar, Backend],
+) -> None:
+    avatar, backend = standin
+    made = Live(avatar, SlowBackend(backend))
+    await made.session.start()
+    try:
+        x = tone(0.6)
+        made.session.speak_audio(x)
+        frames = await collect(made.session, 40)
+        pcm = speech_audio(frames).astype(np.float32) / 32767.0
+        start = int(np.argmax(np.abs(pcm) > 0))
+        np.testing.assert_allclose(pcm[start : start + len(x)], x, atol=1.5 / 32767)
+        assert made.session.stats.dropped > 10
+        assert 38.0 < np.median(np.diff([f.published_at for f in frames])) * 1000 < 42.0
+    finally:
+        await made.aclose()
+
+
+async def test_bounded_buffer_rejects_audio_beyond_the_limit(
+    standin: tuple[Avatar, Backend],
+) -> None:
+    made = Live(*standin, config=SessionConfig(max_buffer_s=2.0))
+    await made.session.start()
+    try:
+        made.session.speak_audio(tone(1.5))
+        from streamer.session import SpeechRejected
+
+        with pytest.raises(SpeechRejected) as err:
+            made.session.speak_audio(tone(1.0))
+        assert err.value.code == "buffer_full"
+        stream = made.session.open_stream()
+        stream.push(tone(0.3))
+        with pytest.raises(SpeechRejected):
+            stream.push(tone(1.0))
+    finally:
+        await made.aclose()
+
+
+async def test_one_failing_session_leaves_the_other_running(
+    standin: tuple[Avatar, Backend], caplog: pytest.LogCaptureFixture
+) -> None:
+    avatar, backend = standin
+    pool = ThreadPoolExecutor(2)
+    worker = InferenceWorker(backend)
+
+    async def factory(name: str, options: SessionOptions, on_failure: object) -> Session:
+        return Session(avatar, worker, executor=pool, on_failure=on_failure)  # type: ignore[arg-type]
+
+    registry = SessionRegistry(factory)
+    try:
+        good = await registry.create("standin")
+        bad = await registry.create("standin")
+        await collect(bad, 3)
+
+        def broken(k: int) -> object:
+            raise RuntimeError("boom")
+
+        bad._prepare = broken  # type: ignore[method-assign,assignment]
+        for _ in range(50):
+            if registry.get(bad.id) is None:
+                break
+            await asyncio.sleep(0.02)
+        assert registry.get(bad.id) is None and bad.closed
+        assert any(bad.id in r.getMessage() for r in caplog.records)
+        before = good.stats.frames
+        frames = await collect(good, 10)
+        assert good.stats.frames >= before + 10 and not good.closed
+        assert np.median(np.diff([f.published_at for f in frames])) == pytest.approx(
+            0.04, abs=0.003
+        )
+    finally:
+        await registry.aclose()
+        await worker.aclose()
+        pool.shutdown()
+
+
+async def test_close_is_idempotent_and_close_before_start_works(
+    standin: tuple[Avatar, Backend],
+) -> None:
+    made = Live(*standin)
+    await made.session.aclose()
+    await made.session.aclose()
+    await made.aclose()
+
+
+async def test_speech_to_mouth_latency_and_frame_interval(live: Live) -> None:
+    """Figures, not assertions on timing: a live stream pushed in 20 ms chunks at real time,
+    tone bursts after silence; latency = publication of the first frame carrying the burst
+    minus the wall time its first sample was pushed."""
+    session = live.session
+    loop = asyncio.get_running_loop()
+    sub = session.bus.subscribe(video_depth=1000, audio_depth=1000)
+    stream = session.open_stream()
+    chunk = 320
+    burst, gap = tone(0.2, 400), np.zeros(int(0.22 * SAMPLE_RATE), np.float32)  # 21 chunks
+    signal = np.concatenate([np.concatenate([burst, gap])] * 12)
+    onsets: list[float] = []
+    t0 = loop.time()
+    period = len(burst) + len(gap)
+    for i, start in enumerate(range(0, len(signal), chunk)):
+        await asyncio.sleep(max(0.0, t0 + i * chunk / SAMPLE_RATE - loop.time()))
+        if start % period == 0:
+            onsets.append(loop.time())
+        stream.push(signal[start : start + chunk])
+    stream.end()
+    await asyncio.sleep(0.4)
+    frames: list[AVFrame] = []
+    while sub.depth[1]:
+        frames.append(await sub.next_audio())
+    loud = np.array([np.abs(f.audio).max() > 1000 for f in frames])
+    starts = [frames[i].published_at for i in range(1, len(frames)) if loud[i] and not loud[i - 1]]
+    measured = [(s - o) * 1000 for o, s in zip(onsets, starts, strict=False)]
+    intervals = np.diff([f.published_at for f in frames]) * 1000
+    p95_latency = float(np.percentile(measured, 95))
+    p95_interval = float(np.percentile(intervals, 95))
+    stats = session.describe()
+    print(
+        f"\nspeech-to-mouth (onset pushed -> frame published) ms: p50 "
+        f"{np.median(measured):.1f} p95 {p95_latency:.1f} (n={len(measured)}); "
+        f"session's own p95 {stats['speech_to_mouth_ms_p95']}; frame interval ms: p50 "
+        f"{np.median(intervals):.1f} p95 {p95_interval:.1f}; dropped {session.stats.dropped}"
+    )
+    assert len(measured) >= 10
+    assert 0 < p95_latency < 1000  # sanity only: the figure is reported, not asserted

@@ -1,0 +1,74 @@
+"""The playout timeline: placement of speech against the clock, commits, cuts, windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.audio import WindowConfig, log_mel, window
+from streamer.pipeline.timeline import Timeline, TimelineFull, window_mel, window_range
+
+CFG = WindowConfig(17, 6)
+
+
+def test_speech_is_written_latency_ahead_then_contiguously() -> None:
+    tl = Timeline(max_ahead_s=10)
+    x = np.ones(1000, np.float32)
+    assert tl.write(x, now_pos=500, latency=2160, utterance_id="a", arrived_at=1.0) == 2660
+    assert tl.write(x, now_pos=600, latency=2160, utterance_id="a", arrived_at=1.1) == 3660
+    assert tl.write_pos == 4660
+    out = tl.samples(2000, 5000)
+    assert not out[:660].any() and out[660:2660].all() and not out[2660:].any()
+    assert [s.utterance_id for s in tl.spans(0, 10_000)] == ["a", "a"]
+
+
+def test_committed_audio_is_final_and_late_speech_goes_after_it() -> None:
+    tl = Timeline(max_ahead_s=10)
+    tl.commit(8000)  # the clock read up to 8000: it was silence and stays silence
+    start = tl.write(
+        np.ones(10, np.float32), now_pos=100, latency=50, utterance_id="a", arrived_at=0.0
+    )
+    assert start == 8000
+    assert not tl.samples(0, 8000).any()
+
+
+def test_a_gap_between_writes_is_silence_even_when_the_ring_wraps() -> None:
+    tl = Timeline(max_ahead_s=1)
+    for n in range(0, 200_000, 4000):  # far past the ring capacity
+        tl.commit(n)
+        tl.write(
+            np.full(100, 0.5, np.float32), now_pos=n, latency=1000, utterance_id="u", arrived_at=0.0
+        )
+    n = 196_000
+    out = tl.samples(n, n + 1200)
+    assert not out[:1000].any() and (out[1000:1100] == 0.5).all() and not out[1100:].any()
+
+
+def test_cut_drops_the_future_and_hides_the_past() -> None:
+    tl = Timeline(max_ahead_s=10)
+    tl.write(np.ones(5000, np.float32), now_pos=0, latency=0, utterance_id="a", arrived_at=0.0)
+    tl.commit(3000)
+    tl.cut(2000)
+    assert tl.write_pos == 2000 and tl.read_pos == 2000 and tl.floor == 2000
+    assert not tl.samples(0, 6000).any()  # before the cut reads as silence for later windows
+    assert [(s.start, s.end) for s in tl.spans(0, 6000)] == []
+    tl.write(np.ones(10, np.float32), now_pos=1900, latency=0, utterance_id="b", arrived_at=0.0)
+    assert tl.samples(2000, 2010).all()
+
+
+def test_buffering_is_bounded() -> None:
+    tl = Timeline(max_ahead_s=1)
+    tl.write(np.ones(15_000, np.float32), now_pos=0, latency=0, utterance_id="a", arrived_at=0.0)
+    with pytest.raises(TimelineFull):
+        tl.write(np.ones(2000, np.float32), now_pos=0, latency=0, utterance_id="a", arrived_at=0.0)
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 40])
+def test_window_equals_the_offline_definition(k: int) -> None:
+    rng = np.random.default_rng(k)
+    signal = rng.uniform(-0.5, 0.5, 40_000).astype(np.float32)
+    tl = Timeline(max_ahead_s=10)
+    tl.write(signal, now_pos=0, latency=0, utterance_id="a", arrived_at=0.0)
+    lo, hi = window_range(k, CFG)
+    ours = window_mel(tl.samples(lo, hi), k, CFG)
+    np.testing.assert_allclose(ours, window(log_mel(signal), k, CFG), rtol=0, atol=1e-5)
