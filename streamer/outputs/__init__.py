@@ -1,0 +1,1 @@
+"""Outputs: everything that consumes a session's AV frames (WebRTC viewers, the mic uplink)."""
