@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import ipaddress
 import logging
 import threading
@@ -11,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 from models.avatar import Avatar, load_avatar
 from streamer.api import core_routers
@@ -31,9 +30,6 @@ from streamer.session import (
 )
 
 log = logging.getLogger(__name__)
-
-OPTIONAL_ROUTERS = ("streamer.api.whep", "streamer.api.pages")
-
 
 class BuiltinSpeech:
     """The espeak-ng TTS, created on first use (in the speech executor, not at startup)."""
@@ -59,18 +55,6 @@ def default_loader(settings: Settings) -> EngineLoader:
         return avatar, make_backend(settings.backend, avatar, settings.threads)
 
     return load
-
-
-def _optional_router(module: str) -> APIRouter | None:
-    try:
-        found = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        log.info("%s is not part of this build: its routes are left out", module)
-        return None
-    router = getattr(found, "router", None)
-    return router if isinstance(router, APIRouter) else None
 
 
 def create_app(
@@ -152,14 +136,12 @@ def create_app(
         version="0.1.0",
         summary="A real-time streaming avatar: speak to it, watch it over WebRTC.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's Swagger UI loads scripts from a CDN: see streamer.api.apidocs
+        redoc_url=None,
     )
     install_error_handlers(app)
     for router in core_routers():
         app.include_router(router)
-    for module in OPTIONAL_ROUTERS:
-        extra = _optional_router(module)
-        if extra is not None:
-            app.include_router(extra)
     return app
 
 

@@ -1,14 +1,14 @@
-"""HTTP routes, the WebSocket, and (from their own modules) WHEP and the pages."""
+"""HTTP routes: sessions, the WebSocket, WHEP and the microphone uplink, pages, health, docs."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from streamer.api import health, sessions, ws
+from streamer.api import apidocs, health, pages, sessions, whep, ws
 
 
 def core_routers() -> list[APIRouter]:
-    return [sessions.router, ws.router, health.router]
+    return [sessions.router, ws.router, whep.router, pages.router, health.router, apidocs.router]
 
 
 __all__ = ["core_routers"]
