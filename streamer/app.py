@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from models.avatar import Avatar, load_avatar
 from streamer.api import core_routers
 from streamer.api.errors import install_error_handlers
 from streamer.api.state import AppState
-from streamer.config import Settings
+from streamer.config import ConfigError, Settings
 from streamer.engine.base import Backend
 from streamer.engine.factory import make_backend
 from streamer.engine.worker import EngineLoader, EnginePool
@@ -154,20 +155,46 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): stop what uses it "
+                "or choose another --port"
+            ) from None
+
+
 def serve(settings: Settings) -> int:
     """Run the server until interrupted (Ctrl-C). Binds where ``settings.host`` says: the
     loopback by default; a public address without an API key is allowed (the user asked for
-    it) but warned about."""
+    it) but warned about.
+
+    The avatar, the backend and the port are checked before the server starts, so a missing
+    model or an absent backend is a clear error now, not a failure at a session's first frame.
+    """
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    avatar = load_avatar(settings.avatar)
+    backend = make_backend(settings.backend, avatar, settings.threads)
+    _check_port(settings.host, settings.port)
+    log.info("avatar %r on backend %s", avatar.name, backend.name)
     if not settings.api_key and not _is_loopback(settings.host):
         log.warning(
             "serving on %s with no AVATARCAST_API_KEY: anyone who can reach it can use it",
             settings.host,
         )
+    fallback = default_loader(settings)
+
+    def loader(name: str) -> tuple[Avatar, Backend]:
+        return (avatar, backend) if name == avatar.name else fallback(name)
+
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, loader=loader),
         host=settings.host,
         port=settings.port,
         ws="websockets",  # sansio logs a spurious error after a denial response (uvicorn 0.54)

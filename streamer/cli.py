@@ -62,20 +62,13 @@ def _import(name: str, extra: str) -> object:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        app = _import("streamer.app", "server")
-    except UserError:
-        raise UserError("`avatarcast serve` is not implemented yet in this build") from None
-    serve = getattr(app, "serve", None)
-    if serve is None:
-        raise UserError("`avatarcast serve` is not implemented yet in this build")
+    from streamer.app import serve
     from streamer.config import Settings
 
     settings = Settings.from_env(
         host=args.host, port=args.port, avatar=args.avatar, backend=args.backend
     )
-    result = serve(settings)
-    return int(result or 0)
+    return int(serve(settings) or 0)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

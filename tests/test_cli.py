@@ -119,7 +119,8 @@ def test_bad_audio_is_one_line_exit_2(
         (["avatar", "show", "nobody"], "no avatar"),
         (["export", "alice", "--to", "onnx"], "checkpoint.pt"),
         (["export", "alice", "--to", "tensorrt"], "TensorRT"),
-        (["serve"], "not implemented"),
+        (["serve", "--avatar", "nobody"], "no avatar"),
+        (["serve", "--backend", "tensorrt"], "TensorRT"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -193,3 +194,15 @@ def test_console_entry_point_has_no_traceback(home: Path, tmp_path: Path) -> Non
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_serve_on_a_busy_port_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("avatarcast: error: cannot listen on 127.0.0.1:") and "--port" in err
