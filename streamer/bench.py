@@ -27,7 +27,7 @@ from models.audio import N_MELS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 Progress = Callable[[str], None]
 BATCHES = (1, 4, 16)
 BACKEND_CHOICES = ("auto", "onnx", "tensorrt", "torch")
-# Figures that need the streaming server (a later issue): reported as null until then.
+# Figures measured through the live server (streamer.livebench); null when not measured.
 SERVER_FIGURES = (
     "realtime_sessions",
     "speech_to_mouth_ms_p95",
@@ -323,25 +323,43 @@ def run_bench(
     sessions: int | None = None,
     avatar_name: str = "default",
     progress: Progress = _stderr,
+    live: bool = False,
+    soak_s: float | None = None,
 ) -> dict[str, Any]:
     """Measure each requested backend (default: ``auto``) and return the INTERFACE.md object.
 
-    ``sessions`` is accepted for the concurrent-session figures of the streaming server;
-    until the server exists ``realtime_sessions`` is null.
+    With ``live`` the server figures are measured through the real server
+    (:mod:`streamer.livebench`): ``sessions`` tests exactly that many concurrent sessions
+    instead of the ramp, and ``soak_s`` runs one long session for the A/V drift instead.
+    Without it they are null.
     """
     from models.avatar import load_avatar
     from streamer.engine.factory import make_backend
 
     plan = BenchPlan.for_mode(quick)
     avatar = load_avatar(avatar_name)
-    if sessions is not None:
-        progress(f"--sessions {sessions}: concurrent sessions need the server, not measured yet")
     results: dict[str, Any] = {}
     for name in backends or ("auto",):
         backend = make_backend(name, avatar, threads=plan.threads)
         if backend.name in results:
             continue  # "auto" and "onnx" are the same backend here
-        results[backend.name] = bench_backend(avatar, backend, plan, progress)
+        key = backend.name
+        results[key] = bench_backend(avatar, backend, plan, progress)
+        if live:
+            from streamer.livebench import run_live
+
+            del backend  # the server loads its own
+            progress(f"{name}: live figures through the server")
+            figures = run_live(
+                avatar.name,
+                name,
+                quick=quick,
+                threads=plan.threads,
+                sessions=sessions,
+                soak_s=soak_s,
+                progress=progress,
+            )
+            results[key].update(figures)
     return {"machine": machine_info(), "avatar": avatar.name, "backends": results}
 
 
@@ -355,6 +373,9 @@ def format_text(result: dict[str, Any]) -> str:
         lines.append(f"{name}: generator per frame {gen}")
         lines.append(f"  pipeline per frame: {figures['pipeline_ms_per_frame']} ms")
         lines.append(f"  peak RSS: {figures['peak_rss_mb']} MB")
+        live = {k: v for k, v in figures.items() if k in LIVE_TEXT and v is not None}
+        for key, value in live.items():
+            lines.append(f"  {key}: {value}")
         ours = figures["generator_ms_per_frame"]["1"]
         for base, data in figures["baselines"].items():
             theirs = data["generator_ms_per_frame"].get("1")
@@ -363,6 +384,27 @@ def format_text(result: dict[str, Any]) -> str:
                 f"  baseline {base}: {data['params_m']} M params, {theirs} ms/frame at b1{ratio}"
             )
     return "\n".join(lines)
+
+
+LIVE_TEXT = (
+    "frame_interval_ms_p95",
+    "frame_interval_ms_p95_server",
+    "speech_to_mouth_ms_p95",
+    "speech_to_mouth_onset_ms_p95",
+    "interrupt_to_idle_ms",
+    "interrupt_to_idle_ms_receiver",
+    "time_to_first_frame_ms",
+    "av_offset_ms",
+    "realtime_sessions",
+    "soak",
+)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 5:
+        raise argparse.ArgumentTypeError(f"{text}: a soak lasts at least 5 seconds")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -388,13 +430,30 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=None,
         help="concurrent sessions to try (server figures)",
     )
+    parser.add_argument(
+        "--soak",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="one session and viewer speaking that long: A/V offset at the start and the end",
+    )
+    parser.add_argument(
+        "--no-live", action="store_true", help="skip the figures measured through the server"
+    )
     parser.add_argument("--avatar", default="default")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result = run_bench(args.quick, args.backend, args.sessions, args.avatar)
+    result = run_bench(
+        args.quick,
+        args.backend,
+        args.sessions,
+        args.avatar,
+        live=not args.no_live,
+        soak_s=args.soak,
+    )
     print(json.dumps(result) if args.json else format_text(result))
     return 0
 

@@ -1,0 +1,76 @@
+"""The live part of bench: its measures on known signals, and one short run through the real
+server with the default avatar (shape and sanity only: timings belong to ``avatarcast bench``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+
+from streamer import bench, livebench
+from streamer.livebench import LivePlan, Track
+
+
+def test_onsets_are_interpolated_and_paired() -> None:
+    times = np.arange(40) * 0.04
+    values = np.where((np.arange(40) % 20) >= 12, 10.0, 0.0)
+    found = livebench.onsets(times, values)
+    assert np.allclose(found, [0.46, 1.26])  # half-way between 0.44 and 0.48, 1.24 and 1.28
+    assert livebench.onsets(times, np.zeros(40)) == []
+    lags = livebench.paired_lag_ms([0.38, 1.18], [0.40, 1.30, 3.0])
+    assert np.allclose(lags, [20.0, 120.0])
+    # A measure that falls when the mouth opens still gives the onset.
+    assert np.allclose(livebench.onsets(times, livebench.activity(-values + 3)), found)
+
+
+def test_sender_times_follow_the_sender_reports() -> None:
+    class Mapper:
+        _origin = 2**32 - 900  # the stream's first RTP timestamp, just before the wrap
+
+    class Receiver:
+        _RTCRtpReceiver__timestamp_mapper = Mapper()
+
+    track = Track(90_000, receiver=Receiver())
+    track.frames = [(0.0, 0, 1.0), (0.04, 3600, 1.0)]
+    # A report after the wrap: RTP 2700 is pts 3600, sent at NTP second 100.04.
+    track.reports = [(0.05, 100.04, 2700)]
+    times = track.sender_times()
+    assert times is not None and np.allclose(times, [100.0, 100.04])
+    assert Track(48_000).sender_times() is None  # no receiver: unknown, not guessed
+
+
+def test_bench_signals() -> None:
+    x = livebench.bursts(2 * 16000)
+    on = np.abs(x) > 0
+    assert on[: int(0.45 * 16000)].any() and not on[int(0.55 * 16000) : int(1.15 * 16000)].any()
+    assert np.allclose(livebench.voiced(320, 320), livebench.voiced(640)[320:], atol=1e-5)
+    assert livebench.wav_bytes(x[:160])[:4] == b"RIFF"
+
+
+def test_live_figures_through_the_real_server() -> None:
+    plan = LivePlan(main_s=2.5, settle_s=0.5, interrupts=1, ttff_tries=1, ramp_s=1.5, ramp_max=1)
+    messages: list[str] = []
+    figures = asyncio.run(
+        livebench.measure_live("default", "auto", 2, plan, None, None, messages.append)
+    )
+    json.dumps(figures)
+    for key in bench.SERVER_FIGURES:
+        assert key in figures
+    for key in (
+        "frame_interval_ms_p95",
+        "frame_interval_ms_p95_server",
+        "speech_to_mouth_ms_p95",
+        "interrupt_to_idle_ms",
+        "interrupt_to_idle_ms_receiver",
+        "time_to_first_frame_ms",
+    ):
+        assert isinstance(figures[key], float) and figures[key] >= 0, (key, figures[key])
+    # Frames arrived about every 40 ms; a loaded machine may stretch it, not shrink it.
+    assert figures["frame_interval_ms_p95"] > 30
+    assert figures["av_offset_ms"] is None or isinstance(figures["av_offset_ms"], float)
+    assert 0 <= figures["frames_dropped_ratio"] <= 1
+    (step,) = figures["realtime_ramp"]
+    assert step["sessions"] == 1 and figures["realtime_sessions"] in (0, 1)
+    assert any(m.startswith("live: interrupt") for m in messages)
