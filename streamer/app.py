@@ -39,13 +39,20 @@ class BuiltinSpeech:
         self._tts: object | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, text: str) -> Iterator[np.ndarray]:
+    def warm(self) -> None:
+        """Load the TTS now (blocking: run it in the speech executor), so the first text a
+        user sends does not wait seconds for the imports."""
         from streamer.tts import TextToSpeech
 
         with self._lock:
             if self._tts is None:
                 self._tts = TextToSpeech()
-            tts = self._tts
+
+    def __call__(self, text: str) -> Iterator[np.ndarray]:
+        from streamer.tts import TextToSpeech
+
+        self.warm()
+        tts = self._tts
         assert isinstance(tts, TextToSpeech)
         return tts.stream(text)
 
@@ -116,6 +123,9 @@ def create_app(
         app.state.avatarcast = AppState(
             settings, metrics, engines, registry, compose_pool, speech_pool, decode_pool
         )
+        if warm_avatar and isinstance(text_to_speech, BuiltinSpeech):
+            # In the background: a TTS that cannot load says so on the first speak instead.
+            speech_pool.submit(text_to_speech.warm)
         if warm_avatar:  # the first session should not wait for the model to load
             try:
                 await engines.get(settings.avatar)

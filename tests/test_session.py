@@ -124,13 +124,31 @@ async def test_idle_reuses_the_cached_mouth(live: Live) -> None:
     assert live.session.stats.generated >= 55
 
 
-async def test_speech_plays_exactly_with_events(live: Live) -> None:
+def generated(frames: list[AVFrame]) -> list[bool]:
+    """Which frames carry a picture rendered for them: a frame whose render missed its time is
+    published with the previous picture (the same array), so it says nothing about its audio."""
+    return [i > 0 and f.video is not frames[i - 1].video for i, f in enumerate(frames)]
+
+
+async def test_speech_plays_exactly_with_events(standin: tuple[Avatar, Backend]) -> None:
+    # A longer lead than the default gives each frame more time to render on a loaded
+    # machine; the timing itself is `avatarcast bench`'s business, not this test's.
+    live = Live(*standin, config=SessionConfig(lead_s=0.1))
+    await live.session.start()
+    try:
+        await _speech_plays_exactly_with_events(live)
+    finally:
+        await live.aclose()
+
+
+async def _speech_plays_exactly_with_events(live: Live) -> None:
     events = live.session.subscribe_events()
     sub = live.session.bus.subscribe(video_depth=1000, audio_depth=1000)
+    # Some idle frames first: the quiet side of the mouth comparison.
+    frames: list[AVFrame] = [await sub.next_audio() for _ in range(12)]
     x = tone(0.5)
     uid = live.session.speak_audio(x)
     seen = await events_until(events, "playback_finished")
-    frames: list[AVFrame] = []
     while sub.depth[1]:
         frames.append(await sub.next_audio())
     assert [e["type"] for e in seen] == ["speaking_started", "playback_finished"]
@@ -147,9 +165,11 @@ async def test_speech_plays_exactly_with_events(live: Live) -> None:
     spoken = [f for f in frames if f.utterance_id == uid]
     assert sum(int(np.count_nonzero(f.audio)) > 0 for f in spoken) >= 12
     # The mouth follows the audio: the stand-in brightens the mouth with the mel energy.
-    mouth = [float(f.video[330:430, 206:306].mean()) for f in frames]
-    loud = [m for m, f in zip(mouth, frames, strict=True) if f.utterance_id == uid]
-    quiet = [m for m, f in zip(mouth, frames, strict=True) if f.utterance_id is None]
+    # Only frames rendered for their own audio count (under CPU load some are replaced).
+    rendered = [f for f, fresh in zip(frames, generated(frames), strict=True) if fresh]
+    loud = [float(f.video[330:430, 206:306].mean()) for f in rendered if f.utterance_id == uid]
+    quiet = [float(f.video[330:430, 206:306].mean()) for f in rendered if f.utterance_id is None]
+    assert len(loud) >= 3 and len(quiet) >= 3, "too few frames rendered to compare"
     assert np.mean(loud) > np.mean(quiet) + 1.0
 
 

@@ -87,7 +87,9 @@ export async function play(video, { sessionId, token, base = "" }) {
     resource,
     async stop() {
       pc.close();
-      await fetch(resource, { method: "DELETE", headers: authHeaders(token) }).catch(() => {});
+      // keepalive: the DELETE still goes out when the page is being closed.
+      await fetch(resource, { method: "DELETE", headers: authHeaders(token), keepalive: true })
+        .catch(() => {});
     },
     // Frames per second and audio flowing, from the receiver's own statistics.
     async stats() {
