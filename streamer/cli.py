@@ -199,9 +199,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from models.avatar import avatar_dir, check_name
 
     check_name(args.name)
-    if args.to == "tensorrt":
-        raise UserError("TensorRT export is not available in this build: use --to onnx")
     root = avatar_dir(args.name)
+    if args.to == "tensorrt":
+        return _export_tensorrt(args.name)
     checkpoint = root / "checkpoint.pt"
     if not checkpoint.is_file():
         raise UserError(
@@ -211,6 +211,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     export = _import("models.export", "train")
     diff = export.export_onnx(checkpoint, root / "generator.onnx")  # type: ignore[attr-defined]
     print(f"wrote {root / 'generator.onnx'} (parity max abs diff {diff:.2e})", file=sys.stderr)
+    return 0
+
+
+def _export_tensorrt(name: str) -> int:
+    """Build (or rebuild) the avatar's TensorRT engine on this GPU from its ONNX model."""
+    from models.avatar import load_avatar
+    from streamer.engine.tensorrt import build_engine, current_key
+
+    avatar = load_avatar(name)
+    key = current_key(avatar.model_path)  # TensorRT and a GPU are here, or a clear error now
+    print(
+        f"building the TensorRT engine for {name!r} on {key.describe()} "
+        "(FP16, batch 1..64; minutes)",
+        file=sys.stderr,
+    )
+    path = build_engine(avatar.model_path)
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
