@@ -3,12 +3,14 @@
 A package is a directory::
 
     manifest.json      name, format, kind, fps, frame_size, crop_size, window, model, created, idle
-    frames/000000.png  base frames (RGB); a photo avatar has the neutral frame 0 and blink frames
+    frames/000000.png  base frames (RGB; .png or .jpg); a photo avatar has the neutral frame 0 and
+                       blink frames, a video avatar its idle loop (played forwards and backwards)
     boxes.npy          (N, 4) int crop boxes (x0, y0, x1, y1) per base frame, square
     mask.png           feather mask at crop size, 8-bit (255 = replaced by the generator)
     reference.png      a reference mouth crop for the generator (crop size)
     generator.onnx     the runtime model
     checkpoint.pt      optional: the torch checkpoint it was exported from
+    person/            optional (video avatars): the person's own material for ``avatar train``
 
 ``default`` ships inside this package (``models/default``); all others live in
 ``$AVATARCAST_HOME/avatars/NAME`` (``AVATARCAST_HOME`` defaults to ``~/.avatarcast``).
@@ -22,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,7 +190,7 @@ def read_avatar(path: Path | str) -> Avatar:
         raise AvatarError(f"{manifest_path} cannot be read: {exc}") from None
     width, height = manifest.frame_size
     crop = manifest.crop_size
-    frame_paths = sorted((root / "frames").glob("*.png"))
+    frame_paths = sorted((root / "frames").glob("*.png")) or sorted((root / "frames").glob("*.jpg"))
     if not frame_paths:
         raise AvatarError(f"avatar {manifest.name!r} has no base frames in {root / 'frames'}")
     frames = np.empty((len(frame_paths), height, width, 3), np.uint8)
@@ -286,11 +288,15 @@ def write_avatar(
     window: WindowConfig = DEFAULT_WINDOW,
     blink_frames: Sequence[int] = (),
     fps: int = FPS,
+    frame_format: Literal["png", "jpg"] = "png",
+    extras: Mapping[str, Path | str] | None = None,
 ) -> Path:
     """Write a package atomically: build it in a temporary sibling, then rename into place.
 
     ``frames`` are RGB uint8; ``mask`` is float in [0, 1] or uint8; ``model`` is an ONNX file
-    path or its bytes.  An existing package at ``directory`` is replaced.
+    path or its bytes.  An existing package at ``directory`` is replaced.  ``frame_format``
+    "jpg" stores base frames as quality-95 JPEG (a video avatar's loop: ~10x smaller than PNG).
+    ``extras`` maps relative names in the package to files copied there (e.g. ``person/``).
     """
     check_name(name)
     target = Path(directory)
@@ -321,7 +327,10 @@ def write_avatar(
     try:
         (staging / "frames").mkdir()
         for i, frame in enumerate(frame_list):
-            _write_png(staging / "frames" / f"{i:06d}.png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+            _write_png(
+                staging / "frames" / f"{i:06d}.{frame_format}",
+                cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+            )
         np.save(staging / "boxes.npy", box_array)
         _write_png(staging / "mask.png", mask_u8.astype(np.uint8))
         _write_png(staging / "reference.png", cv2.cvtColor(reference, cv2.COLOR_RGB2BGR))
@@ -331,6 +340,12 @@ def write_avatar(
             shutil.copyfile(model, staging / MODEL_FILE)
         if checkpoint is not None:
             shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
+        for relative, source in (extras or {}).items():
+            destination = staging / relative
+            if not destination.resolve().is_relative_to(staging.resolve()):
+                raise AvatarError(f"extra file {relative!r} lies outside the package")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
         (staging / "manifest.json").write_text(
             json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8"
         )
@@ -350,5 +365,6 @@ def write_avatar(
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix == ".jpg" else []
+    if not cv2.imwrite(str(path), image, params):
         raise AvatarError(f"cannot write {path}")
