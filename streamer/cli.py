@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from streamer import __version__
+from streamer.config import BACKENDS
 
 EXIT_USAGE = 2
 
@@ -242,7 +243,6 @@ def run_forwarded(command: str, argv: Sequence[str]) -> int:
 
 # --- parser ---------------------------------------------------------------------------------
 
-BACKENDS = ("auto", "onnx", "tensorrt", "torch")
 
 
 def build_parser() -> argparse.ArgumentParser:
