@@ -89,6 +89,7 @@ def test_int8_model_is_offered_and_close(
 
     root = tmp_path / "default"
     shutil.copytree(avatar.path, root)
+    (root / INT8_FILE).unlink(missing_ok=True)  # the shipped one: build it again here
     copy = read_avatar(root)
     assert "onnx-int8" not in available_backends(copy)
     with pytest.raises(BackendError, match=r"models\.quantize"):
@@ -120,7 +121,8 @@ def test_available_backends_keys(avatar: Avatar) -> None:
     keys = available_backends(avatar)
     assert "onnx-cpu" in keys and "torch-cpu" in keys
     assert all(k in KEYS for k in keys)
-    assert set(available_backends()) >= set(keys)
+    # Without an avatar, the keys that need an avatar's own file are left out.
+    assert set(available_backends()) >= set(keys) - {"onnx-int8", "tensorrt"}
 
 
 def test_absent_backend_is_a_clear_error(avatar: Avatar) -> None:
