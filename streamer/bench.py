@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from models.audio import N_MELS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from streamer.config import BACKENDS
 
 Progress = Callable[[str], None]
 BATCHES = (1, 4, 16)
-BACKEND_CHOICES = ("auto", "onnx", "tensorrt", "torch")
 # Figures measured through the live server (streamer.livebench); null when not measured.
 SERVER_FIGURES = (
     "realtime_sessions",
@@ -421,8 +421,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--backend",
         action="append",
-        choices=BACKEND_CHOICES,
-        help="backend to measure (repeatable; default auto)",
+        choices=BACKENDS,
+        help="backend to measure (repeatable; default auto), e.g. onnx-int8 for the reduced model",
     )
     parser.add_argument(
         "--sessions",
