@@ -186,7 +186,7 @@ def cmd_avatar_train(args: argparse.Namespace) -> int:
             raise UserError(
                 f"no avatar named {args.name!r}: create it with `avatarcast avatar create`"
             )
-        raise UserError("training a person's own avatar is not implemented yet in this build")
+        return _train_person(args)
     recipe = _import("models.recipe", "train")
     argv = ["--device", args.device or "auto"]
     if args.steps is not None:
@@ -194,6 +194,21 @@ def cmd_avatar_train(args: argparse.Namespace) -> int:
     if args.resume:
         argv.append("--resume")
     return int(recipe.main(argv) or 0)  # type: ignore[attr-defined]
+
+
+def _train_person(args: argparse.Namespace) -> int:
+    """Fine-tune a created avatar on its person's video (models/finetune.py)."""
+    finetune = _import("models.finetune", "train")
+    report = finetune.train_avatar(  # type: ignore[attr-defined]
+        args.name,
+        device=args.device or "auto",
+        steps=args.steps,
+        resume=args.resume,
+        force=args.force,
+        progress=sys.stderr.isatty(),
+    )
+    print(report.summary(), file=sys.stderr)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -289,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if any")
     q.add_argument("--steps", type=int, default=None)
     q.add_argument("--resume", action="store_true")
+    q.add_argument(
+        "--force", action="store_true", help="keep the new model even if it is not better"
+    )
     avatar_command("list", cmd_avatar_list, "list installed avatars")
     q = avatar_command("show", cmd_avatar_show, "show an avatar's manifest")
     q.add_argument("name")

@@ -1,0 +1,540 @@
+"""``avatarcast avatar train NAME``: fit the generator to one person's own video.
+
+The run starts from the avatar's current ``checkpoint.pt`` (at first the default model) and
+learns from the ``person/`` material that ``avatar create`` wrote: per used frame the mouth
+crop, its masked copy (the generator's input) and the mel window of the person's speech. The
+tail of the video holding the last ``holdout`` share of the speech is never trained on: it
+is where :mod:`models.person_eval` compares the old and the new model afterwards.
+
+Losses: L1 in the feather mask and on edges (as in the default's training), the frozen
+SyncNet expert when the starting checkpoint holds one (the default's does not: then sync is
+skipped), and optionally the LSGAN patch critic. No teacher params: a person has none.
+
+The run's state (models, optimisers, random state, step) is saved atomically to
+``$AVATARCAST_HOME/work/NAME/finetune.pt`` every ``checkpoint_every`` steps, so ``--resume``
+continues exactly there. The package changes only at the end, and only when the new model is
+better on the held-out part (or ``force``): a copy of the package with the new checkpoint and
+its ONNX export (checked for parity) is renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models import losses
+from models.audio import LOG_FLOOR, SAMPLES_PER_VIDEO_FRAME
+from models.avatar import (
+    CHECKPOINT_FILE,
+    DEFAULT_NAME,
+    MODEL_FILE,
+    Avatar,
+    AvatarError,
+    avatarcast_home,
+    load_avatar,
+)
+from models.config import ModelConfig
+from models.data import MASK_CUT, mel_windows
+from models.networks import Generator, PatchDiscriminator, SyncNet
+
+STATE_FILE = "finetune.pt"
+MIN_TRAIN_FRAMES = 50  # 2 s: less cannot teach the generator a mouth
+MIN_HELDOUT_FRAMES = 12
+GAP_FRAMES = 6  # frames between training and held-out part (the mel window spans 240 ms)
+
+
+class FinetuneError(AvatarError):
+    """The avatar cannot be trained (as it is); the message says why."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    steps: int = 1500
+    batch: int = 8
+    lr: float = 2e-4  # a fifth of the default's: the model is already good, keep it so
+    seed: int = 0
+    holdout: float = 0.15  # share of the speech frames, at the end of the video, held out
+    w_l1: float = 1.0
+    w_edge: float = 0.5
+    w_sync: float = 0.03
+    w_adv: float = 0.0  # the critic is optional: 0 leaves it out (cheaper, steadier)
+    adv_start: float = 0.5
+    disc_lr: float = 2e-4
+    gain_db: float = 6.0  # random gain on the mel windows
+    checkpoint_every: int = 100
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# --- the person's material -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersonData:
+    """The used frames of a video avatar's source, in time order (index i = i-th used frame)."""
+
+    crops: np.ndarray  # (m, S, S, 3) uint8: the real mouth crops
+    frames: np.ndarray  # (m,) int: the frame index in the 25 fps video
+    windows: np.ndarray  # (m, T, 80) float16: mel windows of the person's speech
+    silent: np.ndarray  # (m,) bool
+    train: np.ndarray  # indices into the arrays above
+    heldout: np.ndarray
+    mask: np.ndarray  # (S, S) float32 feather mask
+    reference: np.ndarray  # (S, S, 3) uint8
+
+    def clips(self) -> list[np.ndarray]:
+        """The held-out indices split into runs of consecutive video frames."""
+        if not len(self.heldout):
+            return []
+        breaks = np.flatnonzero(np.diff(self.frames[self.heldout]) != 1) + 1
+        return [c for c in np.split(self.heldout, breaks) if len(c)]
+
+
+def load_person(avatar: Avatar, holdout: float = 0.15) -> PersonData:
+    """Read ``person/`` of a video avatar and split off the held-out tail."""
+    from models.create import read_crops
+
+    person = avatar.path / "person"
+    paths = [person / p for p in ("crops.mp4", "audio.npy", "track.npz")]
+    if avatar.manifest.kind != "video" or not all(p.is_file() for p in paths):
+        raise FinetuneError(
+            f"avatar {avatar.name!r} has no video material to train on (person/ is missing): "
+            "training needs an avatar made with `avatarcast avatar create NAME --video FILE`"
+        )
+    with np.load(paths[2]) as track:
+        valid = np.asarray(track["valid"], bool)
+        silent_all = np.asarray(track["silent"], bool)
+    frames = np.flatnonzero(valid)
+    crops = np.stack(list(read_crops(paths[0]))) if len(frames) else np.zeros((0,))
+    if len(crops) != len(frames):
+        raise FinetuneError(
+            f"{paths[0]} holds {len(crops)} crops for {len(frames)} used frames: "
+            "recreate the avatar"
+        )
+    samples = np.load(paths[1]).astype(np.float32) / 32767.0
+    n = len(valid)
+    samples = np.pad(samples, (0, max(0, n * SAMPLES_PER_VIDEO_FRAME - len(samples))))
+    windows = mel_windows(samples[: n * SAMPLES_PER_VIDEO_FRAME], avatar.window)[frames]
+    silent = silent_all[frames]
+    train, heldout = split_holdout(frames, silent, holdout)
+    if len(train) < MIN_TRAIN_FRAMES or len(heldout) < MIN_HELDOUT_FRAMES:
+        raise FinetuneError(
+            f"avatar {avatar.name!r} has too little speech to train and check on "
+            f"({len(train)} training, {len(heldout)} held-out frames; at least "
+            f"{MIN_TRAIN_FRAMES} and {MIN_HELDOUT_FRAMES}): film a minute or more of talking"
+        )
+    return PersonData(
+        crops=crops,
+        frames=frames,
+        windows=windows,
+        silent=silent,
+        train=train,
+        heldout=heldout,
+        mask=np.array(avatar.mask, np.float32),  # writable: torch shares it
+        reference=np.array(avatar.reference),
+    )
+
+
+def split_holdout(
+    frames: np.ndarray, silent: np.ndarray, holdout: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices: the held-out tail holds the last ``holdout`` share of the
+    speech frames (not of all frames: a long silent ending would leave nothing to judge lip
+    sync on), with ``GAP_FRAMES`` left out between the two parts."""
+    speech = np.flatnonzero(~silent)
+    if not len(speech) or holdout <= 0:
+        return np.arange(len(frames)), np.zeros(0, np.int64)
+    k = max(1, math.ceil(holdout * len(speech)))
+    first = int(speech[len(speech) - k])
+    # Start the held-out part a little before its first speech frame: the mouth opens early.
+    start = int(np.searchsorted(frames, frames[first] - GAP_FRAMES // 2))
+    cut = int(frames[start])
+    heldout = np.arange(start, len(frames))
+    train = np.flatnonzero(frames < cut - GAP_FRAMES)
+    return train, heldout
+
+
+# --- batches ---------------------------------------------------------------------------------
+
+
+def _image(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
+def _gain(mel: np.ndarray, rng: np.random.Generator, gain_db: float) -> np.ndarray:
+    shift = rng.uniform(-gain_db, gain_db, (len(mel), 1, 1)) / 10.0
+    return np.maximum(mel.astype(np.float32) + shift, np.log10(LOG_FLOOR)).astype(np.float32)
+
+
+def training_batch(
+    data: PersonData, rng: np.random.Generator, batch: int, gain_db: float
+) -> dict[str, np.ndarray]:
+    """reference, masked, target (B, 3, S, S) in [0, 1] and mel (B, T, 80), training frames
+    only. The reference is the package's half the time (what run time uses), else another
+    training frame, so that the mouth shape has to come from the audio."""
+    idx = data.train[rng.integers(0, len(data.train), batch)]
+    target = _image(data.crops[idx])
+    refs = data.crops[data.train[rng.integers(0, len(data.train), batch)]].copy()
+    refs[rng.random(batch) < 0.5] = data.reference
+    keep = (data.mask <= MASK_CUT).astype(np.float32)
+    return {
+        "reference": _image(refs),
+        "masked": target * keep[None, None],
+        "target": target,
+        "mel": _gain(data.windows[idx], rng, gain_db),
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def work_dir(name: str) -> Path:
+    """Where a run of ``avatar train NAME`` keeps its state until it is done."""
+    return avatarcast_home() / "work" / name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_atomic(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class Finetuner:
+    """Owns the models, optimisers and random state of one person's run."""
+
+    def __init__(self, base: dict[str, Any], cfg: FinetuneConfig, device: torch.device) -> None:
+        self.model_cfg = ModelConfig.from_dict(base["config"])
+        self.cfg = cfg
+        self.device = device
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        state = base["state"]
+        self.generator = Generator(self.model_cfg.generator).to(device)
+        self.generator.load_state_dict(state["generator"])
+        self.syncnet: SyncNet | None = None
+        if "syncnet" in state:
+            self.syncnet = SyncNet(self.model_cfg.syncnet).to(device)
+            self.syncnet.load_state_dict(state["syncnet"])
+            self.syncnet.eval()
+            for p in self.syncnet.parameters():
+                p.requires_grad_(False)
+        self.disc: PatchDiscriminator | None = None
+        self.opt_disc: torch.optim.Optimizer | None = None
+        if cfg.w_adv > 0:
+            self.disc = PatchDiscriminator(self.model_cfg.disc).to(device)
+            if "disc" in state:
+                self.disc.load_state_dict(state["disc"])
+            self.opt_disc = torch.optim.Adam(
+                self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999)
+            )
+        self.opt_gen = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        self.step = 0
+        self.seconds = 0.0
+        self._mask: Tensor | None = None
+
+    def state(self, base_sha: str) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "generator": self.generator.state_dict(),
+            "opt_gen": self.opt_gen.state_dict(),
+        }
+        if self.disc is not None and self.opt_disc is not None:
+            state["disc"] = self.disc.state_dict()
+            state["opt_disc"] = self.opt_disc.state_dict()
+        return {
+            "config": self.model_cfg.to_dict(),
+            "finetune": asdict(self.cfg),
+            "base_sha256": base_sha,
+            "step": self.step,
+            "seconds": self.seconds,
+            "device": str(self.device),
+            "state": state,
+            "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
+        }
+
+    def load(self, saved: dict[str, Any]) -> None:
+        s = saved["state"]
+        self.generator.load_state_dict(s["generator"])
+        self.opt_gen.load_state_dict(s["opt_gen"])
+        if self.disc is not None and self.opt_disc is not None and "disc" in s:
+            self.disc.load_state_dict(s["disc"])
+            self.opt_disc.load_state_dict(s["opt_disc"])
+        self.step = int(saved["step"])
+        self.seconds = float(saved.get("seconds", 0.0))
+        self.rng.bit_generator.state = saved["rng"]["numpy"]
+        torch.set_rng_state(saved["rng"]["torch"])
+
+    def train_step(self, data: PersonData) -> dict[str, float]:
+        c = self.cfg
+        # Cosine decay to a tenth: the last steps polish rather than move.
+        t = min(1.0, self.step / max(1, c.steps))
+        for group in self.opt_gen.param_groups:
+            group["lr"] = c.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+        b = {
+            k: torch.from_numpy(v).to(self.device, non_blocking=True)
+            for k, v in training_batch(data, self.rng, c.batch, c.gain_db).items()
+        }
+        if self._mask is None:
+            self._mask = torch.from_numpy(data.mask).to(self.device)[None, None]
+        mask = self._mask
+        self.generator.train()
+        fake = self.generator(b["reference"], b["masked"], b["mel"])
+        l1 = losses.masked_l1(fake, b["target"], mask)
+        edge = losses.edge_loss(fake, b["target"], mask)
+        loss = c.w_l1 * l1 + c.w_edge * edge
+        logs = {"l1": l1.item(), "edge": edge.item()}
+        shown = fake * mask + b["target"] * (1.0 - mask)
+        if self.syncnet is not None and c.w_sync > 0:
+            sync = losses.sync_loss(self.syncnet(shown, b["mel"]))
+            loss = loss + c.w_sync * sync
+            logs["sync"] = sync.item()
+        adversarial = self.disc is not None and t >= c.adv_start
+        if adversarial and self.disc is not None:
+            adv = losses.lsgan_g(self.disc(shown))
+            loss = loss + c.w_adv * adv
+            logs["adv"] = adv.item()
+        self.opt_gen.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_gen.step()
+        if adversarial and self.disc is not None and self.opt_disc is not None:
+            d_loss = losses.lsgan_d(self.disc(b["target"]), self.disc(shown.detach()))
+            self.opt_disc.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_disc.step()
+            logs["d"] = d_loss.item()
+        self.step += 1
+        return logs
+
+    def run(self, data: PersonData, base_sha: str, path: Path, progress: bool) -> None:
+        from tqdm import tqdm
+
+        c = self.cfg
+        bar = tqdm(
+            total=c.steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        start = time.monotonic()
+        try:
+            while self.step < c.steps:
+                logs = self.train_step(data)
+                bar.update()
+                if self.step % 5 == 0 or self.step == c.steps:
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+                if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                    now = time.monotonic()
+                    self.seconds += now - start
+                    start = now
+                    _save_atomic(self.state(base_sha), path)
+        finally:
+            bar.close()
+
+    def package_checkpoint(self, base: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint the package ships: the default's format (``export_onnx`` and
+        ``generator_from_checkpoint`` read it), the expert carried over unchanged."""
+        state: dict[str, Any] = {"generator": self.generator.state_dict()}
+        for key in ("syncnet", "disc"):
+            if key in base["state"]:
+                state[key] = base["state"][key]
+        if self.disc is not None:
+            state["disc"] = self.disc.state_dict()
+        return {
+            "config": self.model_cfg.to_dict(),
+            "stage": "done",
+            "step": self.step,
+            "seconds": {"finetune": self.seconds},
+            "device": str(self.device),
+            "finetune": asdict(self.cfg),
+            "state": {k: {n: v.cpu() for n, v in s.items()} for k, s in state.items()},
+        }
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    name: str
+    steps: int
+    seconds: float  # training time of this call (resumed steps are not counted)
+    steps_run: int
+    old: Any  # models.person_eval.PersonScore
+    new: Any
+    kept: bool  # the new model replaced the old one
+    forced: bool
+    parity: float | None  # ONNX vs torch max abs difference of the written model
+    heldout_frames: int
+    train_frames: int
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps_run / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"trained avatar {self.name!r}: {self.steps} steps "
+            f"({self.steps_run} now, {self.steps_per_s:.2f} steps/s), "
+            f"{self.train_frames} frames trained on, {self.heldout_frames} held out",
+            f"{'held-out':16}{'old':>10}{'new':>10}",
+        ]
+        for key, digits in (("r", 3), ("lag_ms", 0), ("psnr_db", 2), ("ssim", 4)):
+            old, new = getattr(self.old, key), getattr(self.new, key)
+            lines.append(f"{key:16}{_fmt(old, digits):>10}{_fmt(new, digits):>10}")
+        if self.kept:
+            how = "forced" if self.forced and not self.new.better_than(self.old) else "better"
+            lines.append(f"kept the new model ({how}); ONNX parity {self.parity:.1e}")
+        else:
+            lines.append(
+                "kept the old model: the new one is not better on the held-out part "
+                f"(--resume --force keeps it anyway; its state is in {work_dir(self.name)})"
+            )
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def train_avatar(
+    name: str,
+    *,
+    device: str = "auto",
+    steps: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    cfg: FinetuneConfig | None = None,
+    progress: bool = True,
+) -> TrainReport:
+    """Fine-tune avatar ``name`` on its person's video, judge it on the held-out part, and
+    replace the package's model when the new one is better (or ``force``)."""
+    from models.person_eval import evaluate_generators
+    from models.train import generator_from_checkpoint, load_checkpoint, resolve_device
+
+    if name == DEFAULT_NAME:
+        raise FinetuneError("the default avatar is trained by `python -m models.recipe`")
+    avatar = load_avatar(name)
+    base_path = avatar.path / CHECKPOINT_FILE
+    if not base_path.is_file():
+        raise FinetuneError(f"avatar {name!r} has no {CHECKPOINT_FILE} to start from: recreate it")
+    cfg = cfg or FinetuneConfig()
+    if steps is not None:
+        if steps < 0:
+            raise FinetuneError("--steps must be 0 or more")
+        cfg = replace(cfg, steps=steps)
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as exc:
+        raise FinetuneError(str(exc)) from None
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    data = load_person(avatar, cfg.holdout)
+    base = load_checkpoint(base_path)
+    base_sha = _sha256(base_path)
+    work = work_dir(name)
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / STATE_FILE
+    saved = load_checkpoint(state_path) if resume and state_path.is_file() else None
+    if saved is not None:
+        if saved.get("base_sha256") != base_sha:
+            raise FinetuneError(
+                f"avatar {name!r}'s model changed since that run started: train without --resume"
+            )
+        # The stored run's settings win, except the step count, which may be raised.
+        cfg = replace(FinetuneConfig.from_dict(saved["finetune"]), steps=cfg.steps)
+    tuner = Finetuner(base, cfg, dev)
+    if saved is not None:
+        tuner.load(saved)
+    done_before = tuner.step
+    started = time.monotonic()
+    tuner.run(data, base_sha, state_path, progress)
+    seconds = time.monotonic() - started
+
+    old_model = generator_from_checkpoint(base).to(dev)
+    scores = evaluate_generators(
+        avatar, data, {"old": old_model, "new": tuner.generator}, dev, progress=progress
+    )
+    old, new = scores["old"], scores["new"]
+    keep = force or new.better_than(old)
+    parity: float | None = None
+    if keep:
+        parity = _write_package(avatar, tuner.package_checkpoint(base), tuner)
+        shutil.rmtree(work, ignore_errors=True)
+    return TrainReport(
+        name=name,
+        steps=tuner.step,
+        seconds=seconds,
+        steps_run=tuner.step - done_before,
+        old=old,
+        new=new,
+        kept=keep,
+        forced=force,
+        parity=parity,
+        heldout_frames=len(data.heldout),
+        train_frames=len(data.train),
+    )
+
+
+def _write_package(avatar: Avatar, checkpoint: dict[str, Any], tuner: Finetuner) -> float:
+    """Copy the package, put the new checkpoint and its ONNX export in, and swap it in."""
+    from models.export import export_generator
+
+    target = avatar.path
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.train-", dir=target.parent))
+    try:
+        package = staging / "package"
+        shutil.copytree(target, package)
+        # Files derived from the old generator (quantised copies) would now disagree with it.
+        for stale in package.glob("generator.*.onnx"):
+            stale.unlink()
+        torch.save(checkpoint, package / CHECKPOINT_FILE)
+        model = _cpu_copy(tuner.generator, tuner.model_cfg)
+        diff = export_generator(model, tuner.model_cfg.generator, package / MODEL_FILE)
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(package, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return diff
+
+
+def _cpu_copy(generator: nn.Module, model_cfg: ModelConfig) -> nn.Module:
+    copy = Generator(model_cfg.generator)
+    copy.load_state_dict({k: v.cpu() for k, v in generator.state_dict().items()})
+    return copy.eval()
+
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneError",
+    "PersonData",
+    "TrainReport",
+    "load_person",
+    "split_holdout",
+    "train_avatar",
+    "work_dir",
+]

@@ -1,0 +1,118 @@
+"""`avatarcast avatar train NAME`: the held-out split, the lag measure, resuming, and a short
+train on an avatar created from the tests' own talking video."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.finetune import (
+    GAP_FRAMES,
+    STATE_FILE,
+    FinetuneConfig,
+    Finetuner,
+    load_person,
+    split_holdout,
+    work_dir,
+)
+from models.person_eval import PersonScore, lag_correlation, shifted
+from streamer.cli import main
+from tests.talking_video import make_talking_video
+
+
+def test_holdout_is_the_tail_of_the_speech() -> None:
+    frames = np.arange(200)
+    silent = np.zeros(200, bool)
+    silent[:50] = silent[180:] = True  # a silent start and a long silent end
+    train, held = split_holdout(frames, silent, 0.15)
+    speech_held = int((~silent[held]).sum())
+    # 15% of the 130 speech frames despite the silent end, starting a few frames early.
+    assert speech_held == 20 + GAP_FRAMES // 2
+    assert frames[train].max() < frames[held].min() - 5  # a gap between the parts
+    assert held[-1] == 199
+
+
+def test_lag_found_in_frames_and_between() -> None:
+    rng = np.random.default_rng(0)
+    real = np.convolve(rng.random(300), np.ones(5) / 5, mode="same")
+    late = shifted(real, 0.08)  # two frames later
+    r, lag = lag_correlation([late], [real])
+    assert r > 0.99 and lag == pytest.approx(80.0)
+    r, lag = lag_correlation([shifted(real, -0.02)], [real])  # half a frame early
+    assert r > 0.95 and abs(lag + 20.0) <= 5.0
+
+
+def test_better_needs_sync_and_image() -> None:
+    old = PersonScore(0.80, 0.0, 20.0, 0.7, 50, 1)
+    assert replace(old, psnr_db=21.0).better_than(old)
+    assert not replace(old, psnr_db=21.0, r=0.70).better_than(old)  # sharper but out of sync
+    assert replace(old, r=0.9, psnr_db=19.8).better_than(old)
+    assert not old.better_than(old)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("AVATARCAST_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_train_created_avatar(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.avatar import load_avatar
+    from models.train import load_checkpoint
+
+    video = make_talking_video(tmp_path / "talk.mp4", seconds=10.0)
+    assert main(["avatar", "create", "twin", "--video", str(video)]) == 0
+    package = home / "avatars" / "twin"
+    before = _sha(package / "checkpoint.pt")
+    capsys.readouterr()
+
+    # Resuming continues exactly: one step, saved, reloaded, one more == two steps at once.
+    avatar = load_avatar("twin")
+    data = load_person(avatar)
+    assert len(data.train) > 150 and len(data.heldout) >= 12
+    base = load_checkpoint(package / "checkpoint.pt")
+    cfg = FinetuneConfig(steps=2, batch=2, checkpoint_every=1)
+    straight = Finetuner(base, cfg, torch.device("cpu"))
+    straight.train_step(data)
+    straight.train_step(data)
+    first = Finetuner(base, cfg, torch.device("cpu"))
+    first.train_step(data)
+    saved = first.state("x")
+    second = Finetuner(base, cfg, torch.device("cpu"))
+    second.load(saved)
+    second.train_step(data)
+    for a, b in zip(
+        straight.generator.state_dict().values(),
+        second.generator.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+
+    # The command: a short train, the held-out figures, the package replaced only if better.
+    assert main(["avatar", "train", "twin", "--device", "cpu", "--steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "held-out" in err and "psnr_db" in err, err
+    after = _sha(package / "checkpoint.pt")
+    if "kept the new model" in err:
+        assert after != before and not (work_dir("twin") / STATE_FILE).exists()
+        assert load_checkpoint(package / "checkpoint.pt")["step"] == 2
+    else:
+        assert after == before and (work_dir("twin") / STATE_FILE).exists()
+    load_avatar("twin")  # still a whole package
+    assert not [p for p in (home / "avatars").iterdir() if p.name.startswith(".")]
+
+    # Bad input: one line, exit 2.
+    assert main(["avatar", "train", "nobody"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
