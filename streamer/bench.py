@@ -389,6 +389,7 @@ def format_text(result: dict[str, Any]) -> str:
 LIVE_TEXT = (
     "frame_interval_ms_p95",
     "frame_interval_ms_p95_server",
+    "frame_interval_ms_p95_decoded",
     "speech_to_mouth_ms_p95",
     "speech_to_mouth_onset_ms_p95",
     "interrupt_to_idle_ms",

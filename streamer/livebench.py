@@ -270,6 +270,11 @@ class Track:
     clock: int
     frames: list[tuple[float, int, float]] = field(default_factory=list)  # arrival, pts, value
     reports: list[tuple[float, float, int]] = field(default_factory=list)  # arrival, ntp s, rtp
+    # Arrival of each frame's last RTP packet (the marker bit): when the frame has wholly
+    # arrived, as a browser's jitter buffer sees it. aiortc's own jitter buffer releases a
+    # frame only when the next frame's first packet comes, which adds the sender's encode time
+    # of the next frame to every interval: the decoded-frame intervals are kept separately.
+    complete: list[float] = field(default_factory=list)
     receiver: Any = None
 
     def origin(self) -> int | None:
@@ -346,6 +351,15 @@ class Viewer:
             await handle(packet)
 
         receiver._handle_rtcp_packet = hooked
+        if track is self.video:
+            handle_rtp = receiver._handle_rtp_packet
+
+            async def hooked_rtp(packet: Any, arrival_time_ms: int) -> None:
+                if packet.marker:
+                    track.complete.append(loop.time())
+                await handle_rtp(packet, arrival_time_ms)
+
+            receiver._handle_rtp_packet = hooked_rtp
 
     async def _read(self, track: Any) -> None:
         from aiortc.mediastreams import MediaStreamError
@@ -367,6 +381,13 @@ class Viewer:
                 self.audio.frames.append((now, int(frame.pts), rms(frame.to_ndarray())))
 
     def intervals_ms(self, lo: float, hi: float = np.inf) -> list[float]:
+        """Intervals between frames wholly arrived (decoded ones where no marker was seen)."""
+        arrivals = np.asarray([t for t in self.video.complete if lo <= t < hi])
+        if len(arrivals) < 2:
+            return self.decoded_intervals_ms(lo, hi)
+        return list(np.diff(arrivals) * 1000.0)
+
+    def decoded_intervals_ms(self, lo: float, hi: float = np.inf) -> list[float]:
         arrivals = np.asarray([t for t, _, _ in self.video.frames if lo <= t < hi])
         return list(np.diff(arrivals) * 1000.0) if len(arrivals) > 1 else []
 
@@ -552,6 +573,7 @@ async def measure_main(live: Live, plan: LivePlan, progress: Progress) -> dict[s
         data = tap.data
         start = data.since(lo)
         intervals = [i for v in viewers for i in v.intervals_ms(lo, hi)]
+        decoded = [i for v in viewers for i in v.decoded_intervals_ms(lo, hi)]
         published = list(np.diff(np.asarray(data.times[start:])) * 1000.0)
         pub_lag = data.av_lag_ms(lo, hi)
         recv_lags = [v.av_lag_ms(lo, hi) for v in viewers]
@@ -559,6 +581,7 @@ async def measure_main(live: Live, plan: LivePlan, progress: Progress) -> dict[s
         out.update(
             frame_interval_ms_p95=_round(p95(intervals), 2),
             frame_interval_ms_p95_server=_round(p95(published), 2),
+            frame_interval_ms_p95_decoded=_round(p95(decoded), 2),
             speech_to_mouth_ms_p95=_round(p95(_latencies(data, lo))),
             speech_to_mouth_onset_ms_p95=_round(p95(data.onset_latency_ms(lo))),
             av_offset_ms=_round(None if recv is None or pub_lag is None else recv - pub_lag),
