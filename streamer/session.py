@@ -378,6 +378,19 @@ class Session:
     def queued(self) -> int:
         return len(self._queue) + (1 if self._feeding is not None else 0)
 
+    def switch_avatar(self, avatar: Avatar, worker: InferenceWorker) -> None:
+        """Show ``avatar`` from the next frame prepared on. The clock, the speech and the
+        outputs carry on, so viewers stay connected (they get the new frame size, if it
+        differs); frames already in flight finish with the avatar they started with."""
+        self.avatar = avatar
+        self._worker = worker
+        self._compositor = Compositor(avatar)
+        self._window_cfg = avatar.window
+        self._silence = np.tile(silence_mel(), (self._window_cfg.length, 1))
+        self._idle_mouths = {}
+        self._last_video = None
+        self._emit({"type": "avatar_changed", "avatar": avatar.name})
+
     def interrupt(self) -> list[str]:
         """Drop queued and playing speech; the next frame published is silent and idle."""
         dropped = [u for u in self._pending_utterances() if not u.finished]
@@ -579,18 +592,19 @@ class Session:
         return _Job(k, audio, counts, uid, audio_in_at, task)
 
     async def _render(self, k: int, mel: np.ndarray | None, due: float) -> np.ndarray:
-        compositor = self._compositor
+        # Taken once: a frame in flight during an avatar switch finishes with its own avatar.
+        compositor, worker, idle_mouths = self._compositor, self._worker, self._idle_mouths
         mouth: np.ndarray | None
         if mel is None:  # digital silence: the idle mouth of this base frame, computed once
             base = compositor.base_index(k)
-            mouth = self._idle_mouths.get(base)
+            mouth = idle_mouths.get(base)
             if mouth is None:
                 reference, masked = compositor.inputs(k)
-                mouth = await self._worker.submit(reference, masked, self._silence, due)
-                self._idle_mouths[base] = mouth
+                mouth = await worker.submit(reference, masked, self._silence, due)
+                idle_mouths[base] = mouth
         else:
             reference, masked = compositor.inputs(k)
-            mouth = await self._worker.submit(reference, masked, mel, due)
+            mouth = await worker.submit(reference, masked, mel, due)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, compositor.compose, k, mouth)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import sys
 import wave
@@ -18,10 +19,11 @@ import uvicorn
 from fastapi import FastAPI
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_avatar import make_stand_in_avatar
 from test_session import build_standin, fake_speech, tone
 
 from models.audio import SAMPLE_RATE
-from models.avatar import Avatar, AvatarError
+from models.avatar import Avatar, AvatarError, read_avatar
 from streamer.api.state import AppState
 from streamer.app import create_app
 from streamer.config import Settings
@@ -321,3 +323,46 @@ async def test_many_sessions_share_one_worker(api: tuple[httpx.AsyncClient, Fast
     engine = await state.engines.get("default")
     assert engine.worker.stats.frames >= 60
     print(f"\ngenerator calls by batch size: {dict(sorted(engine.worker.stats.batches.items()))}")
+
+
+async def test_switch_avatar_keeps_the_stream_going(
+    standin: tuple[Avatar, Backend], tmp_path: Path
+) -> None:
+    avatar, backend = standin
+    other = read_avatar(make_stand_in_avatar(tmp_path / "other", name="other"))
+    # The second avatar looks different: a darker base frame, so the switch shows in the video.
+    other = dataclasses.replace(other, frames=(other.frames // 2).astype(np.uint8))
+
+    def loader(name: str) -> tuple[Avatar, Backend]:
+        if name == "other":
+            return other, backend
+        if name == "default":
+            return avatar, backend
+        raise AvatarError(f"no avatar named {name!r}: see `avatarcast avatar list`")
+
+    app = create_app(Settings(), loader=loader, speech=fake_speech)  # type: ignore[arg-type]
+    async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        sid = (await client.post("/v1/sessions", json={})).json()["id"]
+        session = state_of(app).registry.get(sid)
+        assert session is not None
+        await session.wait_ready()
+        events = session.subscribe_events()
+        sub = session.bus.subscribe(video_depth=1000, audio_depth=1000)
+        await asyncio.sleep(0.3)
+        r = await client.patch(f"/v1/sessions/{sid}", json={"avatar": "other"})
+        assert r.status_code == 200 and r.json()["avatar"] == "other"
+        assert (await asyncio.wait_for(events.get(), 2))["type"] == "avatar_changed"
+        await asyncio.sleep(0.4)
+        frames = []
+        while sub.depth[1]:
+            frames.append(await sub.next_audio())
+        # One unbroken run of frames: the clock never stopped, and the picture changed.
+        assert [f.index for f in frames] == list(range(frames[0].index, frames[-1].index + 1))
+        brightness = [float(f.video.mean()) for f in frames]
+        assert brightness[0] > brightness[-1] + 20
+        assert_error(
+            await client.patch(f"/v1/sessions/{sid}", json={"avatar": "nobody"}),
+            400,
+            "unknown_avatar",
+        )
+        assert_error(await client.patch("/v1/sessions/nope", json={"avatar": "other"}), 404)

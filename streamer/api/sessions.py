@@ -101,6 +101,26 @@ async def show_session(request: Request, session_id: str) -> dict[str, Any]:
     return {**session.describe(), "view_token": session.view_token, **urls(request, session)}
 
 
+class UpdateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    avatar: str
+
+
+@router.patch("/{session_id}")
+async def update_session(request: Request, session_id: str, body: UpdateSession) -> dict[str, Any]:
+    """Switch the session to another avatar; its viewers and outputs stay connected."""
+    session = session_or_404(request, session_id)
+    try:
+        engine = await app_state(request).engines.get(body.avatar)
+    except AvatarError as exc:
+        raise ApiError(400, "unknown_avatar", str(exc)) from None
+    except BackendError as exc:
+        raise ApiError(503, "backend_unavailable", str(exc)) from None
+    session.switch_avatar(engine.avatar, engine.worker)
+    return {**session.describe(), "view_token": session.view_token, **urls(request, session)}
+
+
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(request: Request, session_id: str) -> Response:
     if not await app_state(request).registry.delete(session_id):
