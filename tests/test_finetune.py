@@ -104,6 +104,10 @@ def test_train_created_avatar(
     assert main(["avatar", "train", "twin", "--device", "cpu", "--steps", "2"]) == 0
     err = capsys.readouterr().err
     assert "held-out" in err and "psnr_db" in err, err
+    # The eval on the held-out tail: lips follow this person's own speech (r of the generated
+    # mouth against the real one; the bar for a usable model is 0.7).
+    r_row = next(line.split() for line in err.splitlines() if line.startswith("r "))
+    assert max(float(r_row[1]), float(r_row[2])) >= 0.7, err
     after = _sha(package / "checkpoint.pt")
     if "kept the new model" in err:
         assert after != before and not (work_dir("twin") / STATE_FILE).exists()
