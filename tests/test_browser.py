@@ -234,7 +234,9 @@ async def test_real_session_in_chromium(browser: Any, real: tuple[str, FastAPI])
         # Interrupt a long tone: the audio at the browser goes silent.
         res = await http.post(
             f"/v1/sessions/{sid}/speak",
-            content=wav_tone(6.0),
+            # Long enough to be still playing when the interrupt comes, however slowly the
+            # browser's audio starts; the interrupt cuts it short anyway.
+            content=wav_tone(30.0),
             headers={**auth, "Content-Type": "audio/wav"},
         )
         assert res.status_code == 202, res.text
@@ -243,12 +245,13 @@ async def test_real_session_in_chromium(browser: Any, real: tuple[str, FastAPI])
             "l[l.length - 1][1] > 0.1; })()",
             timeout=15_000,
         )
+        # The server's side of it, on the page's clock: the first silent frame published.
+        # Subscribed while the tone plays, so the last loud frame before the interrupt is seen.
+        session = app.state.avatarcast.registry.get(sid)
+        sub = session.bus.subscribe(video_depth=1, audio_depth=1000)
         await asyncio.sleep(1.0)
         if SHOTS:
             await page.screenshot(path=f"{SHOTS}/view-speaking.png")
-        # The server's side of it, on the page's clock: the first silent frame published.
-        session = app.state.avatarcast.registry.get(sid)
-        sub = session.bus.subscribe(video_depth=1, audio_depth=1000)
         loop = asyncio.get_running_loop()
         before = loop.time()
         page_now = await page.evaluate("performance.now()")
@@ -265,6 +268,7 @@ async def test_real_session_in_chromium(browser: Any, real: tuple[str, FastAPI])
             frame = await sub.next_audio()
             published.append(((frame.published_at - page_to_loop) * 1000, frame.audio.any()))
         session.bus.unsubscribe(sub)
+        assert any(loud for _, loud in published), "the tone had stopped before the interrupt"
         last_loud = max(t for t, loud in published if loud)
         server_ms = min(t for t, loud in published if t > last_loud) - t_interrupt
         viewers = session.viewers
