@@ -123,42 +123,39 @@ def iter_frames(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fallback_dt = 1.0 / (info.source_fps or FPS)
-        start: float | None = None
-        held: av.VideoFrame | None = None
-        held_t = 0.0
-        held_rgb: np.ndarray | None = None
-        k = 0
-        last_t = -math.inf
 
         def convert(frame: av.VideoFrame) -> np.ndarray:
             rgb = frame.to_ndarray(format="rgb24", width=coded_w, height=coded_h)
             return rotate(rgb, info.rotation)
 
-        for frame in _decode(container, stream):
-            t = float(frame.time) if frame.time is not None else last_t + fallback_dt
-            if t <= last_t:  # a repeated or out-of-order timestamp: keep time moving
-                t = last_t + 1e-6
-            last_t = t
-            if start is None:
-                start = t
-            t -= start
+        def shown_until() -> Iterator[tuple[av.VideoFrame, float]]:
+            """Each decoded frame with the time up to which it is shown: every output instant
+            nearer to it than to the next frame shows it."""
+            start: float | None = None
+            held: av.VideoFrame | None = None
+            held_t = 0.0
+            last_t = -math.inf
+            for frame in _decode(container, stream):
+                t = float(frame.time) if frame.time is not None else last_t + fallback_dt
+                if t <= last_t:  # a repeated or out-of-order timestamp: keep time moving
+                    t = last_t + 1e-6
+                last_t = t
+                if start is None:
+                    start = t
+                t -= start
+                if held is not None:
+                    yield held, 0.5 * (held_t + t)
+                held, held_t = frame, t
             if held is not None:
-                # Every output instant nearer to the held frame than to this one shows it.
-                boundary = 0.5 * (held_t + t)
-                while k / FPS < boundary:
-                    if held_rgb is None:
-                        held_rgb = convert(held)
-                    yield k, held_rgb
-                    k += 1
-                    if max_frames is not None and k >= max_frames:
-                        return
-            held, held_t, held_rgb = frame, t, None
-        if held is not None:
-            end = held_t + 0.5 * fallback_dt
-            while k / FPS < end:
-                if held_rgb is None:
-                    held_rgb = convert(held)
-                yield k, held_rgb
+                yield held, held_t + 0.5 * fallback_dt
+
+        k = 0
+        for frame, until in shown_until():
+            rgb: np.ndarray | None = None  # converted once, only if some output shows it
+            while k / FPS < until:
+                if rgb is None:
+                    rgb = convert(frame)
+                yield k, rgb
                 k += 1
                 if max_frames is not None and k >= max_frames:
                     return
