@@ -10,10 +10,8 @@ WebAudio AnalyserNode on the received track, on the page's own clock).
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import sys
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from models.audio import SAMPLE_RATE
 from models.avatar import DEFAULT_NAME, default_avatar_dir
 from streamer.app import create_app
 from streamer.config import Settings
+from streamer.livebench import wav_bytes
 
 CHROMIUM = Path(os.environ.get("AVATARCAST_CHROMIUM", "/usr/bin/chromium"))
 ARGS = [
@@ -134,14 +133,7 @@ INTERRUPT_JS = """async ([sessionId, key]) => {
 
 def wav_tone(seconds: float, freq: float = 220.0, amp: float = 0.3) -> bytes:
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    pcm = (amp * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-    return out.getvalue()
+    return wav_bytes((amp * np.sin(2 * np.pi * freq * t)).astype(np.float32))
 
 
 def silence_after(levels: list[list[float]], t: float, quiet: float, hold_ms: float) -> float:
