@@ -197,7 +197,8 @@ class Track:
         return (np.arange(len(self.aperture)) + 0.5) / FPS
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r over the frames where both are finite; NaN when it is undefined."""
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
@@ -223,7 +224,7 @@ def lag_correlation(
     for i in sorted(range(-steps, steps + 1), key=lambda j: (abs(j), j)):
         lag = i * step_s
         expected = np.concatenate([target(t.phones, t.times - lag) for t in tracks])
-        r = _pearson(measured, expected)
+        r = pearson(measured, expected)
         if np.isfinite(r) and (not np.isfinite(best_r) or r > best_r):
             best_r, best_lag = r, lag * 1000.0
     return best_r, best_lag

@@ -28,7 +28,7 @@ from torch import nn
 
 from models.audio import FPS
 from models.avatar import Avatar
-from models.eval import MAX_LAG_S, ApertureMeter, region_quality
+from models.eval import MAX_LAG_S, ApertureMeter, pearson, region_quality
 from models.finetune import PersonData
 
 LAG_STEP_S = 0.005
@@ -68,14 +68,6 @@ class PersonScore:
         }
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def shifted(values: np.ndarray, lag_s: float) -> np.ndarray:
     """``values`` (one per frame) at time t - lag, linearly interpolated; NaN where either
     neighbouring frame is NaN or the time falls outside the clip."""
@@ -103,7 +95,7 @@ def lag_correlation(
     for i in sorted(range(-steps, steps + 1), key=lambda j: (abs(j), j)):
         lag = i * LAG_STEP_S
         expected = np.concatenate([shifted(x, lag) for x in real])
-        r = _pearson(measured, expected)
+        r = pearson(measured, expected)
         if np.isfinite(r) and (not np.isfinite(best_r) or r > best_r):
             best_r, best_lag = r, lag * 1000.0
     return best_r, best_lag
