@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
@@ -207,10 +208,17 @@ def serve(settings: Settings) -> int:
         create_app(settings, loader=loader),
         host=settings.host,
         port=settings.port,
-        ws="websockets",  # sansio logs a spurious error after a denial response (uvicorn 0.54)
-        ws_max_size=2 << 20,
-        lifespan="on",
         log_level="info",
+        **UVICORN_OPTIONS,
     )
     uvicorn.Server(config).run()
     return 0
+
+
+UVICORN_OPTIONS: dict[str, Any] = {
+    "ws": "websockets",  # sansio logs a spurious error after a denial response (uvicorn 0.54)
+    "ws_max_size": 2 << 20,
+    # PCM does not compress: deflating every 20 ms message would only cost CPU on both ends.
+    "ws_per_message_deflate": False,
+    "lifespan": "on",
+}

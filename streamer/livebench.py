@@ -466,18 +466,13 @@ async def live_server(avatar_name: str, backend: str, threads: int) -> AsyncIter
     import uvicorn
 
     from models.avatar import load_avatar
-    from streamer.app import create_app
+    from streamer.app import UVICORN_OPTIONS, create_app
     from streamer.config import Settings
 
     settings = Settings(avatar=avatar_name, backend=backend, threads=threads, port=free_port())
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=settings.port,
-        ws="websockets",
-        log_level="warning",
-        lifespan="on",
+        app, host="127.0.0.1", port=settings.port, log_level="warning", **UVICORN_OPTIONS
     )
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import functools
 import logging
 import math
 import secrets
@@ -24,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -32,6 +34,7 @@ from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, silence_mel
 from models.avatar import Avatar
 from streamer.engine.worker import InferenceWorker, WorkerClosed
 from streamer.metrics import Metrics
+from streamer.pipeline.catchup import shorten
 from streamer.pipeline.compositor import Compositor
 from streamer.pipeline.frames import FRAME_SECONDS, AVFrame, FrameBus
 from streamer.pipeline.timeline import (
@@ -46,7 +49,11 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 100_000
 RECLAIM_SLACK = SAMPLE_RATE // 200  # 5 ms of live-stream lateness is tolerated ...
-QUIET = 0.01  # ... beyond it, samples quieter than -40 dBFS are dropped to catch up
+QUIET = 0.01  # ... beyond it, samples quieter than -40 dBFS are dropped to catch up ...
+RECLAIM_MAX = SAMPLE_RATE * 2 // 5  # ... up to 400 ms behind, once it has been steady ...
+MIN_PAUSE = SAMPLE_RATE // 200  # 5 ms of quiet at least: a pause to shorten
+STEADY = SAMPLE_RATE // 2  # ... for 0.5 s of its audio (not sent faster than real time)
+CATCHUP_RATE = 10  # a voice without pauses loses at most 1 sample in 10 (10 % faster)
 SpeechSource = Callable[[str], Iterator[np.ndarray]]  # text -> 16 kHz float32 chunks (blocking)
 
 
@@ -108,6 +115,9 @@ class LiveStream:
         self.pending = 0
         self.ended = False
         self.dropped = False  # interrupted or session closed: pushes are ignored
+        self.since_cut = 0  # samples since catch-up last shortened this stream
+        self.last_excess = 0  # how far behind it was at its last chunk, in samples
+        self.steady = 0  # samples since its lead last grew
         self._wake = asyncio.Event()
 
     @property
@@ -162,6 +172,17 @@ class _Job:
     utterance_id: str | None
     audio_in_at: float | None
     task: asyncio.Task[np.ndarray]
+    # Its picture, handed to the shared encoder once composited (see Session._commit_ready).
+    encoded: concurrent.futures.Future[tuple[bytes | None, bool]] | None = None
+    committed: bool = False
+
+
+class PictureSink(Protocol):
+    """Takes each frame's picture as soon as it is composited, in frame order (an encoder)."""
+
+    def commit(
+        self, index: int, rgb: np.ndarray
+    ) -> concurrent.futures.Future[tuple[bytes | None, bool]] | None: ...
 
 
 @dataclass
@@ -202,10 +223,12 @@ class Session:
         self.created = time.time()
         self.options = options or SessionOptions()
         self.config = config or SessionConfig()
-        self.bus = FrameBus()
+        self.bus: FrameBus[AVFrame] = FrameBus()
         self.outputs: dict[str, dict[str, Any]] = {}  # output id -> description (outputs add)
         self.viewers = 0
         self.stats = SessionStats()
+        # The shared encoder of this session's viewers, while it has any (outputs set it).
+        self.picture_sink: PictureSink | None = None
         self.failure: BaseException | None = None
         self._worker = worker
         self._executor = executor
@@ -232,6 +255,7 @@ class Session:
         self._last_video: np.ndarray | None = None
         self._last_published: float | None = None
         self._clock_task: asyncio.Task[None] | None = None
+        self._release_phase: Callable[[], None] | None = None
         self._feeder_task: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -276,6 +300,9 @@ class Session:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._inflight.clear()
+        if self._release_phase is not None:
+            self._release_phase()
+            self._release_phase = None
         for utt in self._pending_utterances():
             if utt.stream is not None:
                 utt.stream.drop()
@@ -303,6 +330,10 @@ class Session:
     def state(self) -> Literal["idle", "speaking"]:
         speaking = any(u.started and not u.finished for u in self._active.values())
         return "speaking" if speaking else "idle"
+
+    @property
+    def video_codec(self) -> Literal["vp8", "h264"]:
+        return self.options.video_codec
 
     def viewer_added(self) -> None:
         self.viewers += 1
@@ -405,10 +436,13 @@ class Session:
         for job in self._inflight:
             job.audio = np.zeros(SAMPLES_PER_VIDEO_FRAME, np.int16)
             job.counts, job.utterance_id, job.audio_in_at = {}, None, None
+            if job.committed:  # already encoding: its picture stays (one frame at most)
+                continue
             job.task.cancel()
             job.task = asyncio.get_running_loop().create_task(
                 self._render(job.index, None, self._due(job.index))
             )
+            job.task.add_done_callback(self._commit_ready)
         for utt in dropped:
             if utt.stream is not None:
                 utt.stream.drop()
@@ -465,16 +499,38 @@ class Session:
         utt.end_pos = pos + len(chunk)
         self._active[utt.id] = utt
 
-    def _reclaim(self, chunk: np.ndarray) -> np.ndarray:
+    def _reclaim(self, stream: LiveStream, chunk: np.ndarray) -> np.ndarray:
         """A live stream that arrived late once (network or scheduling jitter) stays that
         much behind, since its later chunks queue after the late one. Pauses give the time
-        back: quiet samples beyond the latency budget are skipped."""
+        back: quiet samples beyond the latency budget are skipped. A voice that never pauses
+        loses a pitch period now and then instead (:mod:`streamer.pipeline.catchup`), at most
+        one sample in ``CATCHUP_RATE``.
+
+        Only a stream that is steadily behind is caught up: one whose lead has not grown for
+        ``STEADY`` of its audio, and is under ``RECLAIM_MAX``. A client sending faster than
+        real time, or far ahead on purpose, keeps every sample and every pause.
+        """
         excess = self._timeline.write_pos - (self._now_pos() + self._latency)
-        if excess <= RECLAIM_SLACK or not len(chunk):
+        growing = excess > stream.last_excess + len(chunk) // 2
+        stream.last_excess = excess
+        stream.steady = 0 if growing else stream.steady + len(chunk)
+        stream.since_cut += len(chunk)
+        if (
+            excess <= RECLAIM_SLACK
+            or excess > RECLAIM_MAX
+            or stream.steady < STEADY
+            or not len(chunk)
+        ):
             return chunk
         loud = np.flatnonzero(np.abs(chunk) >= QUIET)
         quiet_head = int(loud[0]) if len(loud) else len(chunk)
-        return chunk[min(quiet_head, excess) :]
+        if quiet_head >= MIN_PAUSE:  # a pause (a zero crossing is not one)
+            return chunk[min(quiet_head, excess) :]
+        budget = min(excess, stream.since_cut // CATCHUP_RATE)
+        shorter = shorten(chunk, budget)
+        if len(shorter) < len(chunk):
+            stream.since_cut = 0
+        return shorter
 
     async def _until_buffered_below(self, samples: int) -> None:
         # Only the clock drains the timeline, at exactly real time (and only this task
@@ -520,7 +576,7 @@ class Session:
         elif utt.kind == "stream":
             assert utt.stream is not None
             while (chunk := await utt.stream.next_chunk()) is not None:
-                chunk = self._reclaim(chunk)
+                chunk = self._reclaim(utt.stream, chunk)
                 try:
                     self._write(utt, chunk)
                 except TimelineFull:
@@ -550,11 +606,13 @@ class Session:
 
     async def _run_clock(self) -> None:
         loop = asyncio.get_running_loop()
-        # Every session's frames fall on one 40 ms grid, so the frames of all sessions are
-        # due together and the worker can batch them.
-        self._t0 = math.ceil((loop.time() + self.config.start_delay_s) / FRAME_SECONDS) * (
-            FRAME_SECONDS
-        )
+        # Every session's frames fall on one 40 ms grid, shifted by the phase its worker
+        # gives it: the same for all on a GPU (their frames batch), spread out on a CPU.
+        worker = self._worker
+        phase = worker.claim_phase()
+        self._release_phase = functools.partial(worker.release_phase, phase)
+        grid = math.ceil((loop.time() + self.config.start_delay_s) / FRAME_SECONDS)
+        self._t0 = grid * FRAME_SECONDS + phase
         lead = self.config.lead_s
         while True:
             next_prep = self._due(self._next_prep) - lead
@@ -589,7 +647,26 @@ class Session:
         mel = window_mel(samples, k, self._window_cfg) if samples.any() else None
         uid = max(counts, key=lambda u: counts[u]) if counts else None
         task = asyncio.get_running_loop().create_task(self._render(k, mel, self._due(k)))
+        task.add_done_callback(self._commit_ready)
         return _Job(k, audio, counts, uid, audio_in_at, task)
+
+    def _commit_ready(self, _: object = None) -> None:
+        """Hand composited pictures to the encoder in frame order, ahead of their due time.
+
+        A frame whose picture is not ready holds back the later ones until it is published
+        (without a new picture); from then on it is out of the way.
+        """
+        sink = self.picture_sink
+        if sink is None:
+            return
+        for job in self._inflight:
+            if job.committed:
+                continue
+            task = job.task
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                return
+            job.committed = True
+            job.encoded = sink.commit(job.index, task.result())
 
     async def _render(self, k: int, mel: np.ndarray | None, due: float) -> np.ndarray:
         # Taken once: a frame in flight during an avatar switch finishes with its own avatar.
@@ -603,13 +680,23 @@ class Session:
                 mouth = await worker.submit(reference, masked, self._silence, due)
                 idle_mouths[base] = mouth
         else:
+            # Composited in the pool straight from the inference thread (no loop hop).
             reference, masked = compositor.inputs(k)
-            mouth = await worker.submit(reference, masked, mel, due)
+            compose = functools.partial(compositor.compose, k)
+            return await worker.submit(
+                reference, masked, mel, due, then=compose, executor=self._executor
+            )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, compositor.compose, k, mouth)
 
     def _publish(self, job: _Job, now: float) -> None:
         video = self._take_video(job)
+        sink = self.picture_sink
+        if sink is not None and not job.committed:
+            # Late: the encoder repeats the previous picture (a small, cheap frame), so the
+            # viewers' video keeps its 40 ms cadence.
+            job.committed = True
+            job.encoded = sink.commit(job.index, video)
         frame = AVFrame(
             index=job.index,
             video=video,
@@ -617,8 +704,10 @@ class Session:
             utterance_id=job.utterance_id,
             audio_in_at=job.audio_in_at,
             published_at=now,
+            encoded_video=job.encoded,
         )
         self.bus.publish(frame)
+        self._commit_ready()  # a late picture no longer holds the next ones back
         self._ready.set()
         stats, metrics = self.stats, self._metrics
         stats.frames += 1

@@ -364,3 +364,43 @@ async def test_speech_to_mouth_latency_and_frame_interval(live: Live) -> None:
     )
     assert len(measured) >= 10
     assert 0 < p95_latency < 1000  # sanity only: the figure is reported, not asserted
+
+
+async def test_cpu_sessions_are_spread_over_the_frame_period_gpu_ones_batch(
+    standin: tuple[Avatar, Backend],
+) -> None:
+    _, backend = standin
+    cpu = InferenceWorker(backend)
+    phases = [cpu.claim_phase() for _ in range(3)]
+    assert phases == pytest.approx([0.0, 0.020, 0.010])
+    cpu.release_phase(0.020)
+    assert cpu.claim_phase() == pytest.approx(0.025)  # farthest from 0 and 10 ms
+    await cpu.aclose()
+
+    class Gpu:
+        name = "onnx-cuda"
+
+        def infer(self, *args: np.ndarray) -> np.ndarray:
+            raise AssertionError("not called")
+
+    gpu = InferenceWorker(Gpu())  # type: ignore[arg-type]
+    assert [gpu.claim_phase() for _ in range(3)] == [0.0, 0.0, 0.0]
+    await gpu.aclose()
+
+
+async def test_two_sessions_on_a_cpu_publish_at_different_phases(
+    standin: tuple[Avatar, Backend],
+) -> None:
+    a, b = Live(*standin), Live(*standin)
+    b.session._worker = a.worker  # one worker for both, as in the server
+    try:
+        await a.session.start()
+        await b.session.start()
+        fa, fb = await asyncio.gather(collect(a.session, 10), collect(b.session, 10))
+        gap = (fb[-1].published_at - fa[-1].published_at) % 0.040
+        assert 0.015 < gap < 0.025  # half a period apart, not due together
+    finally:
+        await a.aclose()
+        await b.session.aclose()
+        await b.worker.aclose()
+        b.pool.shutdown()

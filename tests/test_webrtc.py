@@ -16,18 +16,24 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Literal
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from fastapi import FastAPI
 
 from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from streamer.api import pages, whep
-from streamer.outputs.webrtc import PeerRegistry, add_loopback_candidates
+from streamer.outputs.webrtc import (
+    AVVideoTrack,
+    EncodedVideoTrack,
+    PeerRegistry,
+    add_loopback_candidates,
+)
 from streamer.pipeline.frames import FRAME_SECONDS, AVFrame, FrameBus
 
 SIZE = 192
@@ -46,7 +52,8 @@ class FakeSession:
 
     id: str = field(default_factory=lambda: secrets.token_hex(4))
     view_token: str = field(default_factory=lambda: secrets.token_urlsafe(12))
-    bus: FrameBus = field(default_factory=FrameBus)
+    bus: FrameBus[AVFrame] = field(default_factory=FrameBus)
+    video_codec: Literal["vp8", "h264"] = "vp8"
     viewers: int = 0
     ready: bool = False
     frames: int = 0
@@ -151,9 +158,18 @@ async def live() -> AsyncIterator[tuple[str, FakeSession, PeerRegistry]]:
         await session.aclose()
 
 
-async def whep_offer() -> RTCPeerConnection:
+async def whep_offer(video_codec: str | None = None) -> RTCPeerConnection:
+    """A recvonly offer; ``video_codec`` ("H264", "VP8") limits its video to that codec."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
+    video = pc.addTransceiver("video", direction="recvonly")
+    if video_codec is not None:
+        video.setCodecPreferences(
+            [
+                c
+                for c in RTCRtpReceiver.getCapabilities("video").codecs
+                if c.mimeType in (f"video/{video_codec}", "video/rtx")
+            ]
+        )
     pc.addTransceiver("audio", direction="recvonly")
     await pc.setLocalDescription(await pc.createOffer())
     return pc
@@ -166,9 +182,11 @@ class Received:
     audio_samples: int = 0
 
 
-async def play(base: str, session: FakeSession, seconds: float) -> tuple[Received, float]:
+async def play(
+    base: str, session: FakeSession, seconds: float, video_codec: str | None = None
+) -> tuple[Received, float]:
     """Play the session through WHEP; returns what arrived and the time to first frame."""
-    pc = await whep_offer()
+    pc = await whep_offer(video_codec)
     got = Received()
     first_frame = asyncio.get_running_loop().create_future()
     tasks: list[asyncio.Task[None]] = []
@@ -282,6 +300,56 @@ async def test_two_viewers_and_viewer_count(live: tuple[str, FakeSession, PeerRe
     assert len(a.video) > 30 and len(b.video) > 30
     await asyncio.sleep(0.1)
     assert session.viewers == 0 and len(registry) == 0 and session.bus.subscribers == 0
+
+
+async def test_viewers_of_a_session_share_one_encoder(
+    live: tuple[str, FakeSession, PeerRegistry],
+) -> None:
+    base, session, registry = live
+    plays = asyncio.gather(play(base, session, 3.0), play(base, session, 3.0))
+    await asyncio.sleep(1.5)
+    (encoder,) = registry.encoders()
+    assert encoder.viewers == 2 and encoder.codec == "vp8"
+    frames, published = encoder.frames, session.frames
+    await asyncio.sleep(1.0)
+    # Each published frame was encoded once, not once per viewer.
+    assert abs((encoder.frames - frames) - (session.frames - published)) <= 2
+    # A receiver's key frame request (RTCP PLI) reaches the shared encoder.
+    peer = registry.of_session(session.id)[0]
+    (sender,) = [t.sender for t in peer.pc.getTransceivers() if t.kind == "video"]
+    encoder._keyframe_wanted = False
+    sender._send_keyframe()
+    assert encoder._keyframe_wanted
+    (a, _), (b, _) = await plays
+    assert len(a.video) > 50 and len(b.video) > 50
+    assert registry.encoders() == []  # the last viewer gone, the encoder is closed
+
+
+async def test_h264_session_and_a_viewer_without_vp8(
+    live: tuple[str, FakeSession, PeerRegistry],
+) -> None:
+    """A session asking for H.264 encodes it once; a client that offers only H.264 to a VP8
+    session still plays (its video encoded for it alone, its audio shared)."""
+    base, session, registry = live
+    session.video_codec = "h264"
+    task = asyncio.ensure_future(play(base, session, 2.0, video_codec="H264"))
+    await asyncio.sleep(1.0)
+    assert [e.codec for e in registry.encoders()] == ["h264"]
+    (peer,) = registry.of_session(session.id)
+    assert isinstance(peer.video, EncodedVideoTrack)
+    got, _ = await task
+    mouth = np.array([m for _, _, m in got.video])
+    assert len(mouth) > 30 and mouth.max() - mouth.min() > 100
+
+    session.video_codec = "vp8"
+    task = asyncio.ensure_future(play(base, session, 2.0, video_codec="H264"))
+    await asyncio.sleep(1.0)
+    (peer,) = registry.of_session(session.id)
+    assert isinstance(peer.video, AVVideoTrack) and peer.encoded is not None
+    got, _ = await task
+    mouth = np.array([m for _, _, m in got.video])
+    assert len(mouth) > 30 and mouth.max() - mouth.min() > 100
+    assert max(r for _, _, r in got.audio) > 1000
 
 
 async def test_whep_http_contract(live: tuple[str, FakeSession, PeerRegistry]) -> None:

@@ -23,3 +23,9 @@ class Backend(Protocol):
     name: str
 
     def infer(self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray) -> np.ndarray: ...
+
+
+def runs_on_cpu(backend: Backend) -> bool:
+    """True for the CPU backends (``onnx-cpu``, ``onnx-int8``, ``torch-cpu``)."""
+    return backend.name.endswith(("-cpu", "-int8"))
+

@@ -10,19 +10,25 @@ once, a busy one amortises the per-call cost over all sessions.
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from models.avatar import Avatar
-from streamer.engine.base import Backend
+from streamer.engine.base import Backend, runs_on_cpu
 
 log = logging.getLogger(__name__)
+
+FRAME_PERIOD_S = 0.040
+PHASE_SLOTS = 8  # a session's frames fall due at one of 8 points 5 ms apart (CPU backends)
 
 
 class WorkerClosed(RuntimeError):
@@ -37,6 +43,10 @@ class _Request:
     deadline: float
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[np.ndarray]
+    # What to do with the mouth before the caller gets it, run in ``executor`` straight from
+    # the worker thread: no trip through the event loop between the two steps.
+    then: Callable[[np.ndarray], np.ndarray] | None = None
+    executor: Executor | None = None
 
     @property
     def key(self) -> tuple[tuple[int, ...], ...]:
@@ -73,8 +83,37 @@ class InferenceWorker:
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._phases: collections.Counter[int] = collections.Counter()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def claim_phase(self) -> float:
+        """Where in the 40 ms frame period a new session's frames fall due, in seconds.
+
+        On a GPU every session is due at the same instants, so their frames meet in one
+        batch: a GPU call costs nearly the same for 1 frame or 16. On a CPU a batch costs
+        about its size in single calls (3.3 against 3.9 ms a frame here), and sessions due
+        together all wait for the whole batch, so their frames are spread over the period
+        instead: each slot goes to the one farthest from those already taken.
+        """
+        if not runs_on_cpu(self.backend):
+            return 0.0
+        with self._cond:
+            taken = [slot for slot, n in self._phases.items() if n > 0]
+
+            def distance(slot: int) -> int:
+                gaps = [min((slot - t) % PHASE_SLOTS, (t - slot) % PHASE_SLOTS) for t in taken]
+                return min(gaps, default=PHASE_SLOTS)
+
+            slot = max(range(PHASE_SLOTS), key=lambda s: (distance(s), -self._phases[s], -s))
+            self._phases[slot] += 1
+        return slot * FRAME_PERIOD_S / PHASE_SLOTS
+
+    def release_phase(self, phase: float) -> None:
+        slot = round(phase * PHASE_SLOTS / FRAME_PERIOD_S) % PHASE_SLOTS
+        with self._cond:
+            if self._phases[slot] > 0:
+                self._phases[slot] -= 1
 
     @property
     def depth(self) -> int:
@@ -83,11 +122,19 @@ class InferenceWorker:
             return len(self._pending)
 
     async def submit(
-        self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray, deadline: float
+        self,
+        reference: np.ndarray,
+        masked: np.ndarray,
+        mel: np.ndarray,
+        deadline: float,
+        *,
+        then: Callable[[np.ndarray], np.ndarray] | None = None,
+        executor: Executor | None = None,
     ) -> np.ndarray:
+        """The mouth for one frame, or ``then(mouth)`` computed in ``executor`` if given."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        request = _Request(reference, masked, mel, deadline, loop, future)
+        request = _Request(reference, masked, mel, deadline, loop, future, then, executor)
         with self._cond:
             if self._closed:
                 raise WorkerClosed("the inference worker is closed")
@@ -140,7 +187,7 @@ class InferenceWorker:
             if self._on_batch is not None:
                 self._on_batch(len(batch), ms)
             for r, mouth in zip(batch, out, strict=True):
-                _resolve(r, np.asarray(mouth, np.float32), None)
+                _finish(r, np.asarray(mouth, np.float32))
 
     async def aclose(self) -> None:
         """Stop the thread (after its current call); pending requests fail. Idempotent."""
@@ -153,6 +200,29 @@ class InferenceWorker:
         for r in pending:
             _resolve(r, None, WorkerClosed("the inference worker is closed"))
         await asyncio.to_thread(self._thread.join)
+
+
+def _finish(request: _Request, mouth: np.ndarray) -> None:
+    """Hand the mouth back, or on to the request's next step first."""
+    then, executor = request.then, request.executor
+    if then is None or executor is None:
+        _resolve(request, mouth, None)
+        return
+    try:
+        step = executor.submit(then, mouth)
+    except RuntimeError as exc:  # the executor was shut down
+        _resolve(request, None, exc)
+        return
+
+    def done(step: concurrent.futures.Future[np.ndarray]) -> None:
+        if step.cancelled():
+            _resolve(request, None, concurrent.futures.CancelledError())
+        elif (error := step.exception()) is not None:
+            _resolve(request, None, error)
+        else:
+            _resolve(request, step.result(), None)
+
+    step.add_done_callback(done)
 
 
 def _resolve(request: _Request, value: np.ndarray | None, error: BaseException | None) -> None:

@@ -7,6 +7,11 @@ order, both stamped from the frame index (video ``pts = n * 3600`` at 1/90000, a
 on the same frame and the receiver's RTCP-based lip sync lines them up. Because frames are
 sent when they are published, each RTCP sender report maps both streams to the same wall
 clock. A slow viewer loses video frames (the subscription's short video queue), never audio.
+
+Encoding happens once per session (:mod:`streamer.outputs.encoding`): when a viewer's offer
+has the session's video codec and Opus, its tracks forward the session encoder's packets and
+aiortc only packetises them. An offer without them (a client that cannot take VP8, say) gets
+tracks that forward raw frames for aiortc to encode for that viewer alone.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import av
 import numpy as np
@@ -27,12 +32,15 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import candidate_from_sdp
 
 from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from streamer.outputs.encoding import EncodedFrame, SessionEncoder, VideoCodec
 from streamer.pipeline.frames import AVFrame, FrameBus, Subscription
 
 log = logging.getLogger(__name__)
@@ -48,7 +56,10 @@ class Viewable(Protocol):
     """What the WebRTC outputs need from a session."""
 
     id: str
-    bus: FrameBus
+    bus: FrameBus[AVFrame]
+
+    @property
+    def video_codec(self) -> VideoCodec: ...
 
     def viewer_added(self) -> None: ...
 
@@ -73,7 +84,7 @@ class AVVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, subscription: Subscription, start: _SharedStart) -> None:
+    def __init__(self, subscription: Subscription[AVFrame], start: _SharedStart) -> None:
         super().__init__()
         self._subscription = subscription
         self._start = start
@@ -102,7 +113,7 @@ class AVAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, subscription: Subscription, start: _SharedStart) -> None:
+    def __init__(self, subscription: Subscription[AVFrame], start: _SharedStart) -> None:
         super().__init__()
         self._subscription = subscription
         self._start = start
@@ -136,7 +147,84 @@ def _audio_frame(samples: np.ndarray, pts: int) -> av.AudioFrame:
     return out
 
 
-async def _next(read: Callable[[], Awaitable[AVFrame]], track: MediaStreamTrack) -> AVFrame:
+class EncodedVideoTrack(MediaStreamTrack):
+    """The session encoder's pictures for one viewer, from a key frame on.
+
+    A picture this viewer's queue had to drop breaks its decoding chain: it then skips
+    pictures until the next key frame, which it asks the encoder for.
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        subscription: Subscription[EncodedFrame],
+        start: _SharedStart,
+        encoder: SessionEncoder,
+    ) -> None:
+        super().__init__()
+        self._subscription = subscription
+        self._start = start
+        self._encoder = encoder
+        self._need_keyframe = True  # for a key frame
+        self._drops: int | None = None
+        self.frames_sent = 0
+
+    async def recv(self) -> av.Packet:
+        stats = self._subscription.stats
+        if self._drops is None:
+            # Sending starts once the connection is up, by which time the key frame made when
+            # this viewer subscribed has usually left its short queue: ask for a fresh one.
+            self._drops = stats.video_dropped
+            self._encoder.request_keyframe()
+        while True:
+            item = await _next(self._subscription.next_video, self)
+            if stats.video_dropped != self._drops:
+                self._drops = stats.video_dropped
+                self._need_keyframe = True
+                self._encoder.request_keyframe()
+            if item.video is None or (self._need_keyframe and not item.keyframe):
+                continue
+            n = self._start.offset(item.index)
+            if n is None:
+                continue
+            self._need_keyframe = False
+            packet = av.Packet(item.video)
+            packet.pts = n * VIDEO_TICKS_PER_FRAME
+            packet.time_base = VIDEO_TIME_BASE
+            self.frames_sent += 1
+            return packet
+
+
+class EncodedAudioTrack(MediaStreamTrack):
+    """The session encoder's Opus packets for one viewer: every frame's, in order."""
+
+    kind = "audio"
+
+    def __init__(self, subscription: Subscription[EncodedFrame], start: _SharedStart) -> None:
+        super().__init__()
+        self._subscription = subscription
+        self._start = start
+        self._pending: list[av.Packet] = []
+
+    async def recv(self) -> av.Packet:
+        while not self._pending:
+            item = await _next(self._subscription.next_audio, self)
+            n = self._start.offset(item.index)
+            if n is None:
+                continue
+            for i, data in enumerate(item.audio):
+                packet = av.Packet(data)
+                packet.pts = n * SAMPLES_PER_VIDEO_FRAME + item.audio_offset + i * HALF
+                packet.time_base = AUDIO_TIME_BASE
+                self._pending.append(packet)
+        return self._pending.pop(0)
+
+
+Item = TypeVar("Item", AVFrame, EncodedFrame)
+
+
+async def _next(read: Callable[[], Awaitable[Item]], track: MediaStreamTrack) -> Item:
     if track.readyState != "live":
         raise MediaStreamError
     try:
@@ -161,8 +249,9 @@ class Peer:
         self.info = info
         self.pc = pc
         self.session = session
-        self.subscription: Subscription | None = None
-        self.video: AVVideoTrack | None = None
+        self.subscription: Subscription[AVFrame] | None = None  # raw frames, if a track wants
+        self.encoded: tuple[SessionEncoder, Subscription[EncodedFrame]] | None = None
+        self.video: AVVideoTrack | EncodedVideoTrack | None = None
         self.connected_at: float | None = None
         self.created_at = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -201,6 +290,9 @@ class Peer:
         self._closed = True
         if self.subscription is not None:
             self.session.bus.unsubscribe(self.subscription)
+        if self.encoded is not None:
+            encoder, sub = self.encoded
+            encoder.unsubscribe(sub)
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for task in tasks:
@@ -222,6 +314,7 @@ class PeerRegistry:
         self._loopback = loopback_candidates
         self._connect_timeout = connect_timeout
         self._peers: dict[str, Peer] = {}
+        self._encoders: dict[tuple[str, str], SessionEncoder] = {}
         self._closing: set[asyncio.Task[bool]] = set()
         self._closed = False
 
@@ -273,20 +366,44 @@ class PeerRegistry:
         """A recvonly offer -> a viewer forwarding the session's AV frames; returns the answer."""
         peer = await self._new_peer(session, "whep", offer_sdp)
         try:
-            if not _kinds(offer_sdp) & {"audio", "video"}:
+            kinds = _kinds(offer_sdp)
+            if not kinds & {"audio", "video"}:
                 raise SdpError("the offer has no audio or video section")
-            sub = session.bus.subscribe()
-            peer.subscription = sub
             start = _SharedStart()
-            peer.video = AVVideoTrack(sub, start)
-            audio = AVAudioTrack(sub, start)
+            tracks: dict[str, MediaStreamTrack] = {}
+            shared = {
+                kind
+                for kind, name in (("video", session.video_codec), ("audio", "opus"))
+                if name in _codec_names(offer_sdp, kind)
+            }
+            if shared:
+                encoder = self._encoder(session)
+                sub = encoder.subscribe()
+                peer.encoded = (encoder, sub)
+                if "video" in shared:
+                    tracks["video"] = EncodedVideoTrack(sub, start, encoder)
+                if "audio" in shared:
+                    tracks["audio"] = EncodedAudioTrack(sub, start)
+            if (kinds & {"audio", "video"}) - shared:
+                raw = session.bus.subscribe()
+                peer.subscription = raw
+                tracks.setdefault("video", AVVideoTrack(raw, start))
+                tracks.setdefault("audio", AVAudioTrack(raw, start))
+            video = tracks.get("video")
+            if isinstance(video, AVVideoTrack | EncodedVideoTrack):
+                peer.video = video
+            # Transceivers made before the offer is applied take its sections, and their codec
+            # preferences decide what the answer picks: the shared encoder's codec.
+            for kind in ("video", "audio"):
+                if kind not in kinds:
+                    continue
+                transceiver = peer.pc.addTransceiver(tracks[kind], direction="sendonly")
+                if kind in shared:
+                    name = session.video_codec if kind == "video" else "opus"
+                    transceiver.setCodecPreferences(_capabilities(kind, name))
+                if kind == "video" and peer.encoded is not None and kind in shared:
+                    _keyframes_from(transceiver.sender, peer.encoded[0])
             await peer.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-            kinds = {t.kind for t in peer.pc.getTransceivers()}
-            # addTrack reuses the offer's transceiver of that kind: the answer says sendonly.
-            if "video" in kinds:
-                peer.pc.addTrack(peer.video)
-            if "audio" in kinds:
-                peer.pc.addTrack(audio)
             answer = await peer.pc.createAnswer()
             if self._loopback:
                 await add_loopback_candidates(peer.pc)
@@ -299,6 +416,24 @@ class PeerRegistry:
         except (ValueError, KeyError, IndexError) as exc:
             await self.remove(peer.info.resource_id)
             raise SdpError(f"the offer could not be used: {exc}") from exc
+
+    def _encoder(self, session: Viewable) -> SessionEncoder:
+        key = (session.id, session.video_codec)
+        encoder = self._encoders.get(key)
+        if encoder is None:
+            encoder = SessionEncoder(session, session.video_codec)
+            self._encoders[key] = encoder
+        return encoder
+
+    async def _release_encoders(self, session_id: str) -> None:
+        """Close the encoders of a session that no viewer reads any more."""
+        for key, encoder in list(self._encoders.items()):
+            if key[0] == session_id and encoder.viewers == 0:
+                del self._encoders[key]
+                await encoder.aclose()
+
+    def encoders(self) -> list[SessionEncoder]:
+        return list(self._encoders.values())
 
     async def add_uplink(
         self, session: Viewable, offer_sdp: str, on_track: Callable[[Peer, MediaStreamTrack], None]
@@ -347,6 +482,7 @@ class PeerRegistry:
         if peer is None:
             return False
         await peer.aclose()
+        await self._release_encoders(peer.info.session_id)
         return True
 
     async def remove_session(self, session_id: str) -> None:
@@ -380,6 +516,43 @@ class PeerRegistry:
 
 def _kinds(sdp: str) -> set[str]:
     return {line[2:].split(" ", 1)[0] for line in sdp.splitlines() if line.startswith("m=")}
+
+
+def _codec_names(sdp: str, kind: str) -> set[str]:
+    """The codecs (lower-case names) the offer's first ``kind`` section lists."""
+    names: set[str] = set()
+    section: str | None = None
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            if section == kind:
+                break
+            section = line[2:].split(" ", 1)[0]
+        elif section == kind and line.startswith("a=rtpmap:"):
+            parts = line.split(" ", 1)
+            if len(parts) == 2:
+                names.add(parts[1].split("/", 1)[0].lower())
+    return names
+
+
+def _capabilities(kind: str, name: str) -> list[RTCRtpCodecCapability]:
+    """aiortc's codecs named ``name`` (every H.264 profile it has), with RTX for video."""
+    codecs = RTCRtpSender.getCapabilities(kind).codecs
+    wanted = [c for c in codecs if c.mimeType.lower() == f"{kind}/{name}"]
+    return wanted + [c for c in codecs if c.mimeType.lower() == f"{kind}/rtx"]
+
+
+def _keyframes_from(sender: RTCRtpSender, encoder: SessionEncoder) -> None:
+    """Send this viewer's key frame requests (RTCP PLI/FIR) to the shared encoder.
+
+    aiortc answers PLI/FIR by calling its sender's ``_send_keyframe``, which only flags its
+    own encoder; a sender that packs shared packets has none. Guarded like the loopback
+    candidates: if aiortc changes shape, viewers still get key frames when they join.
+    """
+    if callable(getattr(sender, "_send_keyframe", None)):
+        sender._send_keyframe = encoder.request_keyframe  # type: ignore[method-assign]
+    else:
+        log.warning("aiortc changed: RTCP key frame requests do not reach the shared encoder")
 
 
 def _check_offer(sdp: str) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -36,6 +38,10 @@ class AVFrame:
     # speech-to-mouth latency is the publish time minus this.
     audio_in_at: float | None = None
     published_at: float = 0.0
+    # The picture as the session's shared encoder made it (bytes, key frame?) when the session
+    # handed it over before publication; None when it did not (no encoder, or a repeated
+    # picture). Encoding ahead keeps the encode off the path from publication to the viewers.
+    encoded_video: concurrent.futures.Future[tuple[bytes | None, bool]] | None = None
 
     @property
     def seconds(self) -> float:
@@ -48,6 +54,9 @@ class AVFrame:
 
 AUDIO_RATE = SAMPLE_RATE
 
+# What a bus carries: the session's AV frames, or an encoder's packets made from them.
+T = TypeVar("T")
+
 
 @dataclass
 class SubscriptionStats:
@@ -56,7 +65,7 @@ class SubscriptionStats:
 
 
 @dataclass(eq=False)
-class Subscription:
+class Subscription(Generic[T]):
     """One consumer's view of a session's frames: separate audio and video queues."""
 
     video_depth: int = 2
@@ -64,28 +73,30 @@ class Subscription:
     stats: SubscriptionStats = field(default_factory=SubscriptionStats)
 
     def __post_init__(self) -> None:
-        self._video: collections.deque[AVFrame] = collections.deque()
-        self._audio: collections.deque[AVFrame] = collections.deque()
+        self._video: collections.deque[T] = collections.deque()
+        self._audio: collections.deque[T] = collections.deque()
         self._video_ready = asyncio.Event()
         self._audio_ready = asyncio.Event()
         self.closed = False
 
-    def offer(self, frame: AVFrame) -> None:
-        """Called by the bus for each published frame; never blocks."""
+    def offer(self, frame: T, *, video: bool = True, audio: bool = True) -> None:
+        """Called by the bus for each published frame (or part of one); never blocks."""
         if self.closed:
             return
-        if len(self._video) >= self.video_depth:
-            self._video.popleft()
-            self.stats.video_dropped += 1
-        self._video.append(frame)
-        if len(self._audio) >= self.audio_depth:
-            self._audio.popleft()
-            self.stats.audio_dropped += 1
-        self._audio.append(frame)
-        self._video_ready.set()
-        self._audio_ready.set()
+        if video:
+            if len(self._video) >= self.video_depth:
+                self._video.popleft()
+                self.stats.video_dropped += 1
+            self._video.append(frame)
+            self._video_ready.set()
+        if audio:
+            if len(self._audio) >= self.audio_depth:
+                self._audio.popleft()
+                self.stats.audio_dropped += 1
+            self._audio.append(frame)
+            self._audio_ready.set()
 
-    async def next_video(self) -> AVFrame:
+    async def next_video(self) -> T:
         """The newest-but-unread video frame (older ones may have been dropped)."""
         while not self._video:
             if self.closed:
@@ -94,7 +105,7 @@ class Subscription:
             await self._video_ready.wait()
         return self._video.popleft()
 
-    async def next_audio(self) -> AVFrame:
+    async def next_audio(self) -> T:
         """The next frame's audio, in order and without gaps while the consumer keeps up."""
         while not self._audio:
             if self.closed:
@@ -113,26 +124,27 @@ class Subscription:
         self._audio_ready.set()
 
 
-class FrameBus:
-    """Fan-out of one session's AV frames to its outputs."""
+class FrameBus(Generic[T]):
+    """Fan-out of one session's AV frames (or of packets encoded from them) to its outputs."""
 
     def __init__(self) -> None:
-        self._subscriptions: set[Subscription] = set()
-        self.last: AVFrame | None = None
+        self._subscriptions: set[Subscription[T]] = set()
+        self.last: T | None = None
 
-    def subscribe(self, video_depth: int = 2, audio_depth: int = 5 * FPS) -> Subscription:
-        sub = Subscription(video_depth=video_depth, audio_depth=audio_depth)
+    def subscribe(self, video_depth: int = 2, audio_depth: int = 5 * FPS) -> Subscription[T]:
+        sub: Subscription[T] = Subscription(video_depth=video_depth, audio_depth=audio_depth)
         self._subscriptions.add(sub)
         return sub
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Subscription[T]) -> None:
         sub.close()
         self._subscriptions.discard(sub)
 
-    def publish(self, frame: AVFrame) -> None:
+    def publish(self, frame: T, *, video: bool = True, audio: bool = True) -> None:
+        """Hand ``frame`` to every subscriber's video and/or audio queue."""
         self.last = frame
         for sub in tuple(self._subscriptions):
-            sub.offer(frame)
+            sub.offer(frame, video=video, audio=audio)
 
     @property
     def subscribers(self) -> int:

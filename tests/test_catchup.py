@@ -1,0 +1,99 @@
+"""Catching up a live stream that fell behind: the splice itself, and the session's rule."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_session import Live, standin  # noqa: F401  (the fixture)
+
+from models.audio import SAMPLE_RATE
+from models.avatar import Avatar
+from streamer.engine.base import Backend
+from streamer.pipeline.catchup import UNVOICED, shorten
+
+CHUNK = SAMPLE_RATE // 50  # 20 ms, as the WebSocket clients send
+
+
+def voice(n: int, start: int = 0, f0: float = 125.0) -> np.ndarray:
+    """A voiced sound without pauses: harmonics of ``f0`` (period 128 samples at 125 Hz)."""
+    t = (start + np.arange(n)) / SAMPLE_RATE
+    x = sum(np.sin(2 * np.pi * h * f0 * t) / h for h in range(1, 8))
+    return (0.3 * x / 2.6).astype(np.float32)
+
+
+def test_a_voiced_chunk_loses_exactly_one_period_without_a_click() -> None:
+    x = voice(CHUNK, 1000)
+    y = shorten(x, 200)
+    assert len(y) == CHUNK - 128
+    # The joint is as smooth as the voice itself: no step larger than its own largest step.
+    assert np.abs(np.diff(y)).max() <= np.abs(np.diff(x)).max() * 1.05
+    # A budget under one period takes nothing from voiced sound.
+    assert len(shorten(x, 100)) == CHUNK
+
+
+def test_unvoiced_sound_loses_a_short_block() -> None:
+    noise = np.random.default_rng(0).standard_normal(CHUNK).astype(np.float32) * 0.1
+    assert len(shorten(noise, 400)) == CHUNK - UNVOICED
+    assert len(shorten(noise, 10)) == CHUNK  # under the shortest cut: unchanged
+    assert len(shorten(noise[:40], 400)) == 40  # too short to cut
+
+
+async def stream(live: Live, chunks: int, send_at: Callable[[int], float]) -> int:
+    """Push ``chunks`` chunks of voice, chunk i at ``send_at(i)`` seconds from the start (on
+    an absolute schedule, as a live source sends); returns the samples the timeline got."""
+    s = live.session.open_stream()
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.1)
+    t0 = loop.time()
+    for i in range(chunks):
+        await asyncio.sleep(max(0.0, t0 + send_at(i) - loop.time()))
+        s.push(voice(CHUNK, i * CHUNK))
+    await asyncio.sleep(0.01)
+    live.behind_at_end = behind_ms(live)  # type: ignore[attr-defined]
+    await asyncio.sleep(0.2)
+    return s.utterance.written
+
+
+def behind_ms(live: Live) -> float:
+    session = live.session
+    excess = session._timeline.write_pos - (session._now_pos() + session._latency)
+    return 1000.0 * max(0, excess) / SAMPLE_RATE
+
+
+@pytest.fixture()
+async def live(standin: tuple[Avatar, Backend]) -> AsyncIterator[Live]:  # noqa: F811
+    made = Live(*standin)
+    await made.session.start()
+    yield made
+    await made.aclose()
+
+
+async def test_a_voice_without_pauses_catches_up_after_a_stall(live: Live) -> None:
+    # 5 s of voice from a live source; the network holds it back for 150 ms after 1 s, then
+    # delivers what it held at once, so the stream is 150 ms later from then on.
+    chunks = 250
+
+    def send_at(i: int) -> float:
+        t = i * CHUNK / SAMPLE_RATE
+        return 1.15 if 1.0 <= t < 1.15 else t
+
+    task = asyncio.ensure_future(stream(live, chunks, send_at))
+    await asyncio.sleep(1.45)
+    assert behind_ms(live) > 90  # the stall is still carried ...
+    written = await task
+    # ... and is given back within a few seconds, at most 10 % faster, at pitch periods.
+    assert live.behind_at_end < 30  # type: ignore[attr-defined]
+    lost = chunks * CHUNK - written
+    assert 0.1 * SAMPLE_RATE < lost < 0.2 * SAMPLE_RATE
+
+
+async def test_a_client_sending_ahead_keeps_every_sample(live: Live) -> None:
+    chunks = 100  # 2 s of voice sent at 4x real time
+    assert await stream(live, chunks, lambda i: i * CHUNK / SAMPLE_RATE / 4) == chunks * CHUNK
