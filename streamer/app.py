@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,6 +33,7 @@ from streamer.session import (
 )
 
 log = logging.getLogger(__name__)
+
 
 class BuiltinSpeech:
     """The espeak-ng TTS, created on first use (in the speech executor, not at startup)."""
@@ -72,7 +74,7 @@ def create_app(
     loader: EngineLoader | None = None,
     speech: SpeechSource | None = None,
     session_config: SessionConfig | None = None,
-    max_sessions: int = 16,
+    max_sessions: int | None = None,
     warm_avatar: bool = True,
 ) -> FastAPI:
     """The app. ``loader`` (name -> avatar, backend; blocking), ``speech`` (text -> 16 kHz
@@ -85,7 +87,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
         engines = EnginePool(load, settings.batch_size, metrics.observe_batch)
-        compose_pool = ThreadPoolExecutor(2, thread_name_prefix="compose")
+        # Compositing is numpy/OpenCV work that releases the GIL: one thread per core.
+        compose_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compose")
         speech_pool = ThreadPoolExecutor(1, thread_name_prefix="speech")
         decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
 
@@ -113,7 +116,9 @@ def create_app(
             if remove is not None:
                 await remove(session.id)
 
-        registry = SessionRegistry(make_session, max_sessions, close_outputs)
+        registry = SessionRegistry(
+            make_session, max_sessions or settings.max_sessions, close_outputs
+        )
         metrics.bind(
             sessions=lambda: len(registry),
             viewers=lambda: sum(s.viewers for s in registry.list()),

@@ -9,6 +9,8 @@ result is one JSON object (the shape is fixed by INTERFACE.md).
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import os
 import platform
@@ -23,10 +25,14 @@ from typing import Any
 import numpy as np
 
 from models.audio import N_MELS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from streamer.capacity import measure_generation
 from streamer.config import BACKENDS
+from streamer.engine.base import runs_on_cpu
 
 Progress = Callable[[str], None]
 BATCHES = (1, 4, 16)
+GPU_BATCH = 64  # timed on a GPU only
+CPU_SESSION_LIMIT, GPU_SESSION_LIMIT = 64, 2048  # where the generation ramp stops doubling
 # Figures measured through the live server (streamer.livebench); null when not measured.
 SERVER_FIGURES = (
     "realtime_sessions",
@@ -46,6 +52,7 @@ class BenchPlan:
     pipeline_repeats: int
     baseline_repeats: int
     baseline_batches: tuple[int, ...]
+    generation_seconds: float = 3.0  # per step of the generation-only session ramp
     threads: int = 2
 
     @classmethod
@@ -58,6 +65,7 @@ class BenchPlan:
                 pipeline_repeats=3,
                 baseline_repeats=3,
                 baseline_batches=(1,),
+                generation_seconds=1.5,
             )
         return cls(
             repeats=15,
@@ -163,39 +171,53 @@ def _chunks(samples: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 
 def time_pipeline(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress) -> float | None:
-    """ms per frame for audio -> mel -> generator -> compositor -> H.264, all runtime code."""
-    try:
-        from streamer.render import generate_frames
-    except ImportError:
-        progress("pipeline: streamer.render is not available yet, figure left null")
-        return None
-    import av
+    """ms per frame for audio -> mel -> generator -> compositor -> the live video encoder
+    (VP8, as a session's viewers get it, encoded once for all of them), all runtime code."""
+    from streamer.outputs.encoding import VideoEncoder
+    from streamer.render import generate_frames
 
     samples = speech_like(plan.pipeline_seconds)
     n_frames = -(-len(samples) // SAMPLES_PER_VIDEO_FRAME)
-    width, height = avatar.manifest.frame_size
 
     def one_run() -> None:
-        import io
-
-        buffer = io.BytesIO()
-        with av.open(buffer, "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=25)
-            stream.width, stream.height = width, height
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"preset": "veryfast", "tune": "zerolatency"}
-            count = 0
-            for frame in generate_frames(avatar, backend, _chunks(samples, 4000)):
-                image = frame if isinstance(frame, np.ndarray) else np.asarray(frame)
-                video = av.VideoFrame.from_ndarray(image, format="rgb24")
-                container.mux(stream.encode(video))
-                count += 1
-            container.mux(stream.encode(None))
+        encoder = VideoEncoder("vp8")
+        count = 0
+        for frame in generate_frames(avatar, backend, _chunks(samples, 4000)):
+            encoder.encode(np.asarray(frame), keyframe=count == 0)
+            count += 1
         if count != n_frames:
             raise RuntimeError(f"pipeline made {count} frames for {n_frames} expected")
 
     total_ms = median_ms(one_run, plan.pipeline_repeats, warmup=1)
     return total_ms / n_frames
+
+
+def time_encoders(avatar: Any, plan: BenchPlan) -> dict[str, float]:
+    """ms per frame of the live encoders (VP8, H.264) on the avatar's composited frames."""
+    from streamer.outputs.encoding import VideoEncoder
+    from streamer.pipeline.compositor import Compositor
+
+    compositor = Compositor(avatar)
+    rng = np.random.default_rng(0)
+    size = avatar.crop_size
+    mouths = [rng.random((3, size, size), dtype=np.float32) * 0.2 + 0.4 for _ in range(8)]
+    frames = [compositor.compose(k, mouths[k % len(mouths)]) for k in range(50)]
+    out: dict[str, float] = {}
+    for codec in ("vp8", "h264"):
+        encoder = VideoEncoder(codec)
+        encoder.encode(frames[0], keyframe=True)
+        pictures = itertools.cycle(frames)
+        out[codec] = round(
+            median_ms(
+                functools.partial(_encode_next, encoder, pictures), plan.repeats * 4, plan.warmup
+            ),
+            3,
+        )
+    return out
+
+
+def _encode_next(encoder: Any, pictures: Iterator[np.ndarray]) -> object:
+    return encoder.encode(next(pictures), keyframe=False)
 
 
 def _providers_for(backend_name: str) -> list[str]:
@@ -293,7 +315,8 @@ def bench_backend(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress
     mel_frames = avatar.window.length
     progress(f"{backend.name}: generator")
     generator: dict[str, float] = {}
-    for batch in BATCHES:
+    gpu = not runs_on_cpu(backend)
+    for batch in BATCHES + ((GPU_BATCH,) if gpu else ()):
         inputs = generator_inputs(batch, crop, mel_frames)
 
         def run(inputs: tuple[np.ndarray, np.ndarray, np.ndarray] = inputs) -> object:
@@ -305,12 +328,24 @@ def bench_backend(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress
     pipeline = time_pipeline(avatar, backend, plan, progress)
     if pipeline is not None:
         progress(f"{backend.name}: pipeline {pipeline:.2f} ms/frame")
+    encode = time_encoders(avatar, plan)
+    progress(f"{backend.name}: live encode ms/frame {encode} (once per session, any viewers)")
     # Taken before the baselines load, which would otherwise dominate the peak.
     rss = peak_rss_mb()
     result: dict[str, Any] = {
         "generator_ms_per_frame": generator,
         "pipeline_ms_per_frame": None if pipeline is None else round(pipeline, 2),
+        "encode_ms_per_frame": encode,
     }
+    result.update(
+        measure_generation(
+            avatar,
+            backend,
+            plan.generation_seconds,
+            GPU_SESSION_LIMIT if gpu else CPU_SESSION_LIMIT,
+            lambda message: progress(f"{backend.name}: {message}"),
+        )
+    )
     result.update({key: None for key in SERVER_FIGURES})
     result["peak_rss_mb"] = round(rss, 1)
     result["baselines"] = time_baselines(backend.name, plan, progress)

@@ -76,7 +76,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from models.avatar import load_avatar
     from streamer.config import Settings
     from streamer.engine import make_backend
-    from streamer.render import render
+    from streamer.render import BATCH, render
 
     settings = Settings.from_env(avatar=args.avatar, backend=args.backend)
     if args.text is not None and not args.text.strip():
@@ -99,7 +99,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             backend,
             audio=args.audio,
             text=args.text,
-            batch_size=settings.batch_size,
+            batch_size=settings.batch_size or BATCH,
             progress=progress.update if progress else None,
         )
     finally:

@@ -12,8 +12,15 @@ from models.avatar import avatarcast_home
 # The INTERFACE names, then the device-pinned keys that `avatarcast bench` reports (onnx-int8
 # is the reduced CPU model, offered where it keeps the eval figures).
 BACKENDS = (
-    "auto", "onnx", "tensorrt", "torch",
-    "onnx-cpu", "onnx-cuda", "onnx-int8", "torch-cpu", "torch-cuda",
+    "auto",
+    "onnx",
+    "tensorrt",
+    "torch",
+    "onnx-cpu",
+    "onnx-cuda",
+    "onnx-int8",
+    "torch-cpu",
+    "torch-cuda",
 )
 
 
@@ -30,7 +37,8 @@ class Settings:
     backend: str = "auto"
     threads: int = 2  # inference threads: the default machine has two cores
     api_key: str | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # frames per generator call at most: 8 on a CPU, 64 on a GPU
+    max_sessions: int = 16
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -43,7 +51,7 @@ class Settings:
         for key in ("host", "avatar", "backend"):
             if env.get(f"AVATARCAST_{key.upper()}"):
                 values[key] = env[f"AVATARCAST_{key.upper()}"]
-        for key in ("port", "threads", "batch_size"):
+        for key in ("port", "threads", "batch_size", "max_sessions"):
             raw = env.get(f"AVATARCAST_{key.upper()}")
             if raw:
                 try:
@@ -60,6 +68,6 @@ class Settings:
             raise ConfigError(
                 f"unknown backend {settings.backend!r}: use one of {', '.join(BACKENDS)}"
             )
-        if settings.threads < 1 or settings.batch_size < 1:
-            raise ConfigError("threads and batch size must be at least 1")
+        if settings.threads < 1 or (settings.batch_size or 1) < 1 or settings.max_sessions < 1:
+            raise ConfigError("threads, batch size and max sessions must be at least 1")
         return settings

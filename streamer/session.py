@@ -32,7 +32,7 @@ import numpy as np
 
 from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, silence_mel
 from models.avatar import Avatar
-from streamer.engine.worker import InferenceWorker, WorkerClosed
+from streamer.engine.worker import InferenceWorker, TooLate, WorkerClosed
 from streamer.metrics import Metrics
 from streamer.pipeline.catchup import shorten
 from streamer.pipeline.compositor import Compositor
@@ -733,7 +733,7 @@ class Session:
                 video = task.result()
             elif isinstance(exc, WorkerClosed):
                 raise exc
-            else:
+            elif not isinstance(exc, TooLate):  # too late: the worker gave up, dropped
                 log.error("session %s: frame %d failed", self.id, job.index, exc_info=exc)
         else:
             task.cancel()

@@ -80,6 +80,21 @@ def test_backend_matches_torch(
         assert float(np.abs(got - expected).max()) <= TOLERANCE[key], key
 
 
+def test_torch_cuda_replays_a_captured_graph_per_batch_size(
+    avatar: Avatar, reference_out: dict[int, np.ndarray]
+) -> None:
+    reason = _skip_reason("torch-cuda", avatar)
+    if reason is not None:
+        pytest.skip(reason)
+    backend = make_backend("torch-cuda", avatar)
+    for _ in range(2):  # the second round replays the graphs the first one captured
+        for batch, expected in reference_out.items():
+            got = backend.infer(*_inputs(avatar, batch, seed=batch))
+            assert float(np.abs(got - expected).max()) <= TOLERANCE["torch-cuda"]
+    graphs = backend._graphs  # type: ignore[attr-defined]
+    assert len(graphs) == len(reference_out) and all(g is not None for g in graphs.values())
+
+
 @pytest.mark.slow
 def test_int8_model_is_offered_and_close(
     tmp_path: Path, avatar: Avatar, reference_out: dict[int, np.ndarray]

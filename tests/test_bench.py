@@ -110,7 +110,10 @@ def tiny_baselines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(baselines, "SPECS", specs)
 
 
-def test_quick_bench_has_the_interface_shape(standin_avatar: str, tiny_baselines: None) -> None:
+def test_quick_bench_has_the_interface_shape(
+    standin_avatar: str, tiny_baselines: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench, "CPU_SESSION_LIMIT", 2)  # the ramp itself: test_capacity
     messages: list[str] = []
     result = bench.run_bench(
         quick=True, backends=["onnx"], avatar_name=standin_avatar, progress=messages.append
@@ -129,8 +132,15 @@ def test_quick_bench_has_the_interface_shape(standin_avatar: str, tiny_baselines
         "frame_interval_ms_p95",
         "peak_rss_mb",
         "baselines",
+        # beyond the INTERFACE shape
+        "encode_ms_per_frame",
+        "generation_sessions",
+        "generation_ramp",
     }
     assert set(figures["generator_ms_per_frame"]) == {"1", "4", "16"}
+    assert set(figures["encode_ms_per_frame"]) == {"vp8", "h264"}
+    assert figures["generation_sessions"] == 2  # the limit: the stand-in is fast
+    assert [s["sessions"] for s in figures["generation_ramp"]] == [1, 2]
     assert all(v > 0 for v in figures["generator_ms_per_frame"].values())
     assert figures["pipeline_ms_per_frame"] > 0
     assert figures["peak_rss_mb"] > 50
@@ -146,6 +156,7 @@ def test_auto_and_onnx_are_measured_once(
     standin_avatar: str, tiny_baselines: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bench, "time_pipeline", lambda *a: None)
+    monkeypatch.setattr(bench, "CPU_SESSION_LIMIT", 1)
     result = bench.run_bench(
         quick=True, backends=["auto", "onnx"], avatar_name=standin_avatar, progress=lambda m: None
     )

@@ -28,11 +28,16 @@ from streamer.engine.base import Backend, runs_on_cpu
 log = logging.getLogger(__name__)
 
 FRAME_PERIOD_S = 0.040
+CPU_MAX_BATCH, GPU_MAX_BATCH = 8, 64
 PHASE_SLOTS = 8  # a session's frames fall due at one of 8 points 5 ms apart (CPU backends)
 
 
 class WorkerClosed(RuntimeError):
     """The worker was closed; no more frames are generated."""
+
+
+class TooLate(RuntimeError):
+    """The worker gave a frame up: it was due before it could have been generated."""
 
 
 @dataclass(eq=False)
@@ -60,6 +65,7 @@ class WorkerStats:
     last_batch: int = 0
     last_ms: float = 0.0
     batches: dict[int, int] = field(default_factory=dict)
+    skipped: int = 0  # requests given up as hopeless (due before they could be done)
 
 
 class InferenceWorker:
@@ -72,18 +78,22 @@ class InferenceWorker:
     def __init__(
         self,
         backend: Backend,
-        max_batch: int = 8,
+        max_batch: int | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "inference",
     ) -> None:
         self.backend = backend
-        self.max_batch = max(1, max_batch)
+        # A CPU gains little from big batches and a late batch delays all its frames; a GPU
+        # serves dozens of sessions' frames in one call.
+        default = CPU_MAX_BATCH if runs_on_cpu(backend) else GPU_MAX_BATCH
+        self.max_batch = max(1, max_batch or default)
         self.stats = WorkerStats()
         self._on_batch = on_batch
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
         self._phases: collections.Counter[int] = collections.Counter()
+        self._frame_s = 0.0  # smoothed seconds per frame of the backend's recent calls
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -148,14 +158,27 @@ class InferenceWorker:
                 self._cond.wait()
             if self._closed:
                 return None
-            # Cancelled requests (their frame was published without them) cost nothing.
+            # Cancelled requests (their frame was published without them) cost nothing, and
+            # nor do hopeless ones: due before even a call of one frame could finish, their
+            # frames will go out with the previous picture anyway. Serving them would only
+            # make the next frames late too: an overloaded machine would fall behind for
+            # every session at once instead of dropping a few frames.
+            now = time.monotonic()
             live = [r for r in self._pending if not r.future.cancelled()]
-            live.sort(key=lambda r: r.deadline)
+            hopeless = [r for r in live if r.deadline < now + self._frame_s]
+            live = sorted((r for r in live if r.deadline >= now + self._frame_s), key=_by_due)
+            self._pending = []
+            self.stats.skipped += len(hopeless)
+            for r in hopeless:
+                _give_up(r)
             if not live:
-                self._pending.clear()
                 return []
             key = live[0].key
-            batch = [r for r in live if r.key == key][: self.max_batch]
+            # As many frames as can finish before the earliest of them is due (one at least).
+            room = self.max_batch
+            if self._frame_s > 0:
+                room = max(1, int((live[0].deadline - now) / self._frame_s))
+            batch = [r for r in live if r.key == key][: min(self.max_batch, room)]
             taken = {id(r) for r in batch}
             self._pending = [r for r in live if id(r) not in taken]
             return batch
@@ -179,7 +202,11 @@ class InferenceWorker:
                 for r in batch:
                     _resolve(r, None, exc)
                 continue
-            ms = (time.perf_counter() - started) * 1000.0
+            seconds = time.perf_counter() - started
+            ms = seconds * 1000.0
+            # What one frame costs, smoothed: the worker's estimate for what fits in time.
+            per_frame = seconds / len(batch)
+            self._frame_s += (0.1 if self._frame_s else 1.0) * (per_frame - self._frame_s)
             self.stats.calls += 1
             self.stats.frames += len(batch)
             self.stats.last_batch, self.stats.last_ms = len(batch), ms
@@ -200,6 +227,15 @@ class InferenceWorker:
         for r in pending:
             _resolve(r, None, WorkerClosed("the inference worker is closed"))
         await asyncio.to_thread(self._thread.join)
+
+
+def _by_due(request: _Request) -> float:
+    return request.deadline
+
+
+def _give_up(request: _Request) -> None:
+    """Fail a hopeless request with :class:`TooLate`: its frame keeps the previous picture."""
+    _resolve(request, None, TooLate("the frame was due before it could be generated"))
 
 
 def _finish(request: _Request, mouth: np.ndarray) -> None:
@@ -256,7 +292,7 @@ class EnginePool:
     def __init__(
         self,
         loader: EngineLoader,
-        max_batch: int = 8,
+        max_batch: int | None = None,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._loader = loader

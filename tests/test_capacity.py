@@ -1,0 +1,67 @@
+"""The generation-only session ramp, and how the worker sheds frames it cannot make in time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from streamer.capacity import ramp
+from streamer.engine.worker import InferenceWorker, TooLate
+
+INPUTS = (
+    np.zeros((3, 16, 16), np.float32),
+    np.zeros((3, 16, 16), np.float32),
+    np.zeros((24, 80), np.float32),
+)
+
+
+class Sleeper:
+    """A backend whose call costs ``fixed + per_frame * batch`` seconds (sleeping, no CPU)."""
+
+    def __init__(self, name: str, fixed: float, per_frame: float) -> None:
+        self.name, self.fixed, self.per_frame = name, fixed, per_frame
+
+    def infer(self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        time.sleep(self.fixed + self.per_frame * len(reference))
+        return np.zeros_like(reference)
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+async def test_a_cpu_like_backend_holds_what_its_frame_cost_allows() -> None:
+    worker = InferenceWorker(Sleeper("sleeper-cpu", 0.0, 0.006))  # ~6 frames per 40 ms
+    try:
+        best, steps = await ramp(worker, INPUTS, 0.8, 64, quiet)
+    finally:
+        await worker.aclose()
+    assert 3 <= best <= 6, steps
+    # Overloaded, the worker gives hopeless frames up rather than making every frame late.
+    failed = [s for s in steps if not s.held]
+    assert failed and max(s.on_time for s in failed) > 0.5
+
+
+async def test_a_gpu_like_backend_batches_many_sessions() -> None:
+    worker = InferenceWorker(Sleeper("sleeper-cuda", 0.004, 0.0001))  # batching is nearly free
+    try:
+        best, steps = await ramp(worker, INPUTS, 0.8, 64, quiet)
+    finally:
+        await worker.aclose()
+    assert best == 64, steps
+    assert steps[-1].mean_batch > 16  # sessions due together meet in one call
+
+
+async def test_hopeless_requests_fail_with_too_late() -> None:
+    worker = InferenceWorker(Sleeper("sleeper-cpu", 0.0, 0.02))
+    loop = asyncio.get_running_loop()
+    try:
+        await worker.submit(*INPUTS, loop.time() + 1.0)  # learns that a frame costs 20 ms
+        with pytest.raises(TooLate):
+            await worker.submit(*INPUTS, loop.time() + 0.005)
+        assert worker.stats.skipped == 1
+    finally:
+        await worker.aclose()
