@@ -148,6 +148,10 @@ class AudioEncoder:
 
     def __init__(self) -> None:
         self._ctx = _opus_context()
+        # The encoder's look-ahead: a receiver plays each sample this much after its packet's
+        # timestamp says (6.5 ms for libopus). Read from the first packet, whose timestamp
+        # libavcodec moves back by it.
+        self.delay_s = 0.0
 
     def encode(self, frame: AVFrame) -> tuple[bytes, ...]:
         packets: list[bytes] = []
@@ -158,7 +162,10 @@ class AudioEncoder:
             chunk.sample_rate = SAMPLE_RATE
             chunk.pts = frame.index * SAMPLES_PER_VIDEO_FRAME + i
             chunk.time_base = fractions.Fraction(1, SAMPLE_RATE)
-            packets.extend(bytes(p) for p in self._ctx.encode(chunk))
+            for packet in self._ctx.encode(chunk):
+                if not self.delay_s and packet.pts is not None and packet.pts < chunk.pts:
+                    self.delay_s = (chunk.pts - packet.pts) / SAMPLE_RATE
+                packets.append(bytes(packet))
         return tuple(packets)
 
 
@@ -178,7 +185,9 @@ class SessionEncoder:
 
     Audio is encoded at publication, on the event loop (about 0.4 ms a frame): it must
     follow an interrupt to the frame, and a thread hop would add jitter to every packet. The
-    frame's second 20 ms packet goes out 20 ms after the first.
+    frame's second 20 ms packet goes out 20 ms after the first. Pictures go out the Opus
+    look-ahead (6.5 ms) after their frame's audio: the delay with which a receiver plays
+    the audio, which the timestamps cannot carry (RTCP maps each stream by send times).
     """
 
     def __init__(self, session: Any, codec: VideoCodec) -> None:
@@ -193,7 +202,9 @@ class SessionEncoder:
         self._thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix=f"encode-{self.session_id}"
         )
-        self._pending: collections.deque[tuple[int, Picture]] = collections.deque()
+        # Pictures in frame order: (index, encode, when to send it).
+        self._pending: collections.deque[tuple[int, Picture, float]] = collections.deque()
+        self._flush_at: asyncio.TimerHandle | None = None
         self._in_thread = 0
         self._keyframe_wanted = True
         self._last_keyframe = -1e9
@@ -264,11 +275,19 @@ class SessionEncoder:
                 loop.call_soon_threadsafe(self._flush, True)
 
     def _flush(self, finished: bool = False) -> None:
-        """Publish, in frame order, every picture whose encode has finished."""
+        """Publish, in frame order, every picture whose encode has finished and whose time
+        has come (its frame's publication plus the audio codec's delay, so that a receiver
+        shows each picture with the sound decoded for it)."""
         if finished:
             self._in_thread -= 1
+        loop = self._loop
         while self._pending and self._pending[0][1].done():
-            index, future = self._pending.popleft()
+            index, future, send_at = self._pending[0]
+            if loop is not None and send_at > loop.time():
+                if self._flush_at is None:
+                    self._flush_at = loop.call_at(send_at, self._flush_timer)
+                return
+            self._pending.popleft()
             if future.cancelled() or future.exception() is not None:
                 if not future.cancelled():
                     log.error(
@@ -282,6 +301,10 @@ class SessionEncoder:
             data, keyframe = future.result()
             if data is not None:
                 self.bus.publish(EncodedFrame(index, (), data, keyframe), audio=False)
+
+    def _flush_timer(self) -> None:
+        self._flush_at = None
+        self._flush()
 
     def _send_later(self) -> None:
         """Publish the pending second half of the last frame's audio (now, if not yet sent)."""
@@ -307,7 +330,8 @@ class SessionEncoder:
                 if picture is None and not self._early:
                     picture = self.commit(frame.index, frame.video)
                 if picture is not None:
-                    self._pending.append((frame.index, picture))
+                    send_at = frame.published_at + self._audio.delay_s
+                    self._pending.append((frame.index, picture, send_at))
                     self._flush()
         except ConnectionError:  # the session's bus closed
             pass
@@ -317,6 +341,8 @@ class SessionEncoder:
             self.bus.close()
 
     async def aclose(self) -> None:
+        if self._flush_at is not None:
+            self._flush_at.cancel()
         if self._early and getattr(self._session, "picture_sink", None) is self:
             self._session.picture_sink = None
         if self._input is not None:
