@@ -3,8 +3,10 @@
 The real app (``create_app`` on uvicorn, a free loopback port) runs in this process with the
 real avatar and backend. Clients are real too: speech goes in through the WebSocket PCM stream
 at real-time pace and through ``POST speak``; viewers are aiortc peers that POST WHEP offers
-and decode what arrives over UDP. Clients share this process (and its two cores) with the
-server, so every figure is taken under that extra load.
+and decode what arrives over UDP. The one-session measures keep their clients in this
+process (they hook the viewers' RTCP); the session ramp runs its speakers and its viewers in
+two processes of their own, as other machines' clients would be. All share the machine's
+cores with the server, so every figure is taken under that extra load.
 
 What is measured, and where:
 
@@ -297,10 +299,10 @@ class Track:
 class Viewer:
     """An aiortc WHEP client that decodes what arrives and keeps measures of it."""
 
-    def __init__(self, region: MouthRegion) -> None:
+    def __init__(self, region: MouthRegion | None) -> None:
         from aiortc import RTCConfiguration, RTCPeerConnection
 
-        self.region = region
+        self.region = region  # None: frames are decoded, as a player would, but not measured
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.video = Track(90_000)
         self.audio = Track(48_000)
@@ -375,7 +377,8 @@ class Viewer:
             if video:
                 if not self.first_frame.done():
                     self.first_frame.set_result(now)
-                value = self.region.openness(frame.to_ndarray(format="rgb24"))
+                region = self.region
+                value = region.openness(frame.to_ndarray(format="rgb24")) if region else 0.0
                 self.video.frames.append((now, int(frame.pts), value))
             else:
                 self.audio.frames.append((now, int(frame.pts), rms(frame.to_ndarray())))
@@ -497,8 +500,8 @@ async def live_server(avatar_name: str, backend: str, threads: int) -> AsyncIter
 class Speaker:
     """Speech into a session through its WebSocket: 20 ms PCM messages at real-time pace."""
 
-    def __init__(self, live: Live, session_id: str, signal: Callable[[int, int], np.ndarray]):
-        self._url = live.base.replace("http", "ws", 1) + f"/v1/sessions/{session_id}/ws"
+    def __init__(self, base: str, session_id: str, signal: Callable[[int, int], np.ndarray]):
+        self._url = base.replace("http", "ws", 1) + f"/v1/sessions/{session_id}/ws"
         self._signal = signal
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -550,7 +553,7 @@ async def measure_main(live: Live, plan: LivePlan, progress: Progress) -> dict[s
     sid, token, session = await live.create()
     tap = FrameTap(session, live.region)
     viewers = [await live.viewer(sid, token) for _ in range(2)]
-    speaker = Speaker(live, sid, lambda n, start: bursts(n, start))
+    speaker = Speaker(live.base, sid, lambda n, start: bursts(n, start))
     out: dict[str, Any] = {}
     try:
         lo = loop.time() + plan.settle_s
@@ -692,29 +695,39 @@ class Step:
 
 
 async def measure_step(live: Live, n: int, plan: LivePlan) -> Step:
-    """``n`` sessions, each streaming speech over its WebSocket with one WHEP viewer."""
-    loop = asyncio.get_running_loop()
+    """``n`` sessions, each streaming speech over its WebSocket with one WHEP viewer.
+
+    The speakers and the viewers run in processes of their own (:func:`clients`) on the same
+    cores, as other machines' clients would reach a server: their decoding and packet work
+    costs CPU here, but not the server's event loop, and the viewers' work does not make the
+    speakers late.
+    """
     made: list[tuple[str, str, Any]] = []
-    viewers: list[Viewer] = []
-    speakers: list[Speaker] = []
     taps: list[FrameTap] = []
+    speakers: _Clients | None = None
+    viewers: _Clients | None = None
     try:
         for _ in range(n):
             made.append(await live.create())
-        for sid, token, session in made:
-            taps.append(FrameTap(session, live.region))
-            speakers.append(Speaker(live, sid, lambda k, start: voiced(k, start)))
-            viewers.append(await live.viewer(sid, token))
-        lo = loop.time() + plan.settle_s
+        taps = [FrameTap(session, live.region) for _, _, session in made]
+        pairs = [[sid, token] for sid, token, _ in made]
+        seconds = plan.settle_s + plan.ramp_s + 1.0
+        speakers = await _Clients.start(live.base, "speakers", pairs, seconds + 1.0)
+        viewers = await _Clients.start(live.base, "viewers", pairs, seconds)
+        lo = viewers.ready_at + plan.settle_s
         await _sleep_until(lo)
         before = [(s.stats.frames, s.stats.dropped) for _, _, s in made]
         await _sleep_until(lo + plan.ramp_s)
-        hi = loop.time()
+        hi = asyncio.get_running_loop().time()
         after = [(s.stats.frames, s.stats.dropped) for _, _, s in made]
-        failed = [s.failed for s in speakers if s.failed is not None]
-        if failed:
-            raise RuntimeError(f"a WebSocket speaker failed: {failed[0]}")
-        frame_p95 = [p95(v.intervals_ms(lo, hi)) for v in viewers]
+        seen = await viewers.report()
+        spoke = await speakers.report()
+        if spoke["failed"]:
+            raise RuntimeError(f"a WebSocket speaker failed: {spoke['failed'][0]}")
+        frame_p95 = [
+            p95(list(np.diff([t for t in arrivals if lo <= t < hi]) * 1000.0))
+            for arrivals in seen["arrivals"]
+        ]
         latency_p95 = [p95(_latencies(t.data, lo)) for t in taps]
         frames = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
         dropped = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
@@ -730,14 +743,106 @@ async def measure_step(live: Live, n: int, plan: LivePlan) -> Step:
         )
         return Step(n, _round(worst_frame, 2), _round(worst_latency, 2), round(ratio, 4), held)
     finally:
-        for speaker in speakers:
-            await speaker.aclose()
-        for viewer, (_, token, _) in zip(viewers, made, strict=False):
-            await viewer.aclose(live.http, token)
+        for process in (viewers, speakers):
+            if process is not None:
+                await process.aclose()
         for tap in taps:
             await tap.aclose()
         for sid, _, _ in made:
             await live.http.delete(f"/v1/sessions/{sid}")
+
+
+class _Clients:
+    """A process running :func:`clients`: ``python -m streamer.livebench REQUEST``."""
+
+    def __init__(self, process: asyncio.subprocess.Process, ready_at: float) -> None:
+        self.process = process
+        self.ready_at = ready_at  # time.monotonic(), the clock of every process here
+
+    @classmethod
+    async def start(cls, base: str, role: str, sessions: list[list[str]], seconds: float) -> Any:
+        import json
+        import sys
+
+        request = {"base": base, "role": role, "sessions": sessions, "seconds": seconds}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "streamer.livebench",
+            json.dumps(request),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        made = cls(process, 0.0)
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        if not line.startswith(b"ready"):
+            await made.aclose()
+            raise RuntimeError(f"the {role}' process did not start")
+        made.ready_at = float(line.split()[1])
+        return made
+
+    async def report(self) -> dict[str, Any]:
+        import json
+
+        assert self.process.stdout is not None
+        return dict(json.loads(await asyncio.wait_for(self.process.stdout.read(), 60)))
+
+    async def aclose(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        await self.process.wait()
+
+
+async def clients(
+    base: str, role: str, sessions: list[list[str]], seconds: float
+) -> dict[str, Any]:
+    """The clients of a ramp step, in their own process: a speaker streaming a steady voice
+    into each session (``role`` "speakers") or a viewer of each ("viewers"). Prints
+    ``ready <time>`` once all are connected (viewers: with a frame), then runs ``seconds``
+    more; returns the speakers' failures or each viewer's frame arrivals."""
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    viewers: list[Viewer] = []
+    speakers: list[Speaker] = []
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        try:
+            for sid, token in sessions:
+                if role == "speakers":
+                    speakers.append(Speaker(base, sid, lambda k, start: voiced(k, start)))
+                else:
+                    viewer = Viewer(None)
+                    viewers.append(viewer)
+                    await viewer.connect(http, sid, token)
+                    await asyncio.wait_for(asyncio.shield(viewer.first_frame), 15)
+            ready = loop.time()
+            print(f"ready {ready}", flush=True)
+            await _sleep_until(ready + seconds)
+            return {
+                "failed": [repr(s.failed) for s in speakers if s.failed is not None],
+                "arrivals": [v.video.complete for v in viewers],
+            }
+        finally:
+            for speaker in speakers:
+                await speaker.aclose()
+            for viewer, (_, token) in zip(viewers, sessions, strict=False):
+                await viewer.aclose(http, token)
+
+
+def clients_main(argv: list[str]) -> int:
+    import json
+    import logging
+    import warnings
+
+    logging.getLogger("aiortc").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    request = json.loads(argv[0])
+    report = asyncio.run(
+        clients(request["base"], request["role"], request["sessions"], request["seconds"])
+    )
+    print(json.dumps(report), flush=True)
+    return 0
 
 
 async def measure_ramp(
@@ -775,7 +880,7 @@ async def measure_soak(live: Live, seconds: float, progress: Progress) -> dict[s
     sid, token, session = await live.create()
     tap = FrameTap(session, live.region)
     viewer = await live.viewer(sid, token)
-    speaker = Speaker(live, sid, lambda n, start: bursts(n, start))
+    speaker = Speaker(live.base, sid, lambda n, start: bursts(n, start))
     try:
         begin = loop.time() + 1.0
         end = begin + seconds
@@ -861,3 +966,9 @@ def run_live(
     except Exception as exc:  # reported; the figures stay null
         progress(f"live: not measured: {type(exc).__name__}: {exc}")
         return {}
+
+
+if __name__ == "__main__":  # the clients' process of a ramp step
+    import sys
+
+    raise SystemExit(clients_main(sys.argv[1:]))

@@ -494,6 +494,8 @@ class Session:
             latency=self._latency,
             utterance_id=utt.id,
             arrived_at=asyncio.get_running_loop().time(),
+            # A live stream's next piece joins the last one (jitter costs no gap)
+            contiguous=utt.kind == "stream" and utt.written > 0,
         )
         utt.written += len(chunk)
         utt.end_pos = pos + len(chunk)
@@ -633,6 +635,7 @@ class Session:
         tl.commit(hi)
         a0, a1 = frame_range(k)
         pcm = tl.samples(a0, a1)
+        tl.hear(a1)
         audio = np.clip(np.rint(pcm * 32767.0), -32768, 32767).astype(np.int16)
         counts: dict[str, int] = {}
         audio_in_at: float | None = None

@@ -86,12 +86,14 @@ async def test_a_voice_without_pauses_catches_up_after_a_stall(live: Live) -> No
 
     task = asyncio.ensure_future(stream(live, chunks, send_at))
     await asyncio.sleep(1.45)
-    assert behind_ms(live) > 90  # the stall is still carried ...
+    # The latency budget's slack absorbed part of the stall; the part that had already
+    # played as silence is carried ...
+    assert 40 < behind_ms(live) < 110
     written = await task
     # ... and is given back within a few seconds, at most 10 % faster, at pitch periods.
     assert live.behind_at_end < 30  # type: ignore[attr-defined]
     lost = chunks * CHUNK - written
-    assert 0.1 * SAMPLE_RATE < lost < 0.2 * SAMPLE_RATE
+    assert 0.04 * SAMPLE_RATE < lost < 0.12 * SAMPLE_RATE
 
 
 async def test_a_client_sending_ahead_keeps_every_sample(live: Live) -> None:

@@ -32,6 +32,32 @@ def test_committed_audio_is_final_and_late_speech_goes_after_it() -> None:
     assert not tl.samples(0, 8000).any()
 
 
+def test_a_live_streams_late_piece_loses_only_what_already_played() -> None:
+    tl = Timeline(max_ahead_s=10)
+    x = np.ones(320, np.float32)
+
+    def piece(now: int, contiguous: bool = True) -> int:
+        return tl.write(
+            x, now_pos=now, latency=2160, utterance_id="s", arrived_at=0.0, contiguous=contiguous
+        )
+
+    assert piece(0, contiguous=False) == 2160  # the first piece: the whole budget ahead
+    # Late by 25 ms, its place already committed for the windows but not yet played:
+    # it joins the previous piece, no gap.
+    tl.commit(2900)
+    tl.hear(2000)
+    assert piece(720) == 2480
+    # Later than the play position: it starts where playing has got to, not a budget later.
+    tl.commit(5000)
+    tl.hear(3600)
+    assert piece(2500) == 3600
+    assert not tl.samples(2800, 3600).any() and tl.samples(3600, 3920).all()
+    # After a pause (more than RESUME behind its schedule) it starts over with the budget.
+    tl.commit(20_000)
+    tl.hear(19_000)
+    assert piece(18_000) == 20_160
+
+
 def test_a_gap_between_writes_is_silence_even_when_the_ring_wraps() -> None:
     tl = Timeline(max_ahead_s=1)
     for n in range(0, 200_000, 4000):  # far past the ring capacity

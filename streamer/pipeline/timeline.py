@@ -29,6 +29,9 @@ from models.audio import (
 )
 
 HISTORY = SAMPLE_RATE  # samples kept behind the read position: more than any window needs
+# A live stream's piece later than this (against the stream's own schedule) is taken as the
+# stream resuming after a pause, not as a late piece: it gets the whole latency budget again.
+RESUME = SAMPLE_RATE * 3 // 10
 
 
 class TimelineFull(RuntimeError):
@@ -72,7 +75,8 @@ class Timeline:
         self._capacity = self.max_ahead + 2 * HISTORY
         self._data = np.zeros(self._capacity, np.float32)
         self.write_pos = 0  # end of the written audio
-        self.read_pos = 0  # samples before this are committed: never written again
+        self.read_pos = 0  # samples before this are committed: never written again ...
+        self.heard_pos = 0  # ... except by a live stream's next piece, up to this: played
         self.floor = 0  # samples before this read as silence (history hidden by a cut)
         self._spans: collections.deque[Span] = collections.deque()
 
@@ -88,11 +92,25 @@ class Timeline:
         latency: int,
         utterance_id: str,
         arrived_at: float,
+        contiguous: bool = False,
     ) -> int:
         """Write after what is already there, never before ``now_pos + latency`` nor into the
-        committed past; returns the absolute start position."""
+        committed past; returns the absolute start position.
+
+        ``contiguous``: the next piece of a live stream. It goes right after the stream's
+        previous piece whenever that has not been played yet, even if it came late and the
+        windows of a few frames were taken without it: their mouths saw a little less of the
+        future, but the voice has no gap, where a gap would leave the rest of the stream that
+        much later for good."""
         x = np.asarray(samples, np.float32).reshape(-1)
-        start = max(self.write_pos, self.read_pos, now_pos + latency)
+        late = now_pos + latency - self.write_pos  # how far behind its own schedule it came
+        playing = max(self.heard_pos, now_pos)  # samples before this have been played
+        if contiguous and self.write_pos >= playing:
+            start = self.write_pos
+        elif contiguous and late <= RESUME:
+            start = playing  # later still: only what already played is lost
+        else:  # a new utterance, or a stream resuming after a pause: the full budget
+            start = max(self.write_pos, self.read_pos, now_pos + latency)
         end = start + len(x)
         if end - min(now_pos, self.read_pos) > self.max_ahead:
             raise TimelineFull(
@@ -107,16 +125,18 @@ class Timeline:
         return start
 
     def commit(self, upto: int) -> None:
-        """The clock has read everything before ``upto``: it is final."""
+        """The clock has read everything before ``upto`` for its windows (what was not
+        written reads as silence): only a live stream's next piece may still go there."""
         if upto <= self.read_pos:
             return
-        if upto > self.write_pos:
-            self._fill(self.write_pos, upto, None)
-            self.write_pos = upto
         self.read_pos = upto
         horizon = self.read_pos - HISTORY
         while self._spans and self._spans[0].end <= horizon:
             self._spans.popleft()
+
+    def hear(self, upto: int) -> None:
+        """The clock has taken the samples before ``upto`` to play: final for every writer."""
+        self.heard_pos = max(self.heard_pos, upto)
 
     def samples(self, lo: int, hi: int) -> np.ndarray:
         """Samples ``[lo, hi)``; silence outside ``[floor, write_pos)``."""
@@ -137,6 +157,7 @@ class Timeline:
             self._fill(pos, self.write_pos, None)
         self.write_pos = min(self.write_pos, pos)
         self.read_pos = min(self.read_pos, pos)
+        self.heard_pos = min(self.heard_pos, pos)
         self.floor = max(self.floor, pos)
         kept: collections.deque[Span] = collections.deque()
         for span in self._spans:
