@@ -95,7 +95,7 @@ class Timeline:
         contiguous: bool = False,
     ) -> int:
         """Write after what is already there, never before ``now_pos + latency`` nor into the
-        committed past; returns the absolute start position.
+        committed past; returns the absolute position of the piece's first sample.
 
         ``contiguous``: the next piece of a live stream. It goes right after the stream's
         previous piece whenever that has not been played yet, even if it came late and the
@@ -105,10 +105,16 @@ class Timeline:
         x = np.asarray(samples, np.float32).reshape(-1)
         late = now_pos + latency - self.write_pos  # how far behind its own schedule it came
         playing = max(self.heard_pos, now_pos)  # samples before this have been played
+        skipped = 0
         if contiguous and self.write_pos >= playing:
             start = self.write_pos
         elif contiguous and late <= RESUME:
-            start = playing  # later still: only what already played is lost
+            # Later still: the samples whose time has passed are dropped (they played as
+            # silence), the rest keeps its place, so the stream stays on its schedule.
+            skipped = min(len(x), playing - self.write_pos)
+            self._fill(self.write_pos, self.write_pos + skipped, None)
+            self.write_pos += skipped
+            start, x = self.write_pos, x[skipped:]
         else:  # a new utterance, or a stream resuming after a pause: the full budget
             start = max(self.write_pos, self.read_pos, now_pos + latency)
         end = start + len(x)
@@ -117,12 +123,12 @@ class Timeline:
                 f"more than {self.max_ahead / SAMPLE_RATE:.0f} s of audio would be buffered"
             )
         if not len(x):
-            return start
+            return start - skipped
         self._fill(self.write_pos, start, None)  # a gap is silence (the slots may hold old data)
         self._fill(start, end, x)
         self.write_pos = end
         self._spans.append(Span(start, end, utterance_id, arrived_at))
-        return start
+        return start - skipped
 
     def commit(self, upto: int) -> None:
         """The clock has read everything before ``upto`` for its windows (what was not
