@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -125,6 +125,9 @@ def create_app(
             inference_queue=lambda: engines.depth,
             utterance_queue=lambda: sum(s.queued for s in registry.list()),
             audio_buffered_s=lambda: sum(s.buffered_samples() for s in registry.list()) / 16000,
+            encoders=lambda: len(_encoders(app)),
+            video_encode_ms=lambda: _mean(e.encode_ms for e in _encoders(app)),
+            frames_given_up=lambda: engines.frames_given_up,
         )
         app.state.avatarcast = AppState(
             settings, metrics, engines, registry, compose_pool, speech_pool, decode_pool
@@ -227,3 +230,13 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "ws_per_message_deflate": False,
     "lifespan": "on",
 }
+
+
+def _encoders(app: FastAPI) -> list[Any]:
+    peers = getattr(app.state, "webrtc", None)
+    return list(peers.encoders()) if peers is not None else []
+
+
+def _mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return sum(items) / len(items) if items else 0.0

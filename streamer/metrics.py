@@ -56,6 +56,21 @@ class Metrics:
             "Speech written ahead of the clock over all sessions",
             registry=r,
         )
+        self.encoders = Gauge(
+            "avatarcast_encoders",
+            "Sessions whose media is being encoded (once for all their WebRTC viewers)",
+            registry=r,
+        )
+        self.video_encode_ms = Gauge(
+            "avatarcast_video_encode_ms",
+            "Last video encode time per frame, mean over the sessions being encoded",
+            registry=r,
+        )
+        self.frames_given_up = Gauge(
+            "avatarcast_frames_given_up",
+            "Frames the inference worker gave up because they were due before it could finish",
+            registry=r,
+        )
 
     def observe_batch(self, frames: int, ms: float) -> None:
         """The inference worker's hook (called from its thread: prometheus_client is safe)."""
@@ -69,8 +84,14 @@ class Metrics:
         inference_queue: Callable[[], float],
         utterance_queue: Callable[[], float],
         audio_buffered_s: Callable[[], float],
+        encoders: Callable[[], float] = lambda: 0.0,
+        video_encode_ms: Callable[[], float] = lambda: 0.0,
+        frames_given_up: Callable[[], float] = lambda: 0.0,
     ) -> None:
         """Gauges read live state at scrape time instead of being kept in step by hand."""
+        self.encoders.set_function(encoders)
+        self.video_encode_ms.set_function(video_encode_ms)
+        self.frames_given_up.set_function(frames_given_up)
         self.sessions.set_function(sessions)
         self.viewers.set_function(viewers)
         self.inference_queue.set_function(inference_queue)

@@ -286,6 +286,9 @@ async def test_health_metrics_and_openapi(api: tuple[httpx.AsyncClient, FastAPI]
         "avatarcast_frame_interval_ms_bucket",
         "avatarcast_inference_queue_depth",
         "avatarcast_utterance_queue_depth",
+        "avatarcast_encoders 0.0",  # no viewer: nothing is encoded
+        "avatarcast_video_encode_ms 0.0",
+        "avatarcast_frames_given_up",
     ):
         assert name in text, name
     assert "/v1/sessions/{session_id}/speak" in (await client.get("/openapi.json")).json()["paths"]

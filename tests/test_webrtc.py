@@ -474,7 +474,13 @@ async def test_real_app_session_through_whep(tmp_path: object) -> None:
         t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
         tone = (np.sin(2 * np.pi * 220 * t) * 0.5).astype(np.float32)
         session.speak_audio(tone)
-        got, ttff = await play(base, session, seconds=2.5)
+        playing = asyncio.ensure_future(play(base, session, seconds=2.5))
+        await asyncio.sleep(1.5)
+        metrics = (await http.get("/metrics")).text
+        assert "avatarcast_encoders 1.0" in metrics  # one viewer: its session is encoded once
+        (line,) = [x for x in metrics.splitlines() if x.startswith("avatarcast_video_encode_ms ")]
+        assert float(line.split()[1]) > 0
+        got, ttff = await playing
         arrivals = np.array([a for a, _, _ in got.video])
         steady = arrivals[arrivals > arrivals[0] + 0.5]
         fps = (len(steady) - 1) / (steady[-1] - steady[0])

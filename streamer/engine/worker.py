@@ -319,6 +319,10 @@ class EnginePool:
     def depth(self) -> int:
         return sum(e.worker.depth for e in self._engines.values())
 
+    @property
+    def frames_given_up(self) -> int:
+        return sum(e.worker.stats.skipped for e in self._engines.values())
+
     async def aclose(self) -> None:
         self._closed = True
         engines, self._engines = list(self._engines.values()), {}
