@@ -502,8 +502,9 @@ class Session:
         self._active[utt.id] = utt
 
     def _reclaim(self, stream: LiveStream, chunk: np.ndarray) -> np.ndarray:
-        """A live stream that arrived late once (network or scheduling jitter) stays that
-        much behind, since its later chunks queue after the late one. Pauses give the time
+        """A live stream held up for longer than the timeline lets a late piece keep its
+        place (``timeline.RESUME``) starts again a whole latency budget later, and stays
+        that much behind, since its later chunks queue after it. Pauses give the time
         back: quiet samples beyond the latency budget are skipped. A voice that never pauses
         loses a pitch period now and then instead (:mod:`streamer.pipeline.catchup`), at most
         one sample in ``CATCHUP_RATE``.

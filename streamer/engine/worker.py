@@ -102,7 +102,7 @@ class InferenceWorker:
 
         On a GPU every session is due at the same instants, so their frames meet in one
         batch: a GPU call costs nearly the same for 1 frame or 16. On a CPU a batch costs
-        about its size in single calls (3.3 against 3.9 ms a frame here), and sessions due
+        about its size in single calls (about 3 against 3.5 ms a frame here), and sessions due
         together all wait for the whole batch, so their frames are spread over the period
         instead: each slot goes to the one farthest from those already taken.
         """
