@@ -213,7 +213,6 @@ class SessionEncoder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._later: tuple[asyncio.TimerHandle, EncodedFrame] | None = None
         self.frames = 0
-        self.pictures_skipped = 0
 
     @property
     def encode_ms(self) -> float:
@@ -261,7 +260,6 @@ class SessionEncoder:
         stream decodable, where dropping encoded pictures would not.
         """
         if self._in_thread >= 3:
-            self.pictures_skipped += 1
             return None
         self._in_thread += 1
         future = self._thread.submit(self._video.encode, rgb, self._take_keyframe())

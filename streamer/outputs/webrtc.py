@@ -88,7 +88,6 @@ class AVVideoTrack(MediaStreamTrack):
         super().__init__()
         self._subscription = subscription
         self._start = start
-        self.frames_sent = 0
 
     async def recv(self) -> av.VideoFrame:
         while True:
@@ -99,7 +98,6 @@ class AVVideoTrack(MediaStreamTrack):
         out = av.VideoFrame.from_ndarray(frame.video, format="rgb24")
         out.pts = n * VIDEO_TICKS_PER_FRAME
         out.time_base = VIDEO_TIME_BASE
-        self.frames_sent += 1
         return out
 
 
@@ -168,7 +166,6 @@ class EncodedVideoTrack(MediaStreamTrack):
         self._encoder = encoder
         self._need_keyframe = True  # for a key frame
         self._drops: int | None = None
-        self.frames_sent = 0
 
     async def recv(self) -> av.Packet:
         stats = self._subscription.stats
@@ -192,7 +189,6 @@ class EncodedVideoTrack(MediaStreamTrack):
             packet = av.Packet(item.video)
             packet.pts = n * VIDEO_TICKS_PER_FRAME
             packet.time_base = VIDEO_TIME_BASE
-            self.frames_sent += 1
             return packet
 
 
