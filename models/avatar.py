@@ -11,6 +11,8 @@ A package is a directory::
     generator.onnx     the runtime model
     checkpoint.pt      optional: the torch checkpoint it was exported from
     person/            optional (video avatars): the person's own material for ``avatar train``
+    teacher/           optional: photo.png (the person's own still, in frame coordinates) and
+                       landmarks.npy, from which the teacher animates this face
 
 ``default`` ships inside this package (``models/default``); all others live in
 ``$AVATARCAST_HOME/avatars/NAME`` (``AVATARCAST_HOME`` defaults to ``~/.avatarcast``).
@@ -40,6 +42,10 @@ DEFAULT_NAME = "default"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 MODEL_FILE = "generator.onnx"
 CHECKPOINT_FILE = "checkpoint.pt"
+# The person's own still (aligned as the frames are) and its Face Mesh landmarks: what the
+# teacher animates for adaptation and eval.
+TEACHER_PHOTO = "teacher/photo.png"
+TEACHER_LANDMARKS = "teacher/landmarks.npy"
 Kind = Literal["photo", "video"]
 DEFAULT_WINDOW = WindowConfig()
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,17 +25,16 @@ import av
 import cv2
 import numpy as np
 
+from models.adapt import AdaptConfig, adapt_note, adapted_model
 from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from models.avatar import (
-    CHECKPOINT_FILE,
     DEFAULT_NAME,
-    MODEL_FILE,
     AvatarError,
     avatar_dir,
     check_name,
-    default_avatar_dir,
     write_avatar,
 )
+from models.selfcheck import install_checked
 from models.tracking import FaceObservation, FaceTracker, Track, landmark_mask, smooth_track
 from models.videoio import VideoError, VideoInfo, iter_frames, probe, scaled_size
 
@@ -46,7 +45,6 @@ FRAME_SIDE = 1280  # the avatar's frames: sessions hold the loop in memory
 LOOP_FRAMES = (50, 100)  # idle loop 2-4 s, played forwards and backwards
 CROP = 160
 SMALL_FACE_PX = 160
-PHOTO_SIZE = 512
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -99,6 +97,8 @@ def create_avatar(
     progress: Progress | None = None,
     *,
     quiet: bool = False,
+    adapt: AdaptConfig | None = None,
+    check: bool = True,
 ) -> CreateReport:
     """Build avatar ``name`` from a video or a photo; prints a summary unless ``quiet``."""
     check_name(name)
@@ -114,9 +114,13 @@ def create_avatar(
     bar = _Bar() if progress is None and not quiet and sys.stderr.isatty() else None
     try:
         if video is not None:
-            report = _create_from_video(name, Path(video), target, progress or _call(bar))
+            report = _create_from_video(
+                name, Path(video), target, progress or _call(bar), adapt, check
+            )
         else:
-            report = _create_from_image(name, Path(image or ""), target)
+            report = _create_from_image(
+                name, Path(image or ""), target, progress or _call(bar), adapt, check
+            )
     finally:
         if bar is not None:
             bar.close()
@@ -128,8 +132,11 @@ def create_avatar(
 # --- video ----------------------------------------------------------------------------------
 
 
-def _create_from_video(name: str, path: Path, target: Path, progress: Progress) -> CreateReport:
+def _create_from_video(
+    name: str, path: Path, target: Path, progress: Progress, adapt: AdaptConfig | None, check: bool
+) -> CreateReport:
     started = time.perf_counter()
+    notes: list[str] = []
     try:
         info = probe(path)
     except VideoError as exc:
@@ -226,23 +233,30 @@ def _create_from_video(name: str, path: Path, target: Path, progress: Progress) 
         loop_points = [o.mask_points for o in observations[loop[0] : loop[1]] if o is not None]
         speech_points = [o.mask_points for o in seen[:: max(1, len(seen) // 200)]]
         mask = landmark_mask(loop_points + speech_points, CROP)
-        default = default_avatar_dir()
-        write_avatar(
-            target,
+        extras = {
+            f"person/{p.name}": p for p in (crops_path, person / "audio.npy", person / "track.npz")
+        }
+        model, checkpoint, figures = _adapt_to_video(
+            loop_frames[0], person, extras, mask, adapt or AdaptConfig(), progress
+        )
+        notes.append(adapt_note(figures))
+        staged = write_avatar(
+            person / name,
             name=name,
             kind="video",
             frames=loop_frames,
             boxes=boxes[loop[0] : loop[1]],
             mask=mask,
             reference=reference,
-            model=default / MODEL_FILE,
-            checkpoint=default / CHECKPOINT_FILE,
+            model=model,
+            checkpoint=checkpoint,
             frame_format="jpg",
-            extras={
-                f"person/{p.name}": p
-                for p in (crops_path, person / "audio.npy", person / "track.npz")
-            },
+            extras=extras,
         )
+        verdict = install_checked(staged, target, check, path)
+        if verdict is not None:
+            warnings += verdict.warnings
+            notes += verdict.lines()
     return CreateReport(
         name=name,
         path=target,
@@ -255,8 +269,39 @@ def _create_from_video(name: str, path: Path, target: Path, progress: Progress) 
         left_out=track.long_gaps,
         warnings=tuple(warnings),
         seconds=time.perf_counter() - started,
-        notes=("the generator is the default avatar's until `avatarcast avatar train` runs",),
+        notes=tuple(notes),
     )
+
+
+def _adapt_to_video(
+    frame: np.ndarray,
+    work: Path,
+    extras: dict[str, Path],
+    mask: np.ndarray,
+    cfg: AdaptConfig,
+    progress: Progress,
+) -> tuple[Path, Path, dict[str, float]]:
+    """The generator adapted to the teacher's animation of the loop's first frame; the frame
+    and its landmarks join ``extras`` (eval's teacher). The default model where no face is
+    found in that frame."""
+    from models.avatar import TEACHER_LANDMARKS, TEACHER_PHOTO
+    from models.synth.face import TeacherFace
+
+    with FaceTracker(max_faces=1, video=False) as tracker:
+        faces = tracker.landmarks(frame)
+    if not faces:
+        return adapted_model(None, replace(cfg, steps=0), work, progress)
+    landmarks = faces[0]
+    cv2.imwrite(str(work / "photo.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    np.save(work / "landmarks.npy", landmarks)
+    extras[TEACHER_PHOTO] = work / "photo.png"
+    extras[TEACHER_LANDMARKS] = work / "landmarks.npy"
+    # The teacher animates a square around the face only: a 1280 px frame costs 5x more.
+    side = 4.0 * float(np.hypot(*(landmarks[263] - landmarks[33])))
+    x0, y0 = (max(int(v - side / 2), 0) for v in landmarks[:, :2].mean(axis=0))
+    patch = np.ascontiguousarray(frame[y0 : y0 + int(side), x0 : x0 + int(side)])
+    face = TeacherFace(patch, landmarks - np.array([x0, y0], np.float32))
+    return adapted_model(face, cfg, work, progress, mask)
 
 
 def _too_short(seconds: float) -> str:
@@ -396,89 +441,25 @@ def read_crops(path: Path | str) -> Iterator[np.ndarray]:
 # --- photo ----------------------------------------------------------------------------------
 
 
-def _create_from_image(name: str, path: Path, target: Path) -> CreateReport:
-    started = time.perf_counter()
-    from models.synth.clip import BLINK_LEVELS, NO_MOTION
-    from models.synth.face import LANDMARKS_FILE
-    from models.tracking import EQUAL_FACES, face_size, observe
+def _create_from_image(
+    name: str, path: Path, target: Path, progress: Progress, adapt: AdaptConfig | None, check: bool
+) -> CreateReport:
+    from models.photo_avatar import create_photo_avatar
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise CreateError(f"{path} is not an image OpenCV can read (PNG, JPEG, ...)")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    with FaceTracker(max_faces=3, video=False) as tracker:
-        faces = tracker.landmarks(rgb)
-        if not faces:
-            raise CreateError(f"no face found in {path}: use a frontal photo of one face")
-        if len(faces) > 1 and face_size(faces[1]) >= EQUAL_FACES * face_size(faces[0]):
-            raise CreateError(f"{path} shows several faces of about the same size: crop it")
-        source_px = observe(faces[0]).side
-        # Put the face where the teacher's is, so idle motion and blinks fit the same frame.
-        teacher = np.load(LANDMARKS_FILE)[:, :2]
-        matrix, _ = cv2.estimateAffinePartial2D(
-            faces[0][[33, 263, 1, 152]], teacher[[33, 263, 1, 152]].astype(np.float32)
-        )
-        if matrix is None:
-            raise CreateError(f"the face in {path} cannot be aligned: use a frontal photo")
-        aligned = cv2.warpAffine(
-            rgb, matrix, (PHOTO_SIZE, PHOTO_SIZE), borderMode=cv2.BORDER_REPLICATE
-        )
-        again = tracker.landmarks(aligned)
-    if not again:
-        raise CreateError(f"the face in {path} is lost once aligned: use a frontal photo")
-    landmarks = again[0]
-    obs = observe(landmarks)
-    side = round(obs.side)
-    x0 = min(max(round(obs.centre[0] - side / 2), 0), PHOTO_SIZE - side)
-    y0 = min(max(round(obs.centre[1] - side / 2), 0), PHOTO_SIZE - side)
-    box = np.array([x0, y0, x0 + side, y0 + side], np.int64)
-    frames = [aligned]
-    warnings: list[str] = []
-    notes: list[str] = []
-    try:
-        from models.synth.face import TeacherFace
-
-        face = TeacherFace(aligned, np.pad(landmarks, ((0, 10), (0, 1))))
-        closed = np.zeros(4, np.float32)
-        for level in BLINK_LEVELS:
-            blink = aligned.copy()
-            # Only the eyes: rows above the mouth box come from the blink render.
-            blink[:y0] = face.render(closed, blink=level, head=NO_MOTION)[:y0]
-            frames.append(blink)
-        notes.append("blinks synthesized by the teacher's eyelid model")
-    except Exception as exc:  # blinks are optional: say why they are missing
-        frames = [aligned]
-        warnings.append(f"blink frames omitted ({type(exc).__name__}): the avatar will not blink")
-    crop = _crop(aligned, box)
-    mask = landmark_mask([obs.mask_points], CROP)
-    default = default_avatar_dir()
-    write_avatar(
-        target,
-        name=name,
-        kind="photo",
-        frames=frames,
-        boxes=np.repeat(box[None], len(frames), axis=0),
-        mask=mask,
-        reference=crop,
-        model=default / MODEL_FILE,
-        checkpoint=default / CHECKPOINT_FILE,
-        blink_frames=tuple(range(1, len(frames))),
-    )
-    if source_px < SMALL_FACE_PX:
-        warnings.append(f"face smaller than {SMALL_FACE_PX} px in the photo ({source_px:.0f} px)")
+    made = create_photo_avatar(name, path, target, progress, adapt, check)
     return CreateReport(
         name=name,
         path=target,
         kind="photo",
         frames_total=1,
         frames_used=1,
-        face_px=source_px,
-        loop=(0, len(frames)),
+        face_px=made["face_px"],
+        loop=(0, made["frames"]),
         interpolated=0,
         left_out=(),
-        warnings=tuple(warnings),
-        seconds=time.perf_counter() - started,
-        notes=tuple(notes),
+        warnings=tuple(made["warnings"]),
+        seconds=made["seconds"],
+        notes=tuple(made["notes"]),
     )
 
 
@@ -496,7 +477,8 @@ class _Bar:
     def update(self, stage: str, done: int, total: int) -> None:
         if stage != self._stage:
             self.close()
-            self._bar = self._tqdm(total=total, desc=stage, unit="frame", file=sys.stderr)
+            unit = "step" if stage.startswith("adapt") else "frame"
+            self._bar = self._tqdm(total=total, desc=stage, unit=unit, file=sys.stderr)
             self._stage = stage
         if self._bar is not None:
             self._bar.total = max(total, done)

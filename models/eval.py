@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from models.audio import FPS, SAMPLES_PER_VIDEO_FRAME
+from models.quality import detail_energy, region_quality
 from models.synth.phonemes import BILABIALS, SILENCE, Phone
 
 Progress = Callable[[str], None]
@@ -321,27 +322,6 @@ def _round(value: float | None, digits: int) -> float | None:
     return round(float(value), digits)
 
 
-# --- image quality --------------------------------------------------------------------------
-
-
-def region_quality(
-    generated: np.ndarray, teacher: np.ndarray, mask: np.ndarray
-) -> tuple[float, float]:
-    """(PSNR dB, SSIM) of two (S, S, 3) uint8 crops over the pixels where ``mask`` > 0.05."""
-    from skimage.metrics import structural_similarity
-
-    region = mask > MASK_REGION
-    a = generated.astype(np.float64)
-    b = teacher.astype(np.float64)
-    mse = float(np.mean((a - b)[region] ** 2))
-    psnr = 100.0 if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
-    _, ssim_map = structural_similarity(
-        generated, teacher, channel_axis=2, data_range=255, full=True
-    )
-    ssim = float(np.mean(np.asarray(ssim_map).mean(axis=2)[region]))
-    return psnr, ssim
-
-
 # --- running --------------------------------------------------------------------------------
 
 
@@ -367,40 +347,52 @@ class CaseResult:
     teacher_open: np.ndarray  # the teacher's rendered open parameter per frame
     psnr_db: float | None
     ssim: float | None
+    detail: float  # mean high-frequency energy of the generated mouth crops
 
 
 def measure_case(
     speech: Any,
     avatar: Any,
     backend: Any,
-    teacher_face: bool,
+    compare: bool,
     seed: int,
+    face: Any = None,
 ) -> CaseResult:
-    """Both videos of one utterance through the landmark meter, crops compared on the way."""
+    """Both videos of one utterance through the landmark meter, crops compared on the way.
+
+    ``face`` is the avatar's :class:`models.synth.face.TeacherFace` (the default's when None);
+    with ``compare`` the generated crops are compared with the teacher's, pixel for pixel.
+    """
     from models.synth.clip import render_clip
     from streamer.render import generate_frames
 
     n = -(-len(speech.samples) // SAMPLES_PER_VIDEO_FRAME)
-    clip = render_clip(speech, np.random.default_rng(seed), idle=False, keep_frames=True)
+    rng = np.random.default_rng(seed)
+    clip = render_clip(speech, rng, idle=False, keep_frames=True, face=face)
     if clip.frames is None:
         raise RuntimeError("the teacher returned no frames")
     teacher_frames: Iterable[np.ndarray] = clip.frames
     teacher_ap = np.full(n, np.nan)
+    box = avatar.boxes[0]
+    teacher_crops = []
     with ApertureMeter() as meter:
         for k, frame in enumerate(teacher_frames):
             teacher_ap[k] = meter.measure(frame)
+            if compare:
+                teacher_crops.append(_crop(frame, box, avatar.crop_size))
     generated_ap = np.full(n, np.nan)
     psnrs: list[float] = []
     ssims: list[float] = []
-    box = avatar.boxes[0]
+    details: list[float] = []
     count = 0
     with ApertureMeter() as meter:
         frames = generate_frames(avatar, backend, _chunks(speech.samples), idle=False, seed=seed)
         for k, frame in enumerate(frames):
             generated_ap[k] = meter.measure(frame)
-            if teacher_face:
-                crop = _crop(frame, box, avatar.crop_size)
-                psnr, ssim = region_quality(crop, np.asarray(clip.crops[k]), avatar.mask)
+            crop = _crop(frame, avatar.boxes[0], avatar.crop_size)
+            details.append(detail_energy(crop, avatar.mask))
+            if compare:
+                psnr, ssim = region_quality(crop, teacher_crops[k], avatar.mask)
                 psnrs.append(psnr)
                 ssims.append(ssim)
             count = k + 1
@@ -413,12 +405,18 @@ def measure_case(
         teacher_open=np.asarray(clip.params)[:, 0],
         psnr_db=float(np.mean(psnrs)) if psnrs else None,
         ssim=float(np.mean(ssims)) if ssims else None,
+        detail=float(np.mean(details)),
     )
 
 
-def is_teacher_face(avatar: Any) -> bool:
-    """Whether ``avatar`` shows the teacher's face, so its crops can be compared pixel for pixel."""
-    return bool(avatar.name == "default")
+def real_detail(avatar: Any) -> float:
+    """High-frequency energy of the real mouth region: the person's own photo or frames."""
+    from models.synth.clip import teacher_photo
+
+    photo = teacher_photo(avatar) if avatar.manifest.kind == "photo" else None
+    frames = [photo] if photo is not None else list(avatar.frames[: min(len(avatar.frames), 8)])
+    box, size = avatar.boxes[0], avatar.crop_size
+    return float(np.mean([detail_energy(_crop(f, box, size), avatar.mask) for f in frames]))
 
 
 def run_eval(
@@ -426,19 +424,24 @@ def run_eval(
     backend_name: str = "auto",
     n_cases: int = N_CASES,
     progress: Progress = _stderr,
+    avatar: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate an avatar; the INTERFACE.md object (figures that cannot be measured are null)."""
+    """Evaluate an avatar (by name, or a loaded ``avatar``); the INTERFACE.md object, plus
+    ``image.sharpness`` (figures that cannot be measured are null)."""
     from models.avatar import load_avatar
+    from models.synth.clip import avatar_teacher
     from streamer.engine.factory import make_backend
 
     started = time.perf_counter()
-    avatar = load_avatar(avatar_name)
+    avatar = avatar if avatar is not None else load_avatar(avatar_name)
     backend = make_backend(backend_name, avatar)
-    teacher_face = is_teacher_face(avatar)
+    face = avatar_teacher(avatar)
+    # Only an avatar standing on one still frame matches the teacher pixel for pixel.
+    compare = face is not None and avatar.manifest.kind == "photo"
     speeches = select_speech(n_cases, progress=progress)
     results = []
     for i, speech in enumerate(speeches):
-        results.append(measure_case(speech, avatar, backend, teacher_face, EVAL_SEED + i))
+        results.append(measure_case(speech, avatar, backend, compare, EVAL_SEED + i, face))
         progress(
             f"case {i + 1}/{len(speeches)}: {speech.voice.name}, {speech.duration:.1f} s "
             f"({time.perf_counter() - started:.0f} s)"
@@ -447,6 +450,7 @@ def run_eval(
     teacher_open = np.concatenate([r.teacher_open for r in results])
     threshold = closed_threshold(teacher_ap, teacher_open)
     psnr = [r.psnr_db for r in results if r.psnr_db is not None]
+    real = real_detail(avatar)
     ssim = [r.ssim for r in results if r.ssim is not None]
     out = {
         "avatar": avatar.name,
@@ -455,6 +459,9 @@ def run_eval(
         "image": {
             "psnr_db": _round(float(np.mean(psnr)), 2) if psnr else None,
             "ssim": _round(float(np.mean(ssim)), 4) if ssim else None,
+            "sharpness": _round(float(np.mean([r.detail for r in results])) / real, 3)
+            if real > 0
+            else None,
         },
         "teacher": summarise([r.teacher for r in results], threshold),
     }
@@ -472,6 +479,7 @@ def format_text(result: dict[str, Any]) -> str:
         rows.append(f"{key:18}{_fmt(ls[key]):>10}{_fmt(tr[key]):>10}")
     rows.append(f"{'psnr_db':18}{_fmt(im['psnr_db']):>10}")
     rows.append(f"{'ssim':18}{_fmt(im['ssim']):>10}")
+    rows.append(f"{'sharpness':18}{_fmt(im.get('sharpness')):>10}")
     return "\n".join(rows)
 
 

@@ -511,7 +511,7 @@ def _write_package(avatar: Avatar, checkpoint: dict[str, Any], tuner: Finetuner)
         for stale in package.glob("generator.*.onnx"):
             stale.unlink()
         torch.save(checkpoint, package / CHECKPOINT_FILE)
-        model = _cpu_copy(tuner.generator, tuner.model_cfg)
+        model = cpu_copy(tuner.generator, tuner.model_cfg)
         diff = export_generator(model, tuner.model_cfg.generator, package / MODEL_FILE)
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
@@ -522,7 +522,7 @@ def _write_package(avatar: Avatar, checkpoint: dict[str, Any], tuner: Finetuner)
     return diff
 
 
-def _cpu_copy(generator: nn.Module, model_cfg: ModelConfig) -> nn.Module:
+def cpu_copy(generator: nn.Module, model_cfg: ModelConfig) -> nn.Module:
     copy = Generator(model_cfg.generator)
     copy.load_state_dict({k: v.cpu() for k, v in generator.state_dict().items()})
     return copy.eval()
@@ -533,6 +533,7 @@ __all__ = [
     "FinetuneError",
     "PersonData",
     "TrainReport",
+    "cpu_copy",
     "load_person",
     "split_holdout",
     "train_avatar",

@@ -173,7 +173,14 @@ def cmd_avatar_create(args: argparse.Namespace) -> int:
     create = getattr(creator, "create_avatar", None)
     if create is None:
         raise UserError("`avatarcast avatar create` is not implemented yet in this build")
-    create(args.name, video=args.video, image=args.image)
+    adapt = None
+    if args.steps is not None:
+        if args.steps < 0:
+            raise UserError("--steps must be 0 or more")
+        from models.adapt import AdaptConfig
+
+        adapt = AdaptConfig(steps=args.steps)
+    create(args.name, video=args.video, image=args.image, adapt=adapt, check=not args.no_check)
     return 0
 
 
@@ -299,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument("--video")
     src.add_argument("--image")
+    q.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="photo: steps adapting the model to the face (default 700, at most ~3 min on a "
+        "CPU; 0 keeps the default model)",
+    )
+    q.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the closing self-check on held-out voices (about 30 s)",
+    )
     q = avatar_command("train", cmd_avatar_train, "fit the lip-sync GAN to an avatar")
     q.add_argument("name")
     q.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if any")

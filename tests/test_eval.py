@@ -192,7 +192,9 @@ def test_a_perfect_generator_scores_like_the_teacher(tmp_path: Path) -> None:
     assert result.ssim is not None and result.ssim > 0.95
     gen, teacher = result.generated.aperture, result.teacher.aperture
     assert np.isfinite(gen).all() and np.isfinite(teacher).all()
-    assert np.abs(gen - teacher).max() < 0.02
+    # The compositor puts the base frame's own skin texture back (models/detail.py), which
+    # moves Face Mesh's lip points by a fraction of a pixel.
+    assert np.abs(gen - teacher).max() < 0.025
     from models.synth.visemes import openness
 
     r, lag = ev.lag_correlation([result.generated], openness)

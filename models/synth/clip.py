@@ -53,6 +53,33 @@ def teacher() -> TeacherFace:
     return TeacherFace()
 
 
+def teacher_photo(avatar: Any) -> np.ndarray | None:
+    """The person's own still of an avatar package (RGB), if it keeps one."""
+    import cv2
+
+    from models.avatar import TEACHER_PHOTO
+
+    path = avatar.path / TEACHER_PHOTO
+    if not path.is_file():
+        return None
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def avatar_teacher(avatar: Any) -> TeacherFace | None:
+    """The teacher of an avatar's own face: the default's, or one built from the package's
+    ``teacher/`` still and landmarks; None for a package without them."""
+    from models.avatar import DEFAULT_NAME, TEACHER_LANDMARKS
+
+    if avatar.name == DEFAULT_NAME:
+        return teacher()
+    photo = teacher_photo(avatar)
+    landmarks = avatar.path / TEACHER_LANDMARKS
+    if photo is None or not landmarks.is_file():
+        return None
+    return TeacherFace(photo, np.load(landmarks))
+
+
 def n_frames(n_samples: int) -> int:
     return math.ceil(n_samples / SAMPLES_PER_VIDEO_FRAME)
 
@@ -80,13 +107,14 @@ def render_clip(
     size = face.crop_size
     crops = np.empty((n, size, size, 3), dtype=np.uint8)
     boxes = np.empty((n, 4), dtype=np.int32)
-    frames = np.empty((n, *face.frame_size, 3), dtype=np.uint8) if keep_frames else None
+    width, height = face.frame_size
+    frames = np.empty((n, height, width, 3), dtype=np.uint8) if keep_frames else None
     for k in range(n):
         pose = (float(head[k, 0]), float(head[k, 1]), float(head[k, 2]), float(head[k, 3]))
         frame = face.render(params[k], blink=float(blink[k]), head=pose)
-        x0, y0, x1, y1 = face.mouth_box(pose)
-        crops[k] = frame[y0:y1, x0:x1]
-        boxes[k] = (x0, y0, x1, y1)
+        box = face.mouth_box(pose)
+        crops[k] = face.crop(frame, box)
+        boxes[k] = box
         if frames is not None:
             frames[k] = frame
     return Clip(frames, crops, params, boxes, blink, head)
@@ -104,8 +132,7 @@ def default_assets(face: TeacherFace | None = None) -> dict[str, Any]:
     closed = np.zeros(4, dtype=np.float32)
     frames = np.stack([face.render(closed, blink=b) for b in (0.0, *BLINK_LEVELS)])
     box = face.mouth_box(NO_MOTION)
-    x0, y0, x1, y1 = box
-    reference = face.render(np.asarray(REFERENCE_PARAMS, dtype=np.float32))[y0:y1, x0:x1]
+    reference = face.crop(face.render(np.asarray(REFERENCE_PARAMS, dtype=np.float32)), box)
     return {
         "frames": frames,
         "box": box,

@@ -1,29 +1,43 @@
-"""The teacher face: one real photo whose mouth, eyelids and head are animated by warping.
+"""The teacher face: any face photo whose mouth, eyelids and head are animated by warping.
 
-The photo (``skimage.data.astronaut()``) smiles with her upper teeth showing.  Every frame is
-built from that photo alone with backward maps (``cv2.remap``):
+The default is ``skimage.data.astronaut()``, who smiles with her upper teeth showing; any
+other frontal photo works from its MediaPipe Face Mesh landmarks. Every frame is built from
+the photo alone with backward maps (``cv2.remap``):
 
 * the lips are two sheets.  The upper sheet (upper lip, philtrum) and the lower sheet (lower
   lip, chin, jaw) are displaced so that their inner edges sit where the mouth parameters put
-  them; the photo's own teeth are skipped over, so at ``open == 0`` the lips meet.
-* between the two inner edges lies the interior: the photo's upper teeth where they are (they
-  are fixed to the skull, not to the lips) and a dark cavity with a hint of tongue below them.
+  them; a photo's own teeth are skipped over, so at ``open == 0`` the lips meet.
+* between the two inner edges lies the interior (:mod:`models.synth.interior`): the person's
+  own upper teeth where the photo shows them, otherwise drawn teeth lit like the face, over a
+  dark cavity with a hint of tongue below them.
 * the lower sheet moves nearly rigidly a little below the lip, so the jaw and chin drop.
 * a blink slides the upper eyelid skin down over the eye; head motion is one similarity warp of
   the whole frame, applied last.
 
-Coordinates are pixels of the 512x512 frame; ``x`` right, ``y`` down.  Geometry comes from
-MediaPipe Face Mesh landmarks computed once (``assets/face_landmarks.npy``), so rendering needs
+Coordinates are pixels of the photo; ``x`` right, ``y`` down.  Every length below is given for
+the default face (eye corners 149.7 px apart) and scales with the face in the photo.  The
+default's landmarks are computed once (``assets/face_landmarks.npy``), so rendering it needs
 no MediaPipe.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from models.synth import interior
+from models.synth.eyes import (
+    LEFT_LOWER_LID,
+    LEFT_UPPER_LID,
+    RIGHT_LOWER_LID,
+    RIGHT_UPPER_LID,
+    make_eye,
+    render_eye,
+)
+from models.synth.geometry import curve, similarity, smooth_fall, window
+from models.synth.motion import idle_track
 
 FRAME_SIZE = (512, 512)
 CROP_SIZE = 160
@@ -32,17 +46,16 @@ LANDMARKS_FILE = ASSETS / "face_landmarks.npy"
 # Region of astronaut() (y0, y1, x0, x1) upscaled to the frame: brow to chin is ~214 px.
 PHOTO_CROP = (36, 244, 116, 324)
 
-# Face Mesh indices of the inner lip contours (corner to corner) and the eyelids.
+# Face Mesh indices of the inner lip contours (corner to corner).
 UPPER_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
 LOWER_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
-LEFT_UPPER_LID = (33, 246, 161, 160, 159, 158, 157, 173, 133)
-LEFT_LOWER_LID = (33, 7, 163, 144, 145, 153, 154, 155, 133)
-RIGHT_UPPER_LID = (362, 398, 384, 385, 386, 387, 388, 466, 263)
-RIGHT_LOWER_LID = (362, 382, 381, 380, 374, 373, 390, 249, 263)
+EYE_OUTER = (33, 263)
 CHIN = 152
 NOSE_TIP = 1
 
-# Mouth geometry in pixels (the face's mouth is ~106 px wide).
+# The default face's outer eye-corner distance: every pixel length below is for that size.
+REFERENCE_EYE_PX = 149.7
+# Mouth geometry in pixels (the default face's mouth is ~106 px wide).
 MAX_GAP = 36.0  # lip gap at the centre when open == 1
 UPPER_SHARE = 0.3  # part of the gap made by the upper lip rising; the jaw makes the rest
 CONTACT = 0.45  # where in the photo's gap the lips meet when closed (0 upper .. 1 lower)
@@ -54,9 +67,9 @@ PRESS_PX = 2.5  # lip thinning at press == 1
 # Beyond the mouth corners every displacement fades out over this many pixels, which keeps
 # all change inside the generator's mask and crop.
 SIDE_FALL = 15.0
-
-CAVITY_RGB = np.array([40.0, 14.0, 16.0], dtype=np.float32)
-TONGUE_RGB = np.array([128.0, 58.0, 60.0], dtype=np.float32)
+# A photo whose lips part by less than this at the centre shows no teeth to reuse: its mouth
+# opens along a drawn profile and shows drawn teeth.
+OWN_GAP_PX = 6.0
 
 
 def load_photo() -> np.ndarray:
@@ -90,97 +103,44 @@ def build_assets() -> Path:
     return LANDMARKS_FILE
 
 
-def _smooth_fall(t: np.ndarray, length: float) -> np.ndarray:
-    """1 at t <= 0, falling to 0 at t >= length with zero slope at both ends."""
-    s = np.clip(t / length, 0.0, 1.0)
-    return np.asarray(0.5 * (1.0 + np.cos(np.pi * s)), dtype=np.float32)
-
-
-def _window(u: np.ndarray, flat: float, fall: float) -> np.ndarray:
-    """1 for |u| <= flat, smoothly 0 by |u| >= flat + fall."""
-    return _smooth_fall(np.abs(u) - flat, fall)
-
-
-def _curve(points: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """y of a polyline through ``points`` (x, y) at ``xs``, constant beyond its ends."""
-    order = np.argsort(points[:, 0])
-    return np.interp(xs, points[order, 0], points[order, 1]).astype(np.float32)
-
-
-def similarity(head: tuple[float, float, float, float], centre: tuple[float, float]) -> np.ndarray:
-    """2x3 matrix of head motion (dx, dy, rot_deg, scale) about ``centre``."""
-    dx, dy, rot, scale = head
-    m = cv2.getRotationMatrix2D(centre, float(rot), float(scale))
-    m[0, 2] += dx
-    m[1, 2] += dy
-    return m
-
-
-@dataclass(frozen=True)
-class _Eye:
-    """Precomputed grid and lid curves of one eye region."""
-
-    x0: int
-    y0: int
-    xs: np.ndarray  # (w,) column x
-    ys: np.ndarray  # (h, 1) row y
-    upper: np.ndarray  # (w,) upper lid edge y per column
-    lower: np.ndarray  # (w,) lower lid edge y per column
-    inside: np.ndarray  # (w,) 1 between the eye corners, 0 outside
-    skin: np.ndarray  # (w, 3) colour of the lid skin above each column
-    lash: np.ndarray  # (3,) colour of the lash line
-
-
-def _make_eye(
-    photo: np.ndarray, lm: np.ndarray, upper_ids: tuple[int, ...], lower_ids: tuple[int, ...]
-) -> _Eye:
-    up = lm[list(upper_ids), :2]
-    lo = lm[list(lower_ids), :2]
-    xl, xr = float(up[:, 0].min()), float(up[:, 0].max())
-    x0, x1 = int(xl) - 6, int(xr) + 7
-    y0, y1 = int(up[:, 1].min()) - 14, int(lo[:, 1].max()) + 6
-    xs = np.arange(x0, x1, dtype=np.float32)
-    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-    upper = _curve(up, xs)
-    lower = np.maximum(_curve(lo, xs), upper)
-    inside = ((xs > xl) & (xs < xr)).astype(np.float32)
-    # Lid skin: the photo a few pixels above the lash line, smoothed along the lid so the
-    # closing lid carries no stretched lash or crease texture.
-    cols = np.arange(x0, x1)
-    rows = [np.clip(np.round(upper - d).astype(int), 0, photo.shape[0] - 1) for d in (9, 12, 15)]
-    skin = np.mean([photo[r, cols] for r in rows], axis=0).astype(np.float32)
-    skin = cv2.GaussianBlur(skin[None], (0, 0), sigmaX=4.0)[0]
-    lash_line = photo[np.round(upper).astype(int), cols].astype(np.float32).min(axis=0)
-    lash = 0.5 * lash_line + 0.3 * skin.mean(axis=0)
-    return _Eye(x0, y0, xs, ys, upper, lower, inside, skin, lash.astype(np.float32))
+def face_scale(landmarks: np.ndarray) -> float:
+    """The face's size relative to the default's, from the outer eye corners."""
+    a, b = (np.asarray(landmarks, np.float64)[i, :2] for i in EYE_OUTER)
+    return float(np.hypot(*(b - a))) / REFERENCE_EYE_PX
 
 
 class TeacherFace:
-    """Renders the default face with a given mouth state, blink and head pose."""
+    """Renders a face photo with a given mouth state, blink and head pose.
 
-    frame_size = FRAME_SIZE
+    ``photo`` is uint8 RGB of any size; ``landmarks`` its (468+, 2+) Face Mesh points in
+    pixels. With neither, the default face.
+    """
+
     crop_size = CROP_SIZE
 
     def __init__(self, photo: np.ndarray | None = None, landmarks: np.ndarray | None = None):
-        self.photo = load_photo() if photo is None else photo
+        self.photo = load_photo() if photo is None else np.ascontiguousarray(photo)
         if landmarks is None:
             landmarks = (
                 np.load(LANDMARKS_FILE)
-                if LANDMARKS_FILE.exists()
+                if LANDMARKS_FILE.exists() and photo is None
                 else compute_landmarks(self.photo)
             )
-        self.landmarks = landmarks.astype(np.float32)
+        self.landmarks = np.asarray(landmarks, np.float32)
         lm = self.landmarks
+        self.frame_size = (int(self.photo.shape[1]), int(self.photo.shape[0]))
+        self.scale = face_scale(lm)
         self.head_centre = (float(lm[NOSE_TIP, 0]), float(lm[NOSE_TIP, 1]))
         self._setup_mouth(lm)
         self._eyes = (
-            _make_eye(self.photo, lm, LEFT_UPPER_LID, LEFT_LOWER_LID),
-            _make_eye(self.photo, lm, RIGHT_UPPER_LID, RIGHT_LOWER_LID),
+            make_eye(self.photo, lm, LEFT_UPPER_LID, LEFT_LOWER_LID),
+            make_eye(self.photo, lm, RIGHT_UPPER_LID, RIGHT_LOWER_LID),
         )
 
     # -- geometry ---------------------------------------------------------------------------
 
     def _setup_mouth(self, lm: np.ndarray) -> None:
+        s = self.scale
         up = lm[list(UPPER_INNER), :2]
         lo = lm[list(LOWER_INNER), :2]
         self.corner_l, self.corner_r = float(up[0, 0]), float(up[-1, 0])
@@ -188,37 +148,48 @@ class TeacherFace:
         self.half_width = 0.5 * (self.corner_r - self.corner_l)
         self.chin_y = float(lm[CHIN, 1])
         cx = self.mouth_cx
-        self.x0 = int(cx - 125)
-        self.x1 = int(cx + 125)
-        self.y0 = int(up[:, 1].min() - UPPER_REACH - 20)
-        self.y1 = int(self.chin_y + 50)
+        width, height = self.frame_size
+        self.x0 = max(int(cx - 125 * s), 0)
+        self.x1 = min(int(cx + 125 * s), width)
+        self.y0 = max(int(up[:, 1].min() - (UPPER_REACH + 20) * s), 0)
+        self.y1 = min(int(self.chin_y + 50 * s), height)
         xs = np.arange(self.x0, self.x1, dtype=np.float32)
         ys = np.arange(self.y0, self.y1, dtype=np.float32)
         self._xs = xs
         self._X, self._Y = np.meshgrid(xs, ys)
         # The photo's gap: true edges (for the teeth) and safe edges a pixel into the lips (the
         # lips are sampled from there, so no tooth pixel is ever stretched onto a lip).
-        self._gap_top = _curve(up, xs)
-        self._gap_bot = np.maximum(_curve(lo, xs), self._gap_top)
+        self._gap_top = curve(up, xs)
+        self._gap_bot = np.maximum(curve(lo, xs), self._gap_top)
         gap = self._gap_bot - self._gap_top
-        self._gap_shape = gap / max(float(gap.max()), 1.0)
-        margin = 1.2 * np.sqrt(self._gap_shape)
+        u = xs - cx
+        self.own_teeth = float(gap.max()) >= OWN_GAP_PX * s
+        if self.own_teeth:
+            self._gap_shape = gap / max(float(gap.max()), 1.0)
+        else:
+            # Closed lips: the mouth opens along a lens between the corners.
+            lens = np.clip(1.0 - (u / max(self.half_width, 1.0)) ** 2, 0.0, 1.0)
+            self._gap_shape = np.sqrt(lens).astype(np.float32)
+        margin = 1.2 * np.sqrt(self._gap_shape) * s
         self._src_top = self._gap_top - margin
         self._src_bot = self._gap_bot + margin
         self._contact = self._gap_top + CONTACT * gap
-        u = xs - cx
         self.mouth_cy = float(np.interp(cx, xs, self._contact))
         # Horizontal field of a corner shift of 1 px: linear across the mouth, fading outside
         # it and away from the mouth line.
-        across = np.clip(u / self.half_width, -1.0, 1.0) * _window(u, self.half_width, SIDE_FALL)
-        along = _window(ys - self.mouth_cy, 6.0, 32.0)
+        fall = SIDE_FALL * s
+        across = np.clip(u / self.half_width, -1.0, 1.0) * window(u, self.half_width, fall)
+        along = window(ys - self.mouth_cy, 6.0 * s, 32.0 * s)
         self._hfield = (along[:, None] * across[None, :]).astype(np.float32)
         self._hrow = across.astype(np.float32)
-        self._corner_win = _window(u, self.half_width, SIDE_FALL)
-        self._jaw_win = _window(u, self.half_width - 13.0, SIDE_FALL + 13.0)
+        self._corner_win = window(u, self.half_width, fall)
+        self._jaw_win = window(u, self.half_width - 13.0 * s, fall + 13.0 * s)
         # Depth falloff of the lower sheet: the chin moves with the jaw, the neck stays.
-        self._jaw_depth = _smooth_fall(ys - (self.chin_y - 16.0), 28.0)[:, None]
-        self._teeth_cols = (self._gap_shape > 0.02).astype(np.float32)
+        self._jaw_depth = smooth_fall(ys - (self.chin_y - 16.0 * s), 28.0 * s)[:, None]
+        self._interior = interior.Interior(
+            self.photo, xs, self.y0, self._gap_top, self._gap_bot, self._gap_shape,
+            self._contact, self.own_teeth, s,
+        )  # fmt: skip
 
     # -- mouth --------------------------------------------------------------------------------
 
@@ -230,20 +201,23 @@ class TeacherFace:
         return np.power(shape, 0.8 - 0.35 * round_, dtype=np.float32)
 
     def _render_mouth(self, out: np.ndarray, params: np.ndarray) -> None:
+        s = self.scale
         open_, width, round_, press = (float(v) for v in params)
         open_ = min(max(open_, 0.0), 1.0)
         width = min(max(width, -1.0), 1.0)
         round_ = min(max(round_, 0.0), 1.0)
         press = min(max(press, 0.0), 1.0)
         xs = self._xs
-        corner = SPREAD_PX * max(width, 0.0) - PUCKER_PX * max(-width, 0.0) - 3.0 * round_
+        corner = s * (SPREAD_PX * max(width, 0.0) - PUCKER_PX * max(-width, 0.0) - 3.0 * round_)
         src_x_row = xs - corner * self._hrow
         contact = np.interp(src_x_row, xs, self._contact).astype(np.float32)
         src_top = np.interp(src_x_row, xs, self._src_top).astype(np.float32)
         src_bot = np.interp(src_x_row, xs, self._src_bot).astype(np.float32)
-        gap = open_ * MAX_GAP * self._shape_at(src_x_row, round_)
-        lift = np.minimum(UPPER_SHARE * gap, contact - self._gap_top + 0.5)
-        drop = 3.0 * open_ * self._corner_win
+        gap = open_ * MAX_GAP * s * self._shape_at(src_x_row, round_)
+        lift = UPPER_SHARE * gap
+        if self.own_teeth:  # the lip rises no higher than the photo's, over its own teeth
+            lift = np.minimum(lift, contact - self._gap_top + 0.5)
+        drop = 3.0 * s * open_ * self._corner_win
         top = contact + drop - lift  # output edge of the upper lip
         bot = top + gap  # output edge of the lower lip
         du = top - src_top  # output minus source at the upper edge
@@ -260,21 +234,21 @@ class TeacherFace:
 
         ys_up = self._Y[:r1]
         t_up = top[None, :] - ys_up
-        fall_up = _smooth_fall(t_up, UPPER_REACH)
+        fall_up = smooth_fall(t_up, UPPER_REACH * s)
         sy_up = ys_up - du[None, :] * fall_up
+        press_px = press * PRESS_PX * s
         if press > 0.0:
-            sy_up -= press * PRESS_PX * np.clip(t_up / 8.0, 0.0, 1.0) * fall_up * self._corner_win
+            sy_up -= press_px * np.clip(t_up / (8.0 * s), 0.0, 1.0) * fall_up * self._corner_win
         ys_lo = self._Y[r0:]
         t_lo = ys_lo - bot[None, :]
-        rigid = 1.0 - _smooth_fall(t_lo, JAW_RIGID)
+        rigid = 1.0 - smooth_fall(t_lo, JAW_RIGID * s)
         d_lo = (dl[None, :] + (jaw - dl)[None, :] * rigid) * self._jaw_depth[r0:]
         sy_lo = ys_lo - d_lo
         if press > 0.0:
             sy_lo += (
-                press
-                * PRESS_PX
-                * np.clip(t_lo / 8.0, 0.0, 1.0)
-                * _smooth_fall(t_lo, 30.0)
+                press_px
+                * np.clip(t_lo / (8.0 * s), 0.0, 1.0)
+                * smooth_fall(t_lo, 30.0 * s)
                 * self._corner_win
             )
 
@@ -295,60 +269,12 @@ class TeacherFace:
         band = upper[r0:].astype(np.float32) * a_up + lower[: r1 - r0].astype(np.float32) * a_lo
         if float(gap.max()) > 0.05:
             a_in = np.clip(1.0 - a_up - a_lo, 0.0, 1.0)
-            band += self._interior(yb, r0, top, bot, gap) * a_in
+            band += self._interior.render(yb, r0, top, bot, gap) * a_in
         # Where the lips touch they meet in a faint dark line, deeper when pressed.
         closed = np.clip(1.0 - gap / 3.0, 0.0, 1.0) * np.sqrt(self._gap_shape)
         line = (0.25 + 0.2 * press) * closed[None, :] * np.exp(-(((yb - top[None, :]) / 1.3) ** 2))
         band *= (1.0 - line)[..., None]
         region[r0:r1] = np.clip(band + 0.5, 0, 255).astype(np.uint8)
-
-    def _interior(
-        self, Y: np.ndarray, r0: int, top: np.ndarray, bot: np.ndarray, gap: np.ndarray
-    ) -> np.ndarray:
-        """RGB of the open mouth: the photo's upper teeth over a dark cavity and tongue."""
-        rows = Y.shape[0]
-        teeth_rgb = self.photo[self.y0 + r0 : self.y0 + r0 + rows, self.x0 : self.x1]
-        # Teeth stay where the photo has them; their lower rows fade so the cut is soft.
-        teeth = (
-            np.clip((self._gap_bot[None, :] - 2.5 - Y) / 2.0, 0.0, 1.0)
-            * np.clip(Y - self._gap_top[None, :] + 1.0, 0.0, 1.0)
-            * self._teeth_cols[None, :]
-        )[..., None]
-        depth = (Y - top[None, :]) / np.maximum(gap[None, :], 1.0)
-        # The tongue rises from the floor of the mouth; it shows only when the jaw is low.
-        tongue = np.clip((depth - 0.6) / 0.25, 0.0, 1.0) * np.clip((gap - 16.0) / 14.0, 0.0, 0.8)
-        cavity = CAVITY_RGB + tongue[..., None] * (TONGUE_RGB - CAVITY_RGB)
-        # The lips shade the teeth and cavity just inside them; the corners are darkest.
-        shade = (
-            (0.65 + 0.35 * np.clip((Y - top[None, :]) / 3.0, 0.0, 1.0))
-            * (0.7 + 0.3 * np.clip((bot[None, :] - Y) / 3.0, 0.0, 1.0))
-            * (0.6 + 0.4 * np.sqrt(self._gap_shape))[None, :]
-        )
-        mix = teeth_rgb * teeth + cavity * (1.0 - teeth)
-        return np.asarray(mix * shade[..., None], dtype=np.float32)
-
-    # -- eyes -------------------------------------------------------------------------------
-
-    def _render_eye(self, out: np.ndarray, eye: _Eye, blink: float) -> None:
-        opening = eye.lower - eye.upper
-        edge = eye.upper + blink * (opening + np.sqrt(opening / max(float(opening.max()), 1.0)))
-        edge = eye.upper + (edge - eye.upper) * eye.inside
-        ys = eye.ys
-        # The lid slides down as skin from above the crease; its lashes ride on its edge.
-        covered = np.clip(edge[None, :] - ys + 0.5, 0.0, 1.0) * np.clip(
-            ys - eye.upper[None, :] + 0.5, 0.0, 1.0
-        )
-        span = np.maximum(edge - eye.upper, 1.0)[None, :]
-        shade = 0.88 + 0.12 * np.clip((edge[None, :] - ys) / span, 0.0, 1.0)
-        lid = eye.skin[None, :, :] * shade[..., None]
-        lashes = np.exp(-(((ys - edge[None, :] + 0.8) / 1.1) ** 2)) * (edge > eye.upper + 1.0)
-        lid = lid + (eye.lash[None, None, :] - lid) * (0.7 * lashes)[..., None]
-        h, w = covered.shape
-        base = self.photo[eye.y0 : eye.y0 + h, eye.x0 : eye.x0 + w].astype(np.float32)
-        mixed = base + (lid - base) * covered[..., None]
-        out[eye.y0 : eye.y0 + h, eye.x0 : eye.x0 + w] = np.clip(mixed + 0.5, 0, 255).astype(
-            np.uint8
-        )
 
     # -- public -------------------------------------------------------------------------------
 
@@ -358,43 +284,62 @@ class TeacherFace:
         blink: float = 0.0,
         head: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0),
     ) -> np.ndarray:
-        """uint8 RGB (512, 512, 3) frame for mouth ``params`` (open, width, round, press),
-        ``blink`` (0 open .. 1 closed) and ``head`` (dx px, dy px, rot degrees, scale)."""
+        """uint8 RGB frame the size of the photo for mouth ``params`` (open, width, round,
+        press), ``blink`` (0 open .. 1 closed) and ``head`` (dx px, dy px, rot degrees, scale)."""
         out = self.photo.copy()
         self._render_mouth(out, np.asarray(params, dtype=np.float32).reshape(4))
         blink = min(max(float(blink), 0.0), 1.0)
         if blink > 0.0:
             for eye in self._eyes:
-                self._render_eye(out, eye, blink)
+                render_eye(self.photo, out, eye, blink)
         if tuple(head) != (0.0, 0.0, 0.0, 1.0):
             m = similarity(head, self.head_centre)
             out = cv2.warpAffine(
                 out,
                 m,
-                (FRAME_SIZE[0], FRAME_SIZE[1]),
+                self.frame_size,
                 flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_REPLICATE,
             )
         return out
 
+    @property
+    def box_side(self) -> int:
+        """Side of the mouth box in photo pixels: the crop size at the default face's scale."""
+        width, height = self.frame_size
+        return min(round(CROP_SIZE * self.scale), width, height)
+
     def box_centre(self) -> tuple[float, float]:
         """Centre of the mouth box without head motion: the lips sit in its upper part so the
         box also holds the chin at the widest opening."""
-        return (self.mouth_cx, 0.5 * (self.mouth_cy - 35.0 + self.chin_y + 10.0))
+        s = self.scale
+        return (self.mouth_cx, 0.5 * (self.mouth_cy - 35.0 * s + self.chin_y + 10.0 * s))
 
     def mouth_box(
         self, head: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)
     ) -> tuple[int, int, int, int]:
-        """(x0, y0, x1, y1) CROP_SIZE square around mouth, jaw and chin after head motion."""
+        """(x0, y0, x1, y1) square of ``box_side`` around mouth, jaw and chin after head
+        motion."""
         cx, cy = self.box_centre()
         m = similarity(head, self.head_centre)
         px = m[0, 0] * cx + m[0, 1] * cy + m[0, 2]
         py = m[1, 0] * cx + m[1, 1] * cy + m[1, 2]
-        x0 = round(px - CROP_SIZE / 2)
-        y0 = round(py - CROP_SIZE / 2)
-        x0 = min(max(x0, 0), FRAME_SIZE[0] - CROP_SIZE)
-        y0 = min(max(y0, 0), FRAME_SIZE[1] - CROP_SIZE)
-        return (x0, y0, x0 + CROP_SIZE, y0 + CROP_SIZE)
+        side = self.box_side
+        width, height = self.frame_size
+        x0 = min(max(round(px - side / 2), 0), width - side)
+        y0 = min(max(round(py - side / 2), 0), height - side)
+        return (x0, y0, x0 + side, y0 + side)
+
+    def crop(self, frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The ``crop_size`` square of ``frame`` at ``box`` (resized when the face is not at
+        the default's scale)."""
+        x0, y0, x1, y1 = box
+        out = frame[y0:y1, x0:x1]
+        if x1 - x0 != CROP_SIZE:
+            shrink = x1 - x0 > CROP_SIZE
+            interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+            out = cv2.resize(out, (CROP_SIZE, CROP_SIZE), interpolation=interp)
+        return np.ascontiguousarray(out)
 
     def feather_mask(self) -> np.ndarray:
         """float32 (160, 160) in [0, 1]: 1 over the lips, jaw and chin the generator redraws,
@@ -405,7 +350,7 @@ class TeacherFace:
         """
         idx = np.arange(CROP_SIZE, dtype=np.float32)
         border = np.minimum(idx, CROP_SIZE - 1 - idx)
-        ramp = 1.0 - _smooth_fall(border - 12.0, 14.0)
+        ramp = 1.0 - smooth_fall(border - 12.0, 14.0)
         mask = ramp[:, None] * ramp[None, :]
         return np.asarray(mask, dtype=np.float32)
 
@@ -416,43 +361,4 @@ class TeacherFace:
         return idle_track(n, rng, fps)
 
 
-def _blink_shape(fps: float) -> np.ndarray:
-    """Lid closure over one ~200 ms blink: a fast close and a slower opening."""
-    t = np.arange(round(0.2 * fps) + 1, dtype=np.float64) / fps
-    close, reopen = 0.08, 0.14
-    shape = np.where(t < close, t / close, 1.0 - (t - close) / reopen)
-    return np.clip(shape, 0.0, 1.0)[1:]
-
-
-def idle_track(
-    n: int, rng: np.random.Generator, fps: float = 25.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Blinks every 2-6 s (~200 ms each), breathing-like vertical motion, slight head sway."""
-    blink = np.zeros(n, dtype=np.float32)
-    shape = _blink_shape(fps)
-    k = int(rng.uniform(0.5, 3.0) * fps)
-    while k < n:
-        end = min(n, k + shape.size)
-        blink[k:end] = shape[: end - k]
-        k += int(rng.uniform(2.0, 6.0) * fps)
-    t = np.arange(n, dtype=np.float64) / fps
-
-    def sway(amplitude: float, low: float, high: float) -> np.ndarray:
-        # Two incommensurate slow sines with random phases: smooth and never periodic-looking.
-        f1, f2 = rng.uniform(low, high, size=2)
-        p1, p2 = rng.uniform(0, 2 * np.pi, size=2)
-        return amplitude * (
-            0.65 * np.sin(2 * np.pi * f1 * t + p1) + 0.35 * np.sin(2 * np.pi * f2 * t + p2)
-        )
-
-    breathing = 1.2 * np.sin(2 * np.pi * rng.uniform(0.2, 0.3) * t + rng.uniform(0, 2 * np.pi))
-    head = np.stack(
-        [
-            sway(2.0, 0.05, 0.2),
-            sway(1.0, 0.05, 0.2) + breathing,
-            sway(0.8, 0.04, 0.15),
-            1.0 + sway(0.006, 0.03, 0.1),
-        ],
-        axis=1,
-    ).astype(np.float32)
-    return blink, head
+__all__ = ["CROP_SIZE", "FRAME_SIZE", "LANDMARKS_FILE", "TeacherFace", "face_scale", "idle_track"]

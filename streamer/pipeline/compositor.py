@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from models.avatar import Avatar
+from models.detail import transfer_detail
 from streamer.pipeline.idle import STILL, IdleMotion, Pose
 
 
@@ -85,6 +86,7 @@ class Compositor:
             if side != self._size:
                 gen = cv2.resize(gen, (side, side), interpolation=cv2.INTER_LINEAR)
             region = frame[y0:y1, x0:x1].astype(np.float32)
+            gen = transfer_detail(gen, region)
             # Blend in float and round once: a mask of 0 gives back the base pixels exactly.
             region += self._mask(side) * (gen - region)
             frame[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)

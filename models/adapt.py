@@ -1,0 +1,151 @@
+"""Adapting the generator to one face inside ``avatar create``.
+
+The teacher animates the person's own face (:class:`models.synth.face.TeacherFace` works on
+any photo from its landmarks) with training sentences in many training voices, and the
+generator is fine-tuned on those frames with the step that ``avatar train`` uses
+(:class:`models.finetune.Finetuner`). A photo avatar is adapted this way; a video avatar adds
+the person's own frames and speech (``avatar train``).
+
+The run is bounded by a time budget as well as a step count, so ``create`` keeps its promised
+duration on a slow machine: it stops early, never late. Held-out voices and sentences are never
+used here; ``create``'s self-check measures on them afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.avatar import CHECKPOINT_FILE, MODEL_FILE, default_avatar_dir
+from models.data import mel_windows
+from models.finetune import FinetuneConfig, PersonData
+from models.synth.clip import REFERENCE_PARAMS, render_clip
+from models.synth.face import TeacherFace
+
+# Speech -> (stage, done, total); ``None`` where the caller shows nothing.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    utterances: int = 40  # teacher clips of training sentences, ~2.5 s each
+    steps: int = 700
+    budget_s: float = 170.0  # the fine-tuning stops here even if steps remain
+    seed: int = 0
+    pad_s: tuple[float, float] = (0.15, 0.8)  # silence around each clip: the mouth rests
+    lr: float = 3e-4
+    batch: int = 8
+
+
+def teacher_material(
+    face: TeacherFace,
+    cfg: AdaptConfig,
+    progress: Progress | None = None,
+    mask: np.ndarray | None = None,
+) -> PersonData:
+    """The teacher's animation of ``face`` as training material: mouth crops with their mel
+    windows, blinks and head sway included, and the reference crop run time uses. ``mask``
+    is the package's feather mask (the teacher's by default)."""
+    from models.data import SynthTeacher
+    from models.eval import pad_silence
+
+    teacher = SynthTeacher(augment_prob=0.5)
+    rng = np.random.default_rng(cfg.seed)
+    texts = teacher.sentences(cfg.utterances, cfg.seed)
+    crops, windows, silent = [], [], []
+    for i, text in enumerate(texts):
+        speech = teacher.speech(text, rng, augment=True)
+        speech = pad_silence(speech, *rng.uniform(*cfg.pad_s, size=2))
+        clip = render_clip(speech, rng, idle=True, keep_frames=False, face=face)
+        w = mel_windows(speech.samples)
+        n = min(len(clip.crops), len(w))
+        crops.append(clip.crops[:n])
+        windows.append(w[:n])
+        silent.append(clip.params[:n, 0] < 0.02)
+        if progress is not None:
+            progress("teacher frames", i + 1, len(texts))
+    all_crops = np.concatenate(crops)
+    box = face.mouth_box()
+    reference = face.crop(face.render(np.asarray(REFERENCE_PARAMS, np.float32)), box)
+    return PersonData(
+        crops=all_crops,
+        frames=np.arange(len(all_crops)),
+        windows=np.concatenate(windows),
+        silent=np.concatenate(silent),
+        train=np.arange(len(all_crops)),
+        heldout=np.zeros(0, np.int64),
+        mask=np.array(face.feather_mask() if mask is None else mask, np.float32),
+        reference=reference,
+    )
+
+
+def adapt_generator(
+    base: dict[str, Any],
+    data: PersonData,
+    cfg: AdaptConfig,
+    progress: Progress | None = None,
+) -> tuple[Any, dict[str, float]]:
+    """Fine-tune ``base`` (a package checkpoint) on ``data`` within ``cfg``'s steps and time
+    budget; returns the run (:class:`models.finetune.Finetuner`) and its figures."""
+    import torch
+
+    from models.finetune import Finetuner
+
+    tune_cfg = replace(
+        FinetuneConfig(), steps=cfg.steps, lr=cfg.lr, batch=cfg.batch, seed=cfg.seed, holdout=0.0
+    )
+    tuner = Finetuner(base, tune_cfg, torch.device("cpu"))
+    started = time.monotonic()
+    logs: dict[str, float] = {}
+    while tuner.step < cfg.steps and time.monotonic() - started < cfg.budget_s:
+        logs = tuner.train_step(data)
+        if progress is not None:
+            progress("adapting the model", tuner.step, cfg.steps)
+    seconds = time.monotonic() - started
+    return tuner, {"steps": float(tuner.step), "seconds": seconds, **logs}
+
+
+def adapted_model(
+    face: TeacherFace | None,
+    cfg: AdaptConfig,
+    work: Path,
+    progress: Progress | None = None,
+    mask: np.ndarray | None = None,
+) -> tuple[Path, Path, dict[str, float]]:
+    """(ONNX file, checkpoint file, figures) of the generator adapted to ``face``; with no
+    steps (or no face), the default's model unchanged."""
+    default = default_avatar_dir()
+    if cfg.steps <= 0 or face is None:
+        unchanged = {"steps": 0.0, "seconds": 0.0, "frames": 0.0}
+        return default / MODEL_FILE, default / CHECKPOINT_FILE, unchanged
+    import torch
+
+    from models.export import export_generator
+    from models.finetune import cpu_copy
+    from models.train import load_checkpoint
+
+    data = teacher_material(face, cfg, progress, mask)
+    base = load_checkpoint(default / CHECKPOINT_FILE)
+    tuner, figures = adapt_generator(base, data, cfg, progress)
+    checkpoint = work / CHECKPOINT_FILE
+    torch.save(tuner.package_checkpoint(base), checkpoint)
+    onnx_path = work / MODEL_FILE
+    export_generator(
+        cpu_copy(tuner.generator, tuner.model_cfg), tuner.model_cfg.generator, onnx_path
+    )
+    return onnx_path, checkpoint, {**figures, "frames": float(len(data.crops))}
+
+
+def adapt_note(figures: dict[str, float]) -> str:
+    """The summary line of an adaptation."""
+    if figures["steps"] <= 0:
+        return "not adapted to this face (--steps 0): the default model draws the mouth"
+    return (
+        f"adapted to this face: {figures['steps']:.0f} steps in {figures['seconds']:.0f} s "
+        f"on {figures['frames']:.0f} teacher frames"
+    )

@@ -1,0 +1,96 @@
+"""The self-check that ends ``avatar create``: the eval's figures on held-out voices and
+sentences, measured on the new package before it is put in place.
+
+Every figure comes from :func:`models.eval.run_eval` (independent Face Mesh landmarks, the
+runtime generation path), on fewer cases than a full ``avatarcast eval`` so that ``create``
+keeps its time. A result below the targets is a warning that says which figure and what it
+means; a mouth that does not follow speech at all is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CASES = 6
+# (key path, target, what a miss means); the issue's targets for a new face.
+TARGETS: tuple[tuple[str, str, float, str], ...] = (
+    ("lipsync", "r", 0.75, "the mouth follows the voice only loosely"),
+    ("lipsync", "bilabial_closed", 0.85, "the lips do not always close on p, b and m"),
+    ("image", "ssim", 0.80, "the mouth differs from the face's own (a patch or a smear)"),
+    ("image", "sharpness", 0.70, "the mouth is blurrier than the rest of the face"),
+)
+MAX_STILLNESS = 0.25
+REFUSE_R = 0.4  # below this the avatar would not lip-sync at all
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    figures: dict[str, Any]  # the eval object
+    warnings: tuple[str, ...]
+    refused: str | None  # why the avatar is not usable, or None
+
+    def lines(self) -> list[str]:
+        ls, im = self.figures["lipsync"], self.figures["image"]
+        return [
+            "self-check on held-out voices and sentences "
+            f"({self.figures['cases']} cases): "
+            f"r {_fmt(ls['r'])}, lag {_fmt(ls['lag_ms'])} ms, "
+            f"p/b/m closed {_fmt(ls['bilabial_closed'])}, stillness {_fmt(ls['stillness'])}, "
+            f"SSIM {_fmt(im['ssim'])}, sharpness {_fmt(im.get('sharpness'))}"
+        ]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def judge(figures: dict[str, Any]) -> SelfCheck:
+    """Warnings for each figure under its target; a refusal when lip sync is absent."""
+    warnings = []
+    for group, key, target, meaning in TARGETS:
+        value = figures[group].get(key)
+        if value is not None and value < target:
+            warnings.append(f"{key} {value:.3g} is under {target:g}: {meaning}")
+    stillness = figures["lipsync"].get("stillness")
+    if stillness is not None and stillness > MAX_STILLNESS:
+        warnings.append(
+            f"stillness {stillness:.3g} is over {MAX_STILLNESS:g}: the mouth moves in silence"
+        )
+    r = figures["lipsync"].get("r")
+    refused = None
+    if r is None or r < REFUSE_R:
+        refused = (
+            "the mouth does not follow speech on this face (lip-sync r "
+            f"{_fmt(r)}): use a sharper, frontal photo with the mouth in full view"
+        )
+    return SelfCheck(figures, tuple(warnings), refused)
+
+
+def self_check(
+    avatar: Any, cases: int = CASES, progress: Callable[[str], None] | None = None
+) -> SelfCheck:
+    """Run the eval on a loaded (not yet installed) package and judge it."""
+    from models.eval import run_eval
+
+    figures = run_eval(
+        avatar.name, "onnx-cpu", n_cases=cases, progress=progress or (lambda _: None), avatar=avatar
+    )
+    return judge(figures)
+
+
+def install_checked(
+    staged: Path, target: Path, check: bool, source: Path, cases: int = CASES
+) -> SelfCheck | None:
+    """Self-check the package built at ``staged`` (unless ``check`` is off), then rename it to
+    ``target``; a refused package is never installed (AvatarError naming ``source``)."""
+    from models.avatar import AvatarError, read_avatar
+
+    verdict = self_check(read_avatar(staged), cases) if check else None
+    if verdict is not None and verdict.refused is not None:
+        raise AvatarError(f"{source}: {verdict.refused}")
+    os.replace(staged, target)
+    return verdict
