@@ -116,9 +116,11 @@ def adapted_model(
     work: Path,
     progress: Progress | None = None,
     mask: np.ndarray | None = None,
+    real: PersonData | None = None,
 ) -> tuple[Path, Path, dict[str, float]]:
-    """(ONNX file, checkpoint file, figures) of the generator adapted to ``face``; with no
-    steps (or no face), the default's model unchanged."""
+    """(ONNX file, checkpoint file, figures) of the generator adapted to ``face``, written to
+    ``work``; ``real`` adds the person's own frames (a video). With no steps (or no face), the
+    default's model unchanged."""
     default = default_avatar_dir()
     if cfg.steps <= 0 or face is None:
         unchanged = {"steps": 0.0, "seconds": 0.0, "frames": 0.0}
@@ -130,6 +132,8 @@ def adapted_model(
     from models.train import load_checkpoint
 
     data = teacher_material(face, cfg, progress, mask)
+    if real is not None:
+        data = merge(real, data)
     base = load_checkpoint(default / CHECKPOINT_FILE)
     tuner, figures = adapt_generator(base, data, cfg, progress)
     checkpoint = work / CHECKPOINT_FILE
@@ -141,11 +145,45 @@ def adapted_model(
     return onnx_path, checkpoint, {**figures, "frames": float(len(data.crops))}
 
 
+def merge(real: PersonData, teacher: PersonData) -> PersonData:
+    """The person's own training frames (their real look, lighting and speech) with the
+    teacher's animation of the same face (every mouth shape, many voices); the package's
+    reference and mask. The real held-out tail stays out, for ``avatar train`` to judge on."""
+    offset = len(real.crops)
+    return PersonData(
+        crops=np.concatenate([real.crops, teacher.crops]),
+        frames=np.concatenate([real.frames, teacher.frames + int(real.frames.max()) + 1]),
+        windows=np.concatenate([real.windows, teacher.windows]),
+        silent=np.concatenate([real.silent, teacher.silent]),
+        train=np.concatenate([real.train, teacher.train + offset]),
+        heldout=np.zeros(0, np.int64),
+        mask=real.mask,
+        reference=real.reference,
+    )
+
+
+class TrackedTeacher(TeacherFace):
+    """The teacher with the mouth box that face tracking puts on a video's frames
+    (:func:`models.tracking.observe`), so its crops are framed as the person's own are."""
+
+    def box_centre(self) -> tuple[float, float]:
+        from models.tracking import observe
+
+        return observe(self.landmarks).centre
+
+    @property
+    def box_side(self) -> int:
+        from models.tracking import observe
+
+        width, height = self.frame_size
+        return min(round(observe(self.landmarks).side), width, height)
+
+
 def adapt_note(figures: dict[str, float]) -> str:
     """The summary line of an adaptation."""
     if figures["steps"] <= 0:
         return "not adapted to this face (--steps 0): the default model draws the mouth"
     return (
         f"adapted to this face: {figures['steps']:.0f} steps in {figures['seconds']:.0f} s "
-        f"on {figures['frames']:.0f} teacher frames"
+        f"on {figures['frames']:.0f} frames"
     )

@@ -13,11 +13,12 @@ loop can be silent and there is speech to take the reference mouth (and to train
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,10 +29,13 @@ import numpy as np
 from models.adapt import AdaptConfig, adapt_note, adapted_model
 from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from models.avatar import (
+    CHECKPOINT_FILE,
     DEFAULT_NAME,
+    MODEL_FILE,
     AvatarError,
     avatar_dir,
     check_name,
+    default_avatar_dir,
     write_avatar,
 )
 from models.selfcheck import install_checked
@@ -236,10 +240,7 @@ def _create_from_video(
         extras = {
             f"person/{p.name}": p for p in (crops_path, person / "audio.npy", person / "track.npz")
         }
-        model, checkpoint, figures = _adapt_to_video(
-            loop_frames[0], person, extras, mask, adapt or AdaptConfig(), progress
-        )
-        notes.append(adapt_note(figures))
+        default = default_avatar_dir()
         staged = write_avatar(
             person / name,
             name=name,
@@ -248,11 +249,13 @@ def _create_from_video(
             boxes=boxes[loop[0] : loop[1]],
             mask=mask,
             reference=reference,
-            model=model,
-            checkpoint=checkpoint,
+            model=default / MODEL_FILE,
+            checkpoint=default / CHECKPOINT_FILE,
             frame_format="jpg",
             extras=extras,
         )
+        figures = _adapt_to_video(staged, loop_frames[0], person, adapt or AdaptConfig(), progress)
+        notes.append(adapt_note(figures))
         verdict = install_checked(staged, target, check, path)
         if verdict is not None:
             warnings += verdict.warnings
@@ -274,34 +277,39 @@ def _create_from_video(
 
 
 def _adapt_to_video(
-    frame: np.ndarray,
-    work: Path,
-    extras: dict[str, Path],
-    mask: np.ndarray,
-    cfg: AdaptConfig,
-    progress: Progress,
-) -> tuple[Path, Path, dict[str, float]]:
-    """The generator adapted to the teacher's animation of the loop's first frame; the frame
-    and its landmarks join ``extras`` (eval's teacher). The default model where no face is
-    found in that frame."""
-    from models.avatar import TEACHER_LANDMARKS, TEACHER_PHOTO
-    from models.synth.face import TeacherFace
+    staged: Path, frame: np.ndarray, work: Path, cfg: AdaptConfig, progress: Progress
+) -> dict[str, float]:
+    """Adapt the staged package's generator to the person: their own frames and speech (the
+    held-out tail left out) with the teacher's animation of the loop's first frame. The frame
+    and its landmarks stay in the package (eval's teacher). Without a face in that frame, or
+    with no steps, the default model stays."""
+    from models.adapt import TrackedTeacher
+    from models.avatar import TEACHER_LANDMARKS, TEACHER_PHOTO, read_avatar
+    from models.finetune import FinetuneError, load_person
 
     with FaceTracker(max_faces=1, video=False) as tracker:
         faces = tracker.landmarks(frame)
     if not faces:
-        return adapted_model(None, replace(cfg, steps=0), work, progress)
+        return {"steps": 0.0, "seconds": 0.0, "frames": 0.0}
     landmarks = faces[0]
-    cv2.imwrite(str(work / "photo.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    np.save(work / "landmarks.npy", landmarks)
-    extras[TEACHER_PHOTO] = work / "photo.png"
-    extras[TEACHER_LANDMARKS] = work / "landmarks.npy"
+    (staged / TEACHER_PHOTO).parent.mkdir(exist_ok=True)
+    cv2.imwrite(str(staged / TEACHER_PHOTO), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    np.save(staged / TEACHER_LANDMARKS, landmarks)
+    avatar = read_avatar(staged)
+    try:
+        real = load_person(avatar)
+    except FinetuneError:
+        return {"steps": 0.0, "seconds": 0.0, "frames": 0.0}
     # The teacher animates a square around the face only: a 1280 px frame costs 5x more.
     side = 4.0 * float(np.hypot(*(landmarks[263] - landmarks[33])))
     x0, y0 = (max(int(v - side / 2), 0) for v in landmarks[:, :2].mean(axis=0))
     patch = np.ascontiguousarray(frame[y0 : y0 + int(side), x0 : x0 + int(side)])
-    face = TeacherFace(patch, landmarks - np.array([x0, y0], np.float32))
-    return adapted_model(face, cfg, work, progress, mask)
+    face = TrackedTeacher(patch, landmarks - np.array([x0, y0], np.float32))
+    model, checkpoint, figures = adapted_model(face, cfg, work, progress, avatar.mask, real)
+    if figures["steps"] > 0:
+        shutil.copyfile(model, staged / MODEL_FILE)
+        shutil.copyfile(checkpoint, staged / CHECKPOINT_FILE)
+    return figures
 
 
 def _too_short(seconds: float) -> str:

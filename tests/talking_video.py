@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -34,15 +35,16 @@ class _Silence:
     phones: tuple[()] = ()
 
 
-def _teacher_clip(seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(frames (n, 512, 512, 3) at 25 fps, samples at 16 kHz) of the teacher talking."""
+def _teacher_clip(seconds: float, seed: int, face: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (n, 512, 512, 3) at 25 fps, samples at 16 kHz) of the teacher talking: the
+    default face, or ``face`` (a TeacherFace of another 512 px photo)."""
     from models.synth import speech as sp
     from models.synth.clip import render_clip
     from models.synth.corpus import sentences
 
     rng = np.random.default_rng(seed)
     lead = np.zeros(int(3.0 * SAMPLE_RATE), np.float32)
-    parts = [render_clip(_Silence(lead), rng, idle=True)]
+    parts = [render_clip(_Silence(lead), rng, idle=True, face=face)]
     audio = [lead]
     spoken = 0.0
     for text in sentences("heldout", 8, seed):
@@ -53,11 +55,11 @@ def _teacher_clip(seconds: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         # Whole video frames per part so that audio and frames stay aligned when joined.
         n = math.ceil(len(speech.samples) / 640) * 640
         samples = np.pad(speech.samples.astype(np.float32), (0, n - len(speech.samples)))
-        parts.append(render_clip(speech, rng, idle=True))
+        parts.append(render_clip(speech, rng, idle=True, face=face))
         audio.append(samples)
         spoken += n / SAMPLE_RATE
     tail = np.zeros(int(1.0 * SAMPLE_RATE), np.float32)
-    parts.append(render_clip(_Silence(tail), rng, idle=True))
+    parts.append(render_clip(_Silence(tail), rng, idle=True, face=face))
     audio.append(tail)
     frames = np.concatenate([np.asarray(c.frames) for c in parts])
     return frames, np.concatenate(audio)
@@ -79,10 +81,20 @@ def _place(frame: np.ndarray, t: float, duration: float) -> np.ndarray:
     return np.clip(out.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 
-def make_talking_video(path: Path | str, seconds: float = 10.0, seed: int = 3) -> Path:
-    """Write the test video to ``path`` (.mp4, H.264 + AAC) and return the path."""
+def make_talking_video(
+    path: Path | str, seconds: float = 10.0, seed: int = 3, photo: Path | str | None = None
+) -> Path:
+    """Write the test video to ``path`` (.mp4, H.264 + AAC) and return the path; ``photo``
+    gives the person (a face photo the teacher animates) instead of the default face."""
     out = Path(path)
-    frames, samples = _teacher_clip(seconds, seed)
+    face = None
+    if photo is not None:
+        from models.photo_avatar import prepare_face
+        from models.synth.face import TeacherFace
+
+        aligned, landmarks, _, _ = prepare_face(Path(photo))
+        face = TeacherFace(aligned, landmarks)
+    frames, samples = _teacher_clip(seconds, seed, face)
     duration = len(frames) / TEACHER_FPS
     n_out = int(duration * RATE)
     container = av.open(str(out), "w", format="mp4")
@@ -121,8 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--photo", help="the person: a face photo (default: the default face)")
     args = parser.parse_args(argv)
-    print(make_talking_video(args.out, args.seconds))
+    print(make_talking_video(args.out, args.seconds, photo=args.photo))
     return 0
 
 
