@@ -128,4 +128,5 @@ def create_photo_avatar(
         "warnings": warnings,
         "notes": notes,
         "seconds": time.perf_counter() - started,
+        "check": verdict.figures if verdict is not None else None,
     }

@@ -47,7 +47,7 @@ def _teacher_clip(seconds: float, seed: int, face: Any = None) -> tuple[np.ndarr
     parts = [render_clip(_Silence(lead), rng, idle=True, face=face)]
     audio = [lead]
     spoken = 0.0
-    for text in sentences("heldout", 8, seed):
+    for text in sentences("heldout", max(8, int(seconds)), seed):
         if spoken >= seconds - 4.0:
             break
         voice = sp.random_voice("heldout", rng, festival_share=0.0)
