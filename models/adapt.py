@@ -25,6 +25,7 @@ from models.avatar import CHECKPOINT_FILE, MODEL_FILE, default_avatar_dir
 from models.data import mel_windows
 from models.finetune import FinetuneConfig, PersonData
 from models.synth.clip import REFERENCE_PARAMS, render_clip
+from models.synth.face import MAX_GAP as MAX_GAP_PX
 from models.synth.face import TeacherFace
 
 # Speech -> (stage, done, total); ``None`` where the caller shows nothing.
@@ -52,7 +53,7 @@ def teacher_material(
     windows, blinks and head sway included, and the reference crop run time uses. ``mask``
     is the package's feather mask (the teacher's by default)."""
     from models.data import SynthTeacher
-    from models.eval import pad_silence
+    from models.heldout import pad_silence
 
     teacher = SynthTeacher(augment_prob=0.5)
     rng = np.random.default_rng(cfg.seed)
@@ -81,7 +82,29 @@ def teacher_material(
         heldout=np.zeros(0, np.int64),
         mask=np.array(face.feather_mask() if mask is None else mask, np.float32),
         reference=reference,
+        focus=lip_focus(face),
     )
+
+
+def lip_focus(face: TeacherFace, gain: float = 3.0) -> np.ndarray:
+    """(160, 160) loss weight: 1 everywhere, rising to ``1 + gain`` over the lips and the
+    opening mouth. The mouth is a tenth of the masked crop; without this the skin around it
+    dominates the loss and the opening is learnt last (slowest on pale, low-contrast faces)."""
+    import cv2
+
+    x0, y0, x1, _ = face.mouth_box()
+    k = face.crop_size / (x1 - x0)
+    s = face.scale
+    zone = np.zeros((face.crop_size, face.crop_size), np.float32)
+    left = (face.corner_l - 6.0 * s - x0) * k
+    right = (face.corner_r + 6.0 * s - x0) * k
+    top = (face.mouth_cy - 14.0 * s - y0) * k
+    bottom = (face.mouth_cy + (MAX_GAP_PX + 12.0) * s - y0) * k
+    centre = (round((left + right) / 2), round((top + bottom) / 2))
+    axes = (max(round((right - left) / 2), 1), max(round((bottom - top) / 2), 1))
+    cv2.ellipse(zone, centre, axes, 0.0, 0.0, 360.0, 1.0, -1)
+    blurred = cv2.GaussianBlur(zone, (0, 0), 4.0)
+    return np.asarray(1.0 + gain * blurred, np.float32)
 
 
 def adapt_generator(
@@ -159,6 +182,7 @@ def merge(real: PersonData, teacher: PersonData) -> PersonData:
         heldout=np.zeros(0, np.int64),
         mask=real.mask,
         reference=real.reference,
+        focus=teacher.focus,
     )
 
 

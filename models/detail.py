@@ -62,21 +62,20 @@ def transfer_detail(generated: np.ndarray, base: np.ndarray) -> np.ndarray:
     low_base, luma_base = _low(base)
     # Per pixel of the half scale, the shift whose low frequencies agree best (no shift wins
     # a near tie); the gap maps are smoothed first so that neighbours take the same shift.
-    best_gap = np.full(luma_gen.shape, np.inf, np.float32)
-    best = np.zeros(luma_gen.shape, np.intp)
-    for k, shift in enumerate(SHIFTS):
-        dy = round(shift * scale)
-        gap = cv2.absdiff(luma_gen, _shifted(luma_base, dy))
-        gap = cv2.blur(gap, (5, 5)) + (PREFER if dy else 0.0)
-        better = gap < best_gap
-        best_gap[better] = gap[better]
-        best[better] = k
+    moves = [round(shift * scale) for shift in SHIFTS]
+    gaps = np.stack(
+        [cv2.blur(cv2.absdiff(luma_gen, _shifted(luma_base, dy)), (5, 5)) for dy in moves]
+    )
+    gaps[1:] += PREFER
+    best = np.argmin(gaps, axis=0)
+    best_gap = np.min(gaps, axis=0)
     full = (size, size)
     keep = np.clip(1.0 - best_gap / TOLERANCE, 0.0, 1.0)
     keep = cv2.resize(cv2.blur(keep, (5, 5)), full, interpolation=cv2.INTER_LINEAR)
     # Each pixel takes the base's texture from the rows its chosen shift brings down to it.
-    moves = np.array([2 * round(shift * scale) for shift in SHIFTS], np.float32)
-    rise = cv2.resize(moves[best], full, interpolation=cv2.INTER_NEAREST)
+    rise = cv2.resize(
+        2.0 * np.asarray(moves, np.float32)[best], full, interpolation=cv2.INTER_NEAREST
+    )
     xs, ys = _grid(size)
     detail = cv2.remap(
         base - low_base, xs, ys - rise, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE

@@ -97,6 +97,8 @@ class PersonData:
     heldout: np.ndarray
     mask: np.ndarray  # (S, S) float32 feather mask
     reference: np.ndarray  # (S, S, 3) uint8
+    # (S, S) float32 loss weight on top of the mask (the lips, where the mouth moves), or None
+    focus: np.ndarray | None = None
 
     def clips(self) -> list[np.ndarray]:
         """The held-out indices split into runs of consecutive video frames."""
@@ -255,6 +257,7 @@ class Finetuner:
         self.step = 0
         self.seconds = 0.0
         self._mask: Tensor | None = None
+        self._weight: Tensor | None = None
 
     def state(self, base_sha: str) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -297,13 +300,16 @@ class Finetuner:
             k: torch.from_numpy(v).to(self.device, non_blocking=True)
             for k, v in training_batch(data, self.rng, c.batch, c.gain_db).items()
         }
-        if self._mask is None:
+        if self._mask is None or self._weight is None:
             self._mask = torch.from_numpy(data.mask).to(self.device)[None, None]
-        mask = self._mask
+            focused = data.mask if data.focus is None else data.mask * data.focus
+            self._weight = torch.from_numpy(np.ascontiguousarray(focused)).to(self.device)
+            self._weight = self._weight[None, None]
+        mask, weight = self._mask, self._weight
         self.generator.train()
         fake = self.generator(b["reference"], b["masked"], b["mel"])
-        l1 = losses.masked_l1(fake, b["target"], mask)
-        edge = losses.edge_loss(fake, b["target"], mask)
+        l1 = losses.masked_l1(fake, b["target"], weight)
+        edge = losses.edge_loss(fake, b["target"], weight)
         loss = c.w_l1 * l1 + c.w_edge * edge
         logs = {"l1": l1.item(), "edge": edge.item()}
         shown = fake * mask + b["target"] * (1.0 - mask)

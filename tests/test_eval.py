@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from models import eval as ev
+from models import heldout
 from models.synth.phonemes import Phone
 
 
@@ -127,8 +128,8 @@ def test_region_quality_over_the_mask() -> None:
 def test_cases_are_held_out_and_deterministic() -> None:
     from models.synth.speech import voices
 
-    chosen = ev.case_voices(8)
-    assert chosen == ev.case_voices(8)
+    chosen = heldout.case_voices(8)
+    assert chosen == heldout.case_voices(8)
     held = {v.name for v in voices("heldout")}
     assert {v.name for v in chosen} <= held
     assert len({v.name for v in chosen}) >= 6
@@ -210,7 +211,7 @@ def test_pad_silence_extends_edge_pauses() -> None:
         "a",
         Voice("espeak", "en-us", 175, 50),
     )
-    padded = ev.pad_silence(speech, 0.4, 0.6)
+    padded = heldout.pad_silence(speech, 0.4, 0.6)
     assert len(padded.samples) == 16000 * 2
     assert padded.samples[:6400].max() == 0 and padded.samples[6400:22400].min() == 1
     symbols = [p.symbol for p in padded.phones]

@@ -171,3 +171,32 @@ def test_a_cartoon_face_gives_a_clear_answer(home: Path, tmp_path: Path) -> None
         assert not (home / "avatars" / "toon").exists()
     else:
         assert load_avatar("toon").manifest.kind == "photo"
+
+
+@pytest.mark.slow
+def test_a_face_that_leaves_the_frame_half_the_time(home: Path, tmp_path: Path) -> None:
+    """Every other second the person is out of the picture: the avatar is made from the
+    seconds with a face (the summary says how much was left out), or refused in one line."""
+    from models.avatar import AvatarError
+    from models.create import create_avatar
+    from models.photo_avatar import prepare_face
+    from tests.test_create import write_video
+
+    aligned = prepare_face(FACES / "denis.png")[0]
+    empty = np.full_like(aligned, 90)
+
+    def frame(i: int) -> np.ndarray:
+        return aligned if (i // 30) % 2 == 0 else empty
+
+    video = write_video(tmp_path / "away.mp4", frame, 30 * 12)
+    try:
+        report = create_avatar(
+            "away", video=video, quiet=True, adapt=AdaptConfig(steps=0), check=False
+        )
+    except AvatarError as exc:
+        assert "\n" not in str(exc)
+        assert not (home / "avatars" / "away").exists()
+    else:
+        assert report.left_out and any("face lost" in w for w in report.warnings)
+        assert 0.4 < report.frames_used / report.frames_total < 0.6
+        assert load_avatar("away").manifest.kind == "video"

@@ -43,9 +43,13 @@ class Interior:
         self._s = scale
         self._own = own_teeth
         self._teeth_cols = (gap_shape > 0.02).astype(np.float32)
+        # A black-and-white photo gets a grey interior: a red mouth would be the only colour.
+        grey = _greyness(photo[y0 : y0 + 1 + int(np.max(gap_bot) - y0), self._x0 : self._x1])
+        self._cavity = _toward_grey(CAVITY_RGB, grey)
+        self._tongue = _toward_grey(TONGUE_RGB, grey)
         if not own_teeth:
             self._drawn_bottom = contact + TEETH_PX * scale * np.sqrt(gap_shape)
-            self._drawn_rgb = _teeth_colour(photo, xs, contact, gap_shape)
+            self._drawn_rgb = _toward_grey(_teeth_colour(photo, xs, contact, gap_shape), grey)
             centre = float(xs[int(np.argmax(gap_shape))])
             half = 0.5 * float(np.sum(gap_shape > 0.02))
             self._seams = _seams(xs, centre, half, scale)
@@ -77,7 +81,7 @@ class Interior:
         tongue = np.clip((depth - 0.6) / 0.25, 0.0, 1.0) * np.clip(
             (gap - 16.0 * s) / (14.0 * s), 0.0, 0.8
         )
-        cavity = CAVITY_RGB + tongue[..., None] * (TONGUE_RGB - CAVITY_RGB)
+        cavity = self._cavity + tongue[..., None] * (self._tongue - self._cavity)
         # The lips shade the teeth and cavity just inside them; the corners are darkest.
         shade = (
             (0.65 + 0.35 * np.clip((Y - top[None, :]) / (3.0 * s), 0.0, 1.0))
@@ -122,3 +126,18 @@ def _seams(xs: np.ndarray, centre: float, half: float, scale: float) -> np.ndarr
             x = centre + side * edge * half
             out *= 1.0 - depth * np.exp(-(((xs - x) / (0.7 * scale)) ** 2))
     return out
+
+
+def _greyness(region: np.ndarray) -> float:
+    """1 for a black-and-white image region, 0 for an ordinary colour one."""
+    rgb = region.reshape(-1, 3).astype(np.float32)
+    if not len(rgb):
+        return 0.0
+    chroma = float(np.mean(rgb.max(axis=1) - rgb.min(axis=1)))
+    return float(np.clip((12.0 - chroma) / 8.0, 0.0, 1.0))
+
+
+def _toward_grey(rgb: np.ndarray, grey: float) -> np.ndarray:
+    """Colours (..., 3) moved toward their own luma by ``grey`` (0 none, 1 all the way)."""
+    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.asarray(rgb + grey * (np.asarray(luma)[..., None] - rgb), np.float32)
