@@ -8,8 +8,9 @@ frequencies agree with the base frame's, and the base frame's own high frequenci
 true texture, so they replace the generated ones. The jaw and the lower lip move down as the
 mouth opens, so the base is also tried shifted down by a few steps: a dropped chin gets its
 own texture, moved with it. Where the mouth really changed (parted lips, teeth, the interior)
-nothing agrees and the generated pixels stay as drawn. Nothing is invented: every added
-detail is the person's own.
+nothing agrees and the generated pixels stay as drawn, and so do they wherever the base is
+the softer of the two (an upscaled photo). Nothing is invented: every added detail is the
+person's own.
 
 It runs on every frame, so the comparison is made at a quarter of the pixels (80 px) and the
 low-pass is a Gaussian pyramid step: about 1 ms per frame on one CPU core.
@@ -66,6 +67,7 @@ def transfer_detail(generated: np.ndarray, base: np.ndarray) -> np.ndarray:
     gaps = np.stack(
         [cv2.blur(cv2.absdiff(luma_gen, _shifted(luma_base, dy)), (5, 5)) for dy in moves]
     )
+    gaps = np.asarray(gaps, np.float32)
     gaps[1:] += PREFER
     best = np.argmin(gaps, axis=0)
     best_gap = np.min(gaps, axis=0)
@@ -80,7 +82,13 @@ def transfer_detail(generated: np.ndarray, base: np.ndarray) -> np.ndarray:
     detail = cv2.remap(
         base - low_base, xs, ys - rise, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE
     )
-    return np.asarray(generated + keep[..., None] * (detail - (generated - low_gen)), np.float32)
+    high_gen = generated - low_gen
+    # Only where the base is the more detailed: a soft base never blurs a crisp drawing.
+    energy_base = cv2.blur(np.abs(detail) @ LUMA, (7, 7))
+    energy_gen = cv2.blur(np.abs(high_gen) @ LUMA, (7, 7))
+    richer = np.clip(2.5 * (energy_base / np.maximum(energy_gen, 0.5) - 0.7), 0.0, 1.0)
+    keep *= richer
+    return np.asarray(generated + keep[..., None] * (detail - high_gen), np.float32)
 
 
 @lru_cache(maxsize=8)
