@@ -64,11 +64,9 @@ def transfer_detail(generated: np.ndarray, base: np.ndarray) -> np.ndarray:
     # Per pixel of the half scale, the shift whose low frequencies agree best (no shift wins
     # a near tie); the gap maps are smoothed first so that neighbours take the same shift.
     moves = [round(shift * scale) for shift in SHIFTS]
-    gaps = np.stack(
-        [cv2.blur(cv2.absdiff(luma_gen, _shifted(luma_base, dy)), (5, 5)) for dy in moves]
-    )
-    gaps = np.asarray(gaps, np.float32)
-    gaps[1:] += PREFER
+    maps = [cv2.blur(cv2.absdiff(luma_gen, _shifted(luma_base, dy)), (5, 5)) for dy in moves]
+    gaps = np.asarray(np.stack(maps), np.float32)
+    gaps[1:] += np.float32(PREFER)
     best = np.argmin(gaps, axis=0)
     best_gap = np.min(gaps, axis=0)
     full = (size, size)
