@@ -82,7 +82,8 @@ class Compositor:
         if mouth is not None:
             x0, y0, x1, y1 = (int(v) for v in self.avatar.boxes[index])
             side = x1 - x0
-            gen: np.ndarray = np.ascontiguousarray(np.transpose(mouth, (1, 2, 0)), np.float32) * 255.0
+            hwc = np.ascontiguousarray(np.transpose(mouth, (1, 2, 0)), np.float32)
+            gen: np.ndarray = hwc * 255.0
             if side != self._size:
                 gen = cv2.resize(gen, (side, side), interpolation=cv2.INTER_LINEAR)
             region = frame[y0:y1, x0:x1].astype(np.float32)
