@@ -207,6 +207,11 @@ def adapt_note(figures: dict[str, float]) -> str:
     """The summary line of an adaptation."""
     if figures["steps"] <= 0:
         return "not adapted to this face (--steps 0): the default model draws the mouth"
+    if figures.get("kept", 1.0) == 0.0:
+        return (
+            f"adaptation ({figures['steps']:.0f} steps) not kept: it did not beat the default "
+            "model on the held-out end of the video"
+        )
     return (
         f"adapted to this face: {figures['steps']:.0f} steps in {figures['seconds']:.0f} s "
         f"on {figures['frames']:.0f} frames"

