@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from models.audio import FPS, SAMPLES_PER_VIDEO_FRAME
-from models.heldout import EVAL_SEED, N_CASES, select_speech
+from models.heldout import EVAL_SEED, N_CASES, select_speech, stderr_progress
 from models.quality import detail_energy, region_quality
 from models.synth.phonemes import BILABIALS, SILENCE, Phone
 
@@ -49,10 +48,6 @@ MASK_REGION = 0.05
 # corners do not move with the jaw, so they normalise the gap for face size and distance.
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
 EYE_OUTER_RIGHT, EYE_OUTER_LEFT = 33, 263
-
-
-def _stderr(message: str) -> None:
-    print(f"eval: {message}", file=sys.stderr, flush=True)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -331,7 +326,7 @@ def run_eval(
     avatar_name: str = "default",
     backend_name: str = "auto",
     n_cases: int = N_CASES,
-    progress: Progress = _stderr,
+    progress: Progress = stderr_progress,
     avatar: Any = None,
 ) -> dict[str, Any]:
     """Evaluate an avatar (by name, or a loaded ``avatar``); the INTERFACE.md object, plus

@@ -20,7 +20,8 @@ MIN_SECONDS, MAX_SECONDS = 2.5, 5.5
 LEAD_SILENCE_S, TAIL_SILENCE_S = 0.4, 0.6
 
 
-def _stderr(message: str) -> None:
+def stderr_progress(message: str) -> None:
+    """The eval's progress lines, on stderr."""
     print(f"eval: {message}", file=sys.stderr, flush=True)
 
 
@@ -51,7 +52,7 @@ def case_voices(n: int) -> list[Any]:
 
 
 def select_speech(
-    n: int = N_CASES, seed: int = EVAL_SEED, progress: Callable[[str], None] = _stderr
+    n: int = N_CASES, seed: int = EVAL_SEED, progress: Callable[[str], None] = stderr_progress
 ) -> list[Any]:
     """``n`` held-out utterances of 2.5-5.5 s, the same on every run."""
     from models.synth.corpus import sentences
