@@ -34,7 +34,7 @@ import numpy as np
 
 from models.audio import FPS, SAMPLES_PER_VIDEO_FRAME
 from models.heldout import EVAL_SEED, N_CASES, select_speech, stderr_progress
-from models.quality import detail_energy, region_quality
+from models.quality import detail_energy, mouth_crop, region_quality
 from models.synth.phonemes import BILABIALS, SILENCE, Phone
 
 Progress = Callable[[str], None]
@@ -235,16 +235,6 @@ def _chunks(samples: np.ndarray, size: int = 4000) -> Iterator[np.ndarray]:
         yield samples[start : start + size]
 
 
-def _crop(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
-    import cv2
-
-    x0, y0, x1, y1 = (int(v) for v in box)
-    crop = frame[y0:y1, x0:x1]
-    if x1 - x0 != size:
-        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-    return crop
-
-
 @dataclass(frozen=True)
 class CaseResult:
     generated: Track
@@ -284,7 +274,7 @@ def measure_case(
         for k, frame in enumerate(teacher_frames):
             teacher_ap[k] = meter.measure(frame)
             if compare:
-                teacher_crops.append(_crop(frame, box, avatar.crop_size))
+                teacher_crops.append(mouth_crop(frame, box, avatar.crop_size))
     generated_ap = np.full(n, np.nan)
     psnrs: list[float] = []
     ssims: list[float] = []
@@ -294,7 +284,7 @@ def measure_case(
         frames = generate_frames(avatar, backend, _chunks(speech.samples), idle=False, seed=seed)
         for k, frame in enumerate(frames):
             generated_ap[k] = meter.measure(frame)
-            crop = _crop(frame, avatar.boxes[0], avatar.crop_size)
+            crop = mouth_crop(frame, avatar.boxes[0], avatar.crop_size)
             details.append(detail_energy(crop, avatar.mask))
             if compare:
                 psnr, ssim = region_quality(crop, teacher_crops[k], avatar.mask)
@@ -319,7 +309,7 @@ def real_detail(avatar: Any) -> float:
     person's own pixels (a photo's with its mouth closed by the teacher's warp)."""
     frames = list(avatar.frames[: min(len(avatar.frames), 8)])
     box, size = avatar.boxes[0], avatar.crop_size
-    return float(np.mean([detail_energy(_crop(f, box, size), avatar.mask) for f in frames]))
+    return float(np.mean([detail_energy(mouth_crop(f, box, size), avatar.mask) for f in frames]))
 
 
 def run_eval(

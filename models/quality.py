@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
 MASK_REGION = 0.05  # the pixels the generator replaces
 SHARP_REGION = 0.5  # where the generated mouth is shown at full strength
+
+
+def mouth_crop(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
+    """The (size, size, 3) mouth crop of ``frame`` at ``box`` (area-resized when larger)."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    crop = frame[y0:y1, x0:x1]
+    if x1 - x0 != size:
+        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    return crop
 
 
 def region_quality(

@@ -30,10 +30,10 @@ def calibration_batches(
 ) -> list[dict[str, np.ndarray]]:
     """Generator inputs (batch 1) from teacher speech of the training split: the reference and
     masked crops the compositor builds for frame k, and the mel window of that frame."""
+    from models.media import clean
     from models.synth.corpus import sentences as corpus
     from models.synth.speech import synthesize, voices
     from streamer.pipeline.compositor import Compositor
-    from streamer.pipeline.decode import clean
     from streamer.pipeline.mel import MelWindower
 
     pool = voices("train")

@@ -246,7 +246,7 @@ def _too_short(seconds: float) -> str:
 
 
 def _speech(path: Path) -> np.ndarray:
-    from streamer.pipeline.decode import AudioDecodeError, decode_audio
+    from models.media import AudioDecodeError, decode_audio
 
     limit = int(MAX_SECONDS * SAMPLE_RATE)
     chunks: list[np.ndarray] = []

@@ -31,9 +31,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from models.avatar import AvatarError
+    from models.media import AudioDecodeError
     from streamer.config import ConfigError
     from streamer.engine.base import BackendError
-    from streamer.pipeline.decode import AudioDecodeError
     from streamer.render import RenderError
 
     return (UserError, AvatarError, BackendError, AudioDecodeError, RenderError, ConfigError)
@@ -86,7 +86,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} must be an .mp4 file")
     if args.audio is not None:
         # Fail on a bad input before the model loads.
-        from streamer.pipeline.decode import decode_audio
+        from models.media import decode_audio
 
         next(iter(decode_audio(args.audio)), None)
     avatar = load_avatar(settings.avatar)

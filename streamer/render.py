@@ -20,9 +20,9 @@ import numpy as np
 
 from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from models.avatar import Avatar
+from models.media import clean, decode_audio
 from streamer.engine.base import Backend
 from streamer.pipeline.compositor import Compositor
-from streamer.pipeline.decode import clean, decode_audio
 from streamer.pipeline.mel import MelWindower
 
 BATCH = 8  # frames per generator call: amortises per-call overhead, adds 320 ms of buffering

@@ -18,14 +18,9 @@ from test_avatar import BOX, make_stand_in_avatar, stand_in_assets
 
 from models.audio import SAMPLE_RATE, WindowConfig, log_mel_padded, windows
 from models.avatar import Avatar, read_avatar, write_avatar
+from models.media import AudioDecodeError, decode_audio
 from streamer.engine import OnnxBackend, make_backend
-from streamer.pipeline import (
-    AudioDecodeError,
-    Compositor,
-    IdleMotion,
-    MelWindower,
-    decode_audio,
-)
+from streamer.pipeline import Compositor, IdleMotion, MelWindower
 from streamer.render import RenderError, generate_frames, render, render_samples
 
 

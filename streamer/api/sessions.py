@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.audio import SAMPLE_RATE
 from models.avatar import AvatarError
+from models.media import AudioDecodeError, decode_audio
 from streamer.api.auth import require_api_key
 from streamer.api.errors import ApiError
 from streamer.api.state import app_state
 from streamer.engine.base import BackendError
-from streamer.pipeline.decode import AudioDecodeError, decode_audio
 from streamer.session import Session, SessionOptions, SpeechRejected, TooManySessions
 
 router = APIRouter(
