@@ -177,10 +177,8 @@ def window(mel: np.ndarray, video_frame: int, cfg: WindowConfig) -> np.ndarray:
 
 def windows(mel: np.ndarray, n_video_frames: int, cfg: WindowConfig) -> np.ndarray:
     """Windows for video frames 0..n-1: (n, cfg.length, N_MELS) float32."""
-    return (
-        np.stack([window(mel, k, cfg) for k in range(n_video_frames)])
-        if n_video_frames
-        else (np.zeros((0, cfg.length, N_MELS), np.float32))
+    return np.stack([window(mel, k, cfg) for k in range(n_video_frames)]) if n_video_frames else (
+        np.zeros((0, cfg.length, N_MELS), np.float32)
     )
 
 

@@ -11,30 +11,8 @@ VOWELS = frozenset(
 )
 CONSONANTS = frozenset(
     {
-        "B",
-        "CH",
-        "D",
-        "DH",
-        "F",
-        "G",
-        "HH",
-        "JH",
-        "K",
-        "L",
-        "M",
-        "N",
-        "NG",
-        "P",
-        "R",
-        "S",
-        "SH",
-        "T",
-        "TH",
-        "V",
-        "W",
-        "Y",
-        "Z",
-        "ZH",
+        "B", "CH", "D", "DH", "F", "G", "HH", "JH", "K", "L", "M", "N", "NG", "P", "R",
+        "S", "SH", "T", "TH", "V", "W", "Y", "Z", "ZH",
     }
 )
 PHONEMES = frozenset({SILENCE}) | VOWELS | CONSONANTS
