@@ -49,6 +49,7 @@ unit: install-dev
 
 test: apt-test install-dev
 	$(BIN)/ruff check streamer models tests
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 

@@ -23,6 +23,7 @@ from models.avatar import (
     avatar_dir,
     check_name,
 )
+from models.selfcheck import Checker
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -77,9 +78,12 @@ def create_avatar(
     *,
     quiet: bool = False,
     adapt: AdaptConfig | None = None,
-    check: bool = True,
+    check: Checker | None = None,
 ) -> CreateReport:
-    """Build avatar ``name`` from a video or a photo; prints a summary unless ``quiet``."""
+    """Build avatar ``name`` from a video or a photo; prints a summary unless ``quiet``.
+
+    ``check`` measures the built package before it is installed (the CLI passes
+    :func:`streamer.measure.selfcheck.self_check`); without one nothing is measured."""
     check_name(name)
     if name == DEFAULT_NAME:
         raise CreateError("'default' is the built-in avatar: choose another name")
@@ -114,7 +118,12 @@ def create_avatar(
 
 
 def _create_from_image(
-    name: str, path: Path, target: Path, progress: Progress, adapt: AdaptConfig | None, check: bool
+    name: str,
+    path: Path,
+    target: Path,
+    progress: Progress,
+    adapt: AdaptConfig | None,
+    check: Checker | None,
 ) -> CreateReport:
     from models.photo_avatar import create_photo_avatar
 

@@ -4,13 +4,13 @@ For every held-out frame the generator draws the mouth from the person's real au
 the package's reference crop and the real frame's masked crop, as in training), and the
 person's real mouth crop of that frame is the answer. Both are pasted into the avatar's base
 frames the way the streaming compositor does (the same base frame for both), and MediaPipe
-Face Mesh measures the mouth aperture of each (:class:`models.eval.ApertureMeter`):
+Face Mesh measures the mouth aperture of each (:class:`models.lipsync.ApertureMeter`):
 
 - ``r``, ``lag_ms``: Pearson correlation of the generated aperture with the real one at the
   best lag within +-200 ms (5 ms steps, the real series interpolated in time, clips pooled);
   a positive lag means the generated mouth moves after the real one.
 - ``psnr_db``, ``ssim``: the generated mouth crop against the real crop, over the pixels the
-  generator replaces (:func:`models.eval.region_quality`).
+  generator replaces (:func:`models.quality.region_quality`).
 
 Measuring the real side through the same paste and meter makes the two comparable: what
 differs is only the mouth.
@@ -28,8 +28,9 @@ from torch import nn
 
 from models.audio import FPS
 from models.avatar import Avatar
-from models.eval import MAX_LAG_S, ApertureMeter, pearson, region_quality
 from models.finetune import PersonData
+from models.lipsync import MAX_LAG_S, ApertureMeter, pearson
+from models.quality import region_quality
 
 LAG_STEP_S = 0.005
 BATCH = 16
@@ -106,7 +107,7 @@ class _Paster:
     k-th base frame of the ping-pong loop, so generated and real share a base frame."""
 
     def __init__(self, avatar: Avatar) -> None:
-        from streamer.pipeline.compositor import Compositor
+        from models.compositor import Compositor
 
         self._compositor = Compositor(avatar, idle=False)
 

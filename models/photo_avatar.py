@@ -30,7 +30,7 @@ import numpy as np
 
 from models.adapt import AdaptConfig, adapt_note, adapted_model
 from models.avatar import TEACHER_LANDMARKS, TEACHER_PHOTO, AvatarError, write_avatar
-from models.selfcheck import install_checked
+from models.selfcheck import Checker, install_checked
 from models.synth.clip import BLINK_LEVELS, REFERENCE_PARAMS
 from models.synth.face import LANDMARKS_FILE, TeacherFace
 
@@ -84,7 +84,7 @@ def create_photo_avatar(
     target: Path,
     progress: Progress,
     adapt: AdaptConfig | None = None,
-    check: bool = True,
+    check: Checker | None = None,
 ) -> dict[str, Any]:
     """Build, adapt, check and install the package; returns what the summary reports."""
     started = time.perf_counter()

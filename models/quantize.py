@@ -6,7 +6,8 @@ real inputs: the avatar's own crops and mel windows of training-split speech fro
 teacher, the same distribution the runtime sees). Whether the result is worth shipping is an
 empirical question (INT8 convolutions are not always faster than FP32 on a small CPU, and a
 lip-sync model loses quality where it hurts first: the mouth), so :func:`quantize` only
-writes a file; docs/engine.md records what was measured and what ships.
+writes a file; the gate (:mod:`streamer.measure.int8_gate`) measures it against FP32 and keeps
+it only when it is as good and faster. docs/engine.md records what was measured and what ships.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ def calibration_batches(
 ) -> list[dict[str, np.ndarray]]:
     """Generator inputs (batch 1) from teacher speech of the training split: the reference and
     masked crops the compositor builds for frame k, and the mel window of that frame."""
+    from models.audio import MelWindower
+    from models.compositor import Compositor
     from models.media import clean
     from models.synth.corpus import sentences as corpus
     from models.synth.speech import synthesize, voices
-    from streamer.pipeline.compositor import Compositor
-    from streamer.pipeline.mel import MelWindower
 
     pool = voices("train")
     compositor = Compositor(avatar, idle=True, seed=CALIBRATION_SEED)
@@ -105,118 +106,4 @@ def quantize(
     return out
 
 
-# --- the gate: quality and speed against FP32 ---------------------------------------------
-
-INT8_FILE = "generator.int8.onnx"
-MAX_LOSS = 0.05  # every eval figure within 5% of FP32
-# Figures where lower is better; a change in the good direction never fails the gate.
-LOWER_IS_BETTER = {"stillness"}
-
-
-def generator_ms(model_path: Path | str, threads: int = 2, batch: int = 1, runs: int = 30) -> float:
-    """Median ms per frame of the runtime's ONNX backend on realistic-sized random inputs."""
-    import time
-
-    from streamer.engine.onnx import OnnxBackend
-
-    backend = OnnxBackend(model_path, threads=threads)
-    spec = {i.name: i.shape for i in backend._session.get_inputs()}
-    rng = np.random.default_rng(0)
-    feed = [
-        rng.random((batch, *(int(d) for d in spec[name][1:])), dtype=np.float32)
-        for name in ("reference", "masked", "mel")
-    ]
-    for _ in range(3):
-        backend.infer(*feed)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        backend.infer(*feed)
-        times.append((time.perf_counter() - started) * 1000.0 / batch)
-    return float(np.median(times))
-
-
-def eval_with_model(avatar_name: str, model_path: Path, n_cases: int) -> dict[str, Any]:
-    """``avatarcast eval`` figures with the ONNX backend running ``model_path``."""
-    from unittest import mock
-
-    import models.eval as evaluation
-    import streamer.engine.factory as factory
-
-    real = factory.make_backend
-
-    def pointed(name: str, avatar: Any, threads: int = 2, model_path_: Any = None) -> Any:
-        return real("onnx-cpu", avatar, threads, model_path=model_path)
-
-    with mock.patch.object(factory, "make_backend", pointed):
-        return evaluation.run_eval(avatar_name, "onnx-cpu", n_cases=n_cases)
-
-
-def compare(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, float]:
-    """Relative loss per figure (positive = INT8 is worse), over lipsync and image."""
-    losses: dict[str, float] = {}
-    for group in ("lipsync", "image"):
-        for key, base in fp32[group].items():
-            value = int8[group].get(key)
-            if base is None or value is None or key == "lag_ms":
-                continue
-            change = (value - base) / abs(base) if base else 0.0
-            losses[key] = change if key in LOWER_IS_BETTER else -change
-    # Lag is in ms around 0: compare it against one frame (40 ms) rather than relatively.
-    lag32, lag8 = fp32["lipsync"].get("lag_ms"), int8["lipsync"].get("lag_ms")
-    if lag32 is not None and lag8 is not None:
-        losses["lag_ms"] = abs(lag8 - lag32) / 40.0
-    return losses
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m models.quantize [--avatar NAME] [--out FILE]``: build the INT8 model, measure
-    it against FP32 and keep it (beside the avatar's model, or at ``--out``) only if every
-    eval figure is within 5% and it is faster; prints the measurements as JSON."""
-    import argparse
-    import json
-    import sys
-
-    from models.avatar import load_avatar
-
-    parser = argparse.ArgumentParser(prog="python -m models.quantize")
-    parser.add_argument("--avatar", default="default")
-    parser.add_argument("--mode", choices=("static", "dynamic"), default="static")
-    parser.add_argument("--cases", type=int, default=12, help="eval cases (12 = avatarcast eval)")
-    parser.add_argument("--out", default=None, help=f"default: the avatar's {INT8_FILE}")
-    args = parser.parse_args(argv)
-    avatar = load_avatar(args.avatar)
-    out = Path(args.out) if args.out else avatar.path / INT8_FILE
-    with tempfile.TemporaryDirectory() as tmp:
-        candidate = quantize(avatar.model_path, Path(tmp) / INT8_FILE, args.mode, avatar)
-        ms = {"fp32": generator_ms(avatar.model_path), "int8": generator_ms(candidate)}
-        figures = {
-            "fp32": eval_with_model(avatar.name, avatar.model_path, args.cases),
-            "int8": eval_with_model(avatar.name, candidate, args.cases),
-        }
-        losses = compare(figures["fp32"], figures["int8"])
-        quality = all(loss <= MAX_LOSS for loss in losses.values())
-        faster = ms["int8"] < ms["fp32"]
-        report = {
-            "mode": args.mode,
-            "generator_ms_per_frame_b1_2threads": {k: round(v, 2) for k, v in ms.items()},
-            "eval": {k: {"lipsync": v["lipsync"], "image": v["image"]} for k, v in figures.items()},
-            "relative_loss": {k: round(v, 4) for k, v in losses.items()},
-            "within_5pct": quality,
-            "faster": faster,
-            "kept": str(out) if quality and faster else None,
-        }
-        if quality and faster:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            staged = out.with_name(out.name + ".tmp")
-            staged.write_bytes(candidate.read_bytes())
-            os.replace(staged, out)
-    print(json.dumps(report, indent=2))
-    if not (quality and faster):
-        print("quantize: the INT8 model was not kept (see the figures)", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+INT8_FILE = "generator.int8.onnx"  # the reduced model, beside the avatar's FP32 model

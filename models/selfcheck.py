@@ -1,10 +1,12 @@
-"""The self-check that ends ``avatar create``: the eval's figures on held-out voices and
-sentences, measured on the new package before it is put in place.
+"""The self-check that ends ``avatar create``: how its figures are judged, and installing a
+package only once it has passed.
 
-Every figure comes from :func:`models.eval.run_eval` (independent Face Mesh landmarks, the
-runtime generation path), on fewer cases than a full ``avatarcast eval`` so that ``create``
-keeps its time. A result below the targets is a warning that says which figure and what it
-means; a mouth that does not follow speech at all is refused.
+The figures are the eval's on held-out voices and sentences, measured on the new package
+before it is put in place. Measuring needs the server's frame path, so the measure comes in
+as a :data:`Checker` (``avatarcast avatar create`` passes
+:func:`streamer.measure.selfcheck.self_check`); this module only judges: a result below the
+targets is a warning that says which figure and what it means, and a mouth that does not
+follow speech at all is refused.
 """
 
 from __future__ import annotations
@@ -70,27 +72,19 @@ def judge(figures: dict[str, Any]) -> SelfCheck:
     return SelfCheck(figures, tuple(warnings), refused)
 
 
-def self_check(
-    avatar: Any, cases: int = CASES, progress: Callable[[str], None] | None = None
-) -> SelfCheck:
-    """Run the eval on a loaded (not yet installed) package and judge it."""
-    from models.eval import run_eval
-
-    figures = run_eval(
-        avatar.name, "onnx-cpu", n_cases=cases, progress=progress or (lambda _: None), avatar=avatar
-    )
-    return judge(figures)
-
-
 def install_checked(
-    staged: Path, target: Path, check: bool, source: Path, cases: int = CASES
+    staged: Path, target: Path, check: Checker | None, source: Path
 ) -> SelfCheck | None:
-    """Self-check the package built at ``staged`` (unless ``check`` is off), then rename it to
-    ``target``; a refused package is never installed (AvatarError naming ``source``)."""
+    """Self-check the package built at ``staged`` (when a ``check`` is given), then rename it
+    to ``target``; a refused package is never installed (AvatarError naming ``source``)."""
     from models.avatar import AvatarError, read_avatar
 
-    verdict = self_check(read_avatar(staged), cases) if check else None
+    verdict = check(read_avatar(staged)) if check is not None else None
     if verdict is not None and verdict.refused is not None:
         raise AvatarError(f"{source}: {verdict.refused}")
     os.replace(staged, target)
     return verdict
+
+
+# Measures a loaded, not yet installed package and judges it.
+Checker = Callable[[Any], SelfCheck]

@@ -30,7 +30,7 @@ from models.adapt import AdaptConfig, adapt_note, adapted_model
 from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from models.avatar import CHECKPOINT_FILE, MODEL_FILE, default_avatar_dir, write_avatar
 from models.create import CreateError, CreateReport, Progress
-from models.selfcheck import install_checked
+from models.selfcheck import Checker, install_checked
 from models.tracking import FaceObservation, FaceTracker, Track, landmark_mask, smooth_track
 from models.videoio import VideoError, iter_frames, probe, scaled_size
 
@@ -44,7 +44,12 @@ SMALL_FACE_PX = 160
 
 
 def create_video_avatar(
-    name: str, path: Path, target: Path, progress: Progress, adapt: AdaptConfig | None, check: bool
+    name: str,
+    path: Path,
+    target: Path,
+    progress: Progress,
+    adapt: AdaptConfig | None,
+    check: Checker | None,
 ) -> CreateReport:
     started = time.perf_counter()
     notes: list[str] = []

@@ -180,7 +180,12 @@ def cmd_avatar_create(args: argparse.Namespace) -> int:
         from models.adapt import AdaptConfig
 
         adapt = AdaptConfig(steps=args.steps)
-    create(args.name, video=args.video, image=args.image, adapt=adapt, check=not args.no_check)
+    check = None
+    if not args.no_check:
+        from streamer.measure.selfcheck import self_check
+
+        check = self_check
+    create(args.name, video=args.video, image=args.image, adapt=adapt, check=check)
     return 0
 
 
@@ -255,7 +260,7 @@ def _export_tensorrt(name: str) -> int:
 
 
 # bench and eval own their flags (their modules' build_parser); argv is handed over unparsed.
-FORWARDED = {"bench": ("streamer.bench", "dev"), "eval": ("models.eval", "eval")}
+FORWARDED = {"bench": ("streamer.measure.bench", "dev"), "eval": ("streamer.measure.eval", "eval")}
 
 
 def run_forwarded(command: str, argv: Sequence[str]) -> int:
@@ -264,7 +269,6 @@ def run_forwarded(command: str, argv: Sequence[str]) -> int:
 
 
 # --- parser ---------------------------------------------------------------------------------
-
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,12 +18,11 @@ from pathlib import Path
 import av
 import numpy as np
 
-from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, MelWindower
 from models.avatar import Avatar
+from models.compositor import Compositor
 from models.media import clean, decode_audio
 from streamer.engine.base import Backend
-from streamer.pipeline.compositor import Compositor
-from streamer.pipeline.mel import MelWindower
 
 BATCH = 8  # frames per generator call: amortises per-call overhead, adds 320 ms of buffering
 

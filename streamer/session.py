@@ -30,20 +30,20 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, silence_mel
-from models.avatar import Avatar
-from streamer.engine.worker import InferenceWorker, TooLate, WorkerClosed
-from streamer.metrics import Metrics
-from streamer.pipeline.catchup import shorten
-from streamer.pipeline.compositor import Compositor
-from streamer.pipeline.frames import FRAME_SECONDS, AVFrame, FrameBus
-from streamer.pipeline.timeline import (
-    Timeline,
-    TimelineFull,
-    frame_range,
+from models.audio import (
+    SAMPLE_RATE,
+    SAMPLES_PER_VIDEO_FRAME,
+    silence_mel,
     window_mel,
     window_range,
 )
+from models.avatar import Avatar
+from models.compositor import Compositor
+from streamer.engine.worker import InferenceWorker, TooLate, WorkerClosed
+from streamer.metrics import Metrics
+from streamer.pipeline.catchup import shorten
+from streamer.pipeline.frames import FRAME_SECONDS, AVFrame, FrameBus
+from streamer.pipeline.timeline import Timeline, TimelineFull, frame_range
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ def avatar() -> Avatar:
 
 def _inputs(avatar: Avatar, batch: int, seed: int = 0) -> tuple[np.ndarray, ...]:
     """Realistic inputs: the avatar's own crops, mel windows of speech-like levels."""
-    from streamer.pipeline.compositor import Compositor
+    from models.compositor import Compositor
 
     rng = np.random.default_rng(seed)
     compositor = Compositor(avatar, idle=False, seed=seed)
@@ -107,7 +107,7 @@ def test_int8_model_is_offered_and_close(
     (root / INT8_FILE).unlink(missing_ok=True)  # the shipped one: build it again here
     copy = read_avatar(root)
     assert "onnx-int8" not in available_backends(copy)
-    with pytest.raises(BackendError, match=r"models\.quantize"):
+    with pytest.raises(BackendError, match=r"streamer\.measure\.int8_gate"):
         make_backend("onnx-int8", copy)
     quantize(copy.model_path, root / INT8_FILE, "static", copy)
     assert "onnx-int8" in available_backends(copy)

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 from models import baselines  # noqa: E402
 from models.baselines import BaselineSpec, Stage, UpStage  # noqa: E402
-from streamer import bench  # noqa: E402
+from streamer.measure import bench  # noqa: E402
 
 _AUDIO = (
     Stage(4, 3, 1, 1),

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from streamer.capacity import ramp
 from streamer.engine.worker import InferenceWorker, TooLate
+from streamer.measure.capacity import ramp
 
 INPUTS = (
     np.zeros((3, 16, 16), np.float32),

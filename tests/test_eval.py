@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import eval as ev
 from models import heldout
+from models import lipsync as ev
+from models.quality import region_quality
 from models.synth.phonemes import Phone
+from streamer.measure import eval as measure_eval
 
 
 def phones(spec: list[tuple[str, float]]) -> tuple[Phone, ...]:
@@ -113,15 +115,15 @@ def test_region_quality_over_the_mask() -> None:
     crop = rng.integers(0, 255, (160, 160, 3), dtype=np.uint8)
     mask = np.zeros((160, 160), np.float32)
     mask[60:120, 40:120] = 1.0
-    psnr, ssim = ev.region_quality(crop, crop, mask)
+    psnr, ssim = region_quality(crop, crop, mask)
     assert psnr == 100.0 and ssim == pytest.approx(1.0)
     # Damage outside the mask does not count; inside it does.
     outside = crop.copy()
     outside[:30] = 0
-    assert ev.region_quality(outside, crop, mask)[0] == 100.0
+    assert region_quality(outside, crop, mask)[0] == 100.0
     inside = crop.copy()
     inside[70:110, 50:110] = 255 - inside[70:110, 50:110]
-    psnr, ssim = ev.region_quality(inside, crop, mask)
+    psnr, ssim = region_quality(inside, crop, mask)
     assert psnr < 20 and ssim < 0.8
 
 
@@ -188,7 +190,7 @@ def test_a_perfect_generator_scores_like_the_teacher(tmp_path: Path) -> None:
     speech = synthesize("Bob made a map of the pool.", Voice("espeak", "en-us-nyc+f3", 160, 50))
     seed = 7
     clip = render_clip(speech, np.random.default_rng(seed), idle=False)
-    result = ev.measure_case(speech, avatar, OracleBackend(clip.crops), True, seed)
+    result = measure_eval.measure_case(speech, avatar, OracleBackend(clip.crops), True, seed)
     assert result.psnr_db is not None and result.psnr_db > 35
     assert result.ssim is not None and result.ssim > 0.95
     gen, teacher = result.generated.aperture, result.teacher.aperture

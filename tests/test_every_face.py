@@ -3,7 +3,8 @@
 The faces (tests/fixtures/faces, with their sources and licences) are held out: the shipped
 generator learned the default face only. Each create here adapts briefly (tens of steps, not
 the default 700) so the suite stays fast; the full figures come from `avatarcast eval` and are
-in docs/benchmarks.md. Held-out voices and sentences measure every avatar (models/eval.py).
+in docs/benchmarks.md. Held-out voices and sentences measure every avatar
+(streamer/measure/eval.py).
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def evaluate(name: str) -> dict[str, Any]:
-    from models.eval import run_eval
+    from streamer.measure.eval import run_eval
 
     result = run_eval(name, "onnx-cpu", n_cases=CASES, progress=lambda _: None)
     return {**result["lipsync"], **result["image"]}
 
 
 def apertures(face: Any, opens: tuple[float, ...]) -> list[float]:
-    from models.eval import ApertureMeter
+    from models.lipsync import ApertureMeter
 
     with ApertureMeter() as meter:
         return [meter.measure(face.render(np.array([o, 0, 0, 0], np.float32))) for o in opens]
@@ -84,15 +85,18 @@ def test_photo_with_teeth_showing(home: Path) -> None:
     """Ousterhout smiles with his teeth showing: the avatar's resting mouth is closed, and
     the adapted model lip-syncs on held-out voices, checked by create itself."""
     from models.create import create_avatar
+    from streamer.measure.selfcheck import self_check
 
-    report = create_avatar("ouster", image=FACES / "ouster.png", quiet=True, adapt=SHORT)
+    report = create_avatar(
+        "ouster", image=FACES / "ouster.png", quiet=True, adapt=SHORT, check=self_check
+    )
     assert report.check is not None
     figures = {**report.check["lipsync"], **report.check["image"]}
     assert figures["r"] >= 0.6, figures
     assert figures["bilabial_closed"] >= 0.7, figures
     assert figures["ssim"] >= 0.8, figures  # no patch, no smear against the teacher
     avatar = load_avatar("ouster")
-    from models.eval import ApertureMeter
+    from models.lipsync import ApertureMeter
 
     with ApertureMeter() as meter:
         assert meter.measure(np.asarray(avatar.frames[0])) < 0.02  # the smile is closed
@@ -104,7 +108,7 @@ def test_small_greyscale_face(home: Path) -> None:
     """Marie Curie: a 256 px greyscale scan, face about 90 px tall."""
     from models.create import create_avatar
 
-    report = create_avatar("curie", image=FACES / "curie.png", quiet=True, adapt=SHORT, check=False)
+    report = create_avatar("curie", image=FACES / "curie.png", quiet=True, adapt=SHORT)
     assert any("small" in w for w in report.warnings)
     figures = evaluate("curie")
     # The hardest held-out face (pale, low contrast, upscaled 2x): after a full create it
@@ -124,7 +128,7 @@ def test_landscape_photo_with_the_face_off_centre(home: Path, tmp_path: Path) ->
     cv2.putText(canvas, "On air soon", (60, 360), cv2.FONT_HERSHEY_SIMPLEX, 3, (255,) * 3, 6)
     path = tmp_path / "wide.webp"
     cv2.imwrite(str(path), canvas)
-    create_avatar("wide", image=path, quiet=True, adapt=SHORT, check=False)
+    create_avatar("wide", image=path, quiet=True, adapt=SHORT)
     avatar = load_avatar("wide")
     assert avatar.manifest.frame_size == (512, 512)
     figures = evaluate("wide")
@@ -143,7 +147,7 @@ def test_video_twin_of_a_new_face(home: Path, tmp_path: Path) -> None:
     from tests.talking_video import make_talking_video
 
     video = make_talking_video(tmp_path / "denis.mp4", 10.0, photo=FACES / "denis.png")
-    report = create_avatar("denis", video=video, quiet=True, adapt=SHORT, check=False)
+    report = create_avatar("denis", video=video, quiet=True, adapt=SHORT)
     assert report.kind == "video"
     figures = evaluate("denis")
     assert figures["r"] >= 0.6, figures
@@ -167,7 +171,7 @@ def test_a_cartoon_face_gives_a_clear_answer(home: Path, tmp_path: Path) -> None
     path = tmp_path / "cartoon.png"
     cv2.imwrite(str(path), img)
     try:
-        create_avatar("toon", image=path, quiet=True, adapt=AdaptConfig(steps=0), check=False)
+        create_avatar("toon", image=path, quiet=True, adapt=AdaptConfig(steps=0))
     except AvatarError as exc:
         assert "\n" not in str(exc) and "face" in str(exc)
         assert not (home / "avatars" / "toon").exists()
@@ -192,9 +196,7 @@ def test_a_face_that_leaves_the_frame_half_the_time(home: Path, tmp_path: Path) 
 
     video = write_video(tmp_path / "away.mp4", frame, 30 * 12)
     try:
-        report = create_avatar(
-            "away", video=video, quiet=True, adapt=AdaptConfig(steps=0), check=False
-        )
+        report = create_avatar("away", video=video, quiet=True, adapt=AdaptConfig(steps=0))
     except AvatarError as exc:
         assert "\n" not in str(exc)
         assert not (home / "avatars" / "away").exists()

@@ -9,8 +9,8 @@ import json
 
 import numpy as np
 
-from streamer import bench, livebench
-from streamer.livebench import LivePlan, Track
+from streamer.measure import bench, livebench
+from streamer.measure.livebench import LivePlan, Track
 
 
 def test_onsets_are_interpolated_and_paired() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.audio import WindowConfig, log_mel, window
-from streamer.pipeline.timeline import Timeline, TimelineFull, window_mel, window_range
+from models.audio import WindowConfig, log_mel, window, window_mel, window_range
+from streamer.pipeline.timeline import Timeline, TimelineFull
 
 CFG = WindowConfig(17, 6)
 

@@ -4,8 +4,8 @@ Names the user types: ``auto``, ``onnx``, ``tensorrt``, ``torch``. The figure ke
 (``onnx-cpu``, ``onnx-cuda``, ``tensorrt``, ``torch-cpu``, ``torch-cuda``) are accepted too and
 pin the device. ``auto`` takes TensorRT (when an engine for this GPU is built), then ONNX
 Runtime on CUDA, then ONNX Runtime on the CPU, and logs why it passed over each.
-``onnx-int8`` is the reduced CPU model (``python -m models.quantize``), offered where an
-avatar has one; ``auto`` does not pick it (FP32 stays the default).
+``onnx-int8`` is the reduced CPU model (``python -m streamer.measure.int8_gate``), offered
+where an avatar has one; ``auto`` does not pick it (FP32 stays the default).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from models.avatar import Avatar
+from models.quantize import INT8_FILE  # the reduced CPU model, when built
 from streamer.engine.base import Backend, BackendError
 from streamer.engine.onnx import CPU, CUDA, OnnxBackend, available_providers, cuda_provider_usable
 
@@ -21,7 +22,6 @@ log = logging.getLogger(__name__)
 
 NAMES = ("auto", "onnx", "tensorrt", "torch")
 KEYS = ("onnx-cpu", "onnx-cuda", "tensorrt", "torch-cpu", "torch-cuda", "onnx-int8")
-INT8_FILE = "generator.int8.onnx"  # the reduced CPU model (models/quantize.py), when built
 
 
 def _torch_cuda() -> tuple[bool, str]:
@@ -101,7 +101,8 @@ def make_backend(
         if not reduced.is_file():
             raise BackendError(
                 f"avatar {avatar.name!r} has no reduced model {INT8_FILE}: build it with "
-                f"`python -m models.quantize --avatar {avatar.name}` or use --backend onnx"
+                f"`python -m streamer.measure.int8_gate --avatar {avatar.name}` or use "
+                "--backend onnx"
             )
         backend = OnnxBackend(reduced, threads=threads, providers=(CPU,))
         backend.name = "onnx-int8"

@@ -1,13 +1,3 @@
-"""The media pipeline: streaming mel windows, compositing, idle motion (decoding audio files
-is models.media)."""
-
-from streamer.pipeline.compositor import Compositor
-from streamer.pipeline.idle import IdleMotion, Pose
-from streamer.pipeline.mel import MelWindower
-
-__all__ = [
-    "Compositor",
-    "IdleMotion",
-    "MelWindower",
-    "Pose",
-]
+"""The media pipeline of a session: the timeline, frames and their buses, catch-up. What
+belongs to the avatar (compositing, idle motion) and to the voice (mel windows, decoding)
+lives in :mod:`models`."""

@@ -18,15 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.audio import (
-    HOP,
-    SAMPLE_RATE,
-    SAMPLES_PER_VIDEO_FRAME,
-    WIN,
-    WindowConfig,
-    _frames_to_mel,
-    silence_mel,
-)
+from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 
 HISTORY = SAMPLE_RATE  # samples kept behind the read position: more than any window needs
 # A live stream's piece later than this (against the stream's own schedule) is taken as the
@@ -46,25 +38,6 @@ class Span:
     end: int
     utterance_id: str
     arrived_at: float
-
-
-def window_range(k: int, cfg: WindowConfig) -> tuple[int, int]:
-    """The sample range ``[lo, hi)`` whose mel frames make video frame k's window."""
-    first = cfg.centre(k) - cfg.past
-    last = cfg.centre(k) + cfg.future
-    return HOP * first - WIN // 2, HOP * last + WIN // 2
-
-
-def window_mel(samples: np.ndarray, k: int, cfg: WindowConfig) -> np.ndarray:
-    """Frame k's (cfg.length, N_MELS) window from the samples of :func:`window_range`; equal
-    to ``models.audio.window(log_mel(signal), k, cfg)`` because mel frame i covers samples
-    ``[HOP*i - WIN/2, HOP*i + WIN/2)`` in both (and frames before 0 are silence padding)."""
-    x = np.asarray(samples, np.float64)
-    idx = np.arange(cfg.length)[:, None] * HOP + np.arange(WIN)[None, :]
-    mel = _frames_to_mel(x[idx])
-    before = max(0, -(cfg.centre(k) - cfg.past))
-    mel[:before] = silence_mel()
-    return mel
 
 
 class Timeline:

@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 
 from models.audio import N_MELS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
-from streamer.capacity import measure_generation
 from streamer.config import BACKENDS
 from streamer.engine.base import runs_on_cpu
+from streamer.measure.capacity import measure_generation
 
 Progress = Callable[[str], None]
 BATCHES = (1, 4, 16)
 GPU_BATCH = 64  # timed on a GPU only
 CPU_SESSION_LIMIT, GPU_SESSION_LIMIT = 64, 2048  # where the generation ramp stops doubling
-# Figures measured through the live server (streamer.livebench); null when not measured.
+# Figures measured through the live server (streamer.measure.livebench); null when not measured.
 SERVER_FIGURES = (
     "realtime_sessions",
     "speech_to_mouth_ms_p95",
@@ -194,8 +194,8 @@ def time_pipeline(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress
 
 def time_encoders(avatar: Any, plan: BenchPlan) -> dict[str, float]:
     """ms per frame of the live encoders (VP8, H.264) on the avatar's composited frames."""
+    from models.compositor import Compositor
     from streamer.outputs.encoding import VideoEncoder
-    from streamer.pipeline.compositor import Compositor
 
     compositor = Compositor(avatar)
     rng = np.random.default_rng(0)
@@ -364,7 +364,7 @@ def run_bench(
     """Measure each requested backend (default: ``auto``) and return the INTERFACE.md object.
 
     With ``live`` the server figures are measured through the real server
-    (:mod:`streamer.livebench`): ``sessions`` tests exactly that many concurrent sessions
+    (:mod:`streamer.measure.livebench`): ``sessions`` tests exactly that many concurrent sessions
     instead of the ramp, and ``soak_s`` runs one long session for the A/V drift instead.
     Without it they are null.
     """
@@ -381,7 +381,7 @@ def run_bench(
         key = backend.name
         results[key] = bench_backend(avatar, backend, plan, progress)
         if live:
-            from streamer.livebench import run_live
+            from streamer.measure.livebench import run_live
 
             del backend  # the server loads its own
             progress(f"{name}: live figures through the server")

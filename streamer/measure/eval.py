@@ -1,8 +1,9 @@
 """``avatarcast eval``: lip-sync and image-quality figures on voices and sentences never trained on.
 
 For each case (a held-out sentence spoken by a held-out voice) the avatar's video comes from
-the runtime path (:func:`streamer.render.generate_frames`), and the teacher renders the same
-speech. Independent face landmarks (MediaPipe Face Mesh) measure the mouth aperture of both:
+the server's own frame path (:func:`streamer.render.generate_frames`), and the teacher
+renders the same speech. Independent face landmarks (MediaPipe Face Mesh) measure the mouth
+aperture of both:
 
 - ``r``, ``lag_ms``: Pearson correlation of aperture with the phoneme-derived openness
   (:func:`models.synth.visemes.openness`) at the best lag within +-200 ms (5 ms steps, all
@@ -24,208 +25,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from models.audio import FPS, SAMPLES_PER_VIDEO_FRAME
+from models.audio import SAMPLES_PER_VIDEO_FRAME
 from models.heldout import EVAL_SEED, N_CASES, select_speech, stderr_progress
+from models.lipsync import (
+    ApertureMeter,
+    Progress,
+    Track,
+    closed_threshold,
+    rounded,
+    summarise,
+)
 from models.quality import detail_energy, mouth_crop, region_quality
-from models.synth.phonemes import BILABIALS, SILENCE, Phone
-
-Progress = Callable[[str], None]
-
-MAX_LAG_S = 0.2
-LAG_STEP_S = 0.005
-PAUSE_MIN_S = 0.2
-PAUSE_EDGE_S = 0.08
-MASK_REGION = 0.05
-# MediaPipe Face Mesh landmark indices: inner-lip midpoints and the outer eye corners. The eye
-# corners do not move with the jaw, so they normalise the gap for face size and distance.
-UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
-EYE_OUTER_RIGHT, EYE_OUTER_LEFT = 33, 263
-
-
-# --- measuring ------------------------------------------------------------------------------
-
-
-def aperture_from_landmarks(points: np.ndarray) -> float:
-    """Inner-lip gap over the outer eye-corner distance, from (478, 2) pixel coordinates."""
-    gap = float(np.linalg.norm(points[UPPER_INNER_LIP] - points[LOWER_INNER_LIP]))
-    eyes = float(np.linalg.norm(points[EYE_OUTER_RIGHT] - points[EYE_OUTER_LEFT]))
-    return gap / eyes if eyes > 0 else float("nan")
-
-
-class ApertureMeter:
-    """MediaPipe Face Mesh in tracking mode over one video; NaN where no face is found."""
-
-    def __init__(self) -> None:
-        # Quiet the TFLite/absl start-up chatter on stderr.
-        os.environ.setdefault("GLOG_minloglevel", "2")
-        import mediapipe as mp
-
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=False, refine_landmarks=True, max_num_faces=1
-        )
-
-    def __enter__(self) -> ApertureMeter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._mesh.close()
-
-    def measure(self, rgb: np.ndarray) -> float:
-        result = self._mesh.process(np.ascontiguousarray(rgb))
-        if not result.multi_face_landmarks:
-            return float("nan")
-        height, width = rgb.shape[:2]
-        landmarks = result.multi_face_landmarks[0].landmark
-        points = np.array([(p.x * width, p.y * height) for p in landmarks], np.float64)
-        return aperture_from_landmarks(points)
-
-
-@dataclass(frozen=True)
-class Track:
-    """One video's measured aperture per frame, with the phones of its speech."""
-
-    aperture: np.ndarray  # (n,) float64, NaN where no face was found
-    phones: tuple[Phone, ...]
-
-    @property
-    def times(self) -> np.ndarray:
-        return (np.arange(len(self.aperture)) + 0.5) / FPS
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson r over the frames where both are finite; NaN when it is undefined."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def lag_correlation(
-    tracks: Sequence[Track],
-    target: Callable[[Sequence[Phone], np.ndarray], np.ndarray],
-    max_lag_s: float = MAX_LAG_S,
-    step_s: float = LAG_STEP_S,
-) -> tuple[float, float]:
-    """(best r, its lag in ms): aperture at t against ``target`` at t - lag, cases pooled.
-
-    The target is a function of time, so lags finer than a frame need no interpolation of
-    the measurement.
-    """
-    measured = np.concatenate([t.aperture for t in tracks])
-    best_r, best_lag = float("nan"), 0.0
-    steps = round(max_lag_s / step_s)
-    # Outwards from zero, replacing only on a strictly better r: ties keep the smaller lag.
-    for i in sorted(range(-steps, steps + 1), key=lambda j: (abs(j), j)):
-        lag = i * step_s
-        expected = np.concatenate([target(t.phones, t.times - lag) for t in tracks])
-        r = pearson(measured, expected)
-        if np.isfinite(r) and (not np.isfinite(best_r) or r > best_r):
-            best_r, best_lag = r, lag * 1000.0
-    return best_r, best_lag
-
-
-def _frames_overlapping(phone: Phone, n: int) -> np.ndarray:
-    first = int(np.floor(phone.start * FPS))
-    last = int(np.ceil(phone.end * FPS))  # exclusive
-    return np.arange(max(0, first), min(n, max(last, first + 1)))
-
-
-def bilabial_closed(tracks: Sequence[Track], threshold: float) -> float | None:
-    """Fraction of P/B/M phones with some overlapping frame's aperture below ``threshold``."""
-    closed = total = 0
-    for track in tracks:
-        for phone in track.phones:
-            if phone.symbol not in BILABIALS:
-                continue
-            frames = _frames_overlapping(phone, len(track.aperture))
-            values = track.aperture[frames]
-            values = values[np.isfinite(values)]
-            if not len(values):
-                continue
-            total += 1
-            closed += int(values.min() < threshold)
-    return closed / total if total else None
-
-
-def pause_and_speech(track: Track) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean frame masks: inside long pauses (edges trimmed), and inside speech phones."""
-    t = track.times
-    pause = np.zeros(len(t), bool)
-    speech = np.zeros(len(t), bool)
-    for phone in track.phones:
-        inside = (t >= phone.start) & (t < phone.end)
-        if phone.symbol != SILENCE:
-            speech |= inside
-        elif phone.duration > PAUSE_MIN_S:
-            pause |= (t >= phone.start + PAUSE_EDGE_S) & (t < phone.end - PAUSE_EDGE_S)
-    return pause, speech
-
-
-def stillness(tracks: Sequence[Track]) -> float | None:
-    """std of aperture in pauses over std in speech, over all cases; None without pauses."""
-    pauses, speech = [], []
-    for track in tracks:
-        p, s = pause_and_speech(track)
-        pauses.append(track.aperture[p])
-        speech.append(track.aperture[s])
-    pa = np.concatenate(pauses)
-    sp = np.concatenate(speech)
-    pa, sp = pa[np.isfinite(pa)], sp[np.isfinite(sp)]
-    if len(pa) < 2 or len(sp) < 2 or np.std(sp) == 0:
-        return None
-    return float(np.std(pa) / np.std(sp))
-
-
-def closed_threshold(apertures: np.ndarray, open_params: np.ndarray) -> float:
-    """The aperture below which lips count as closed, from teacher frames and their params.
-
-    Frames rendered fully closed (open = 0) set the closed level (95th percentile); the
-    threshold lies a fifth of the way from it to the median aperture of clearly open frames,
-    so landmark jitter on a closed mouth never counts as open, and a half-closed one never
-    counts as closed.
-    """
-    ok = np.isfinite(apertures)
-    closed = apertures[ok & (open_params <= 0.0)]
-    opened = apertures[ok & (open_params >= 0.5)]
-    if not len(closed):
-        raise ValueError("no closed-mouth teacher frames to calibrate on")
-    level = float(np.percentile(closed, 95))
-    if not len(opened):
-        return level * 1.5 + 1e-3
-    return level + 0.2 * max(0.0, float(np.median(opened)) - level)
-
-
-def summarise(tracks: Sequence[Track], threshold: float) -> dict[str, float | None]:
-    from models.synth.visemes import openness
-
-    r, lag = lag_correlation(tracks, openness)
-    closed = bilabial_closed(tracks, threshold)
-    still = stillness(tracks)
-    return {
-        "r": _round(r, 3),
-        "lag_ms": _round(lag, 1),
-        "bilabial_closed": _round(closed, 3),
-        "stillness": _round(still, 3),
-    }
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    if value is None or not np.isfinite(value):
-        return None
-    return round(float(value), digits)
-
+from streamer.engine.factory import make_backend
+from streamer.render import generate_frames
 
 # --- running --------------------------------------------------------------------------------
 
@@ -259,7 +78,6 @@ def measure_case(
     with ``compare`` the generated crops are compared with the teacher's, pixel for pixel.
     """
     from models.synth.clip import render_clip
-    from streamer.render import generate_frames
 
     n = -(-len(speech.samples) // SAMPLES_PER_VIDEO_FRAME)
     rng = np.random.default_rng(seed)
@@ -318,16 +136,17 @@ def run_eval(
     n_cases: int = N_CASES,
     progress: Progress = stderr_progress,
     avatar: Any = None,
+    model_path: Any = None,
 ) -> dict[str, Any]:
     """Evaluate an avatar (by name, or a loaded ``avatar``); the INTERFACE.md object, plus
-    ``image.sharpness`` (figures that cannot be measured are null)."""
+    ``image.sharpness`` (figures that cannot be measured are null). ``model_path`` replaces
+    the avatar's ONNX model (the INT8 gate measures its candidate this way)."""
     from models.avatar import load_avatar
     from models.synth.clip import avatar_teacher
-    from streamer.engine.factory import make_backend
 
     started = time.perf_counter()
     avatar = avatar if avatar is not None else load_avatar(avatar_name)
-    backend = make_backend(backend_name, avatar)
+    backend = make_backend(backend_name, avatar, model_path=model_path)
     face = avatar_teacher(avatar)
     # Only an avatar standing on one still frame matches the teacher pixel for pixel.
     compare = face is not None and avatar.manifest.kind == "photo"
@@ -350,9 +169,9 @@ def run_eval(
         "cases": len(results),
         "lipsync": summarise([r.generated for r in results], threshold),
         "image": {
-            "psnr_db": _round(float(np.mean(psnr)), 2) if psnr else None,
-            "ssim": _round(float(np.mean(ssim)), 4) if ssim else None,
-            "sharpness": _round(float(np.mean([r.detail for r in results])) / real, 3)
+            "psnr_db": rounded(float(np.mean(psnr)), 2) if psnr else None,
+            "ssim": rounded(float(np.mean(ssim)), 4) if ssim else None,
+            "sharpness": rounded(float(np.mean([r.detail for r in results])) / real, 3)
             if real > 0
             else None,
         },

@@ -753,7 +753,7 @@ async def measure_step(live: Live, n: int, plan: LivePlan) -> Step:
 
 
 class _Clients:
-    """A process running :func:`clients`: ``python -m streamer.livebench REQUEST``."""
+    """A process running :func:`clients`: ``python -m streamer.measure.livebench REQUEST``."""
 
     def __init__(self, process: asyncio.subprocess.Process, ready_at: float) -> None:
         self.process = process
@@ -768,7 +768,7 @@ class _Clients:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "streamer.livebench",
+            "streamer.measure.livebench",
             json.dumps(request),
             stdout=asyncio.subprocess.PIPE,
         )

@@ -7,7 +7,7 @@ import numpy as np
 
 from models.avatar import Avatar
 from models.detail import transfer_detail
-from streamer.pipeline.idle import STILL, IdleMotion, Pose
+from models.idle import STILL, IdleMotion, Pose
 
 
 class Compositor:

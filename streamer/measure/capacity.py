@@ -128,7 +128,7 @@ def measure_generation(
     avatar: Any, backend: Any, seconds: float, limit: int, progress: Callable[[str], None]
 ) -> dict[str, Any]:
     """``generation_sessions`` and its ramp, for bench's JSON."""
-    from streamer.pipeline.compositor import Compositor
+    from models.compositor import Compositor
 
     reference, masked = Compositor(avatar).inputs(0)
     rng = np.random.default_rng(0)
