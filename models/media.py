@@ -32,6 +32,25 @@ def decode_audio(path: Path | str, chunk: int = CHUNK) -> Iterator[np.ndarray]:
     Packets that fail to decode are skipped (as ffmpeg does) once some audio has come out.
     """
     p = Path(path)
+    _check_file(p)
+    try:
+        container = av.open(str(p), "r")
+    except av.FFmpegError as exc:
+        raise AudioDecodeError(f"{p} is not a readable audio file ({_reason(exc)})") from None
+    try:
+        if not container.streams.audio:
+            raise AudioDecodeError(f"{p} has no audio stream")
+        produced = 0
+        for block in _rechunk(_decoded(container, p), chunk):
+            produced += len(block)
+            yield block
+        if produced == 0:
+            raise AudioDecodeError(f"{p} contains no decodable audio")
+    finally:
+        container.close()
+
+
+def _check_file(p: Path) -> None:
     if not p.exists():
         raise AudioDecodeError(f"audio file {p} does not exist")
     if p.is_dir():
@@ -40,57 +59,51 @@ def decode_audio(path: Path | str, chunk: int = CHUNK) -> Iterator[np.ndarray]:
         raise AudioDecodeError(f"audio file {p} is not readable (permissions)")
     if p.stat().st_size == 0:
         raise AudioDecodeError(f"audio file {p} is empty")
-    try:
-        container = av.open(str(p), "r")
-    except av.FFmpegError as exc:
-        raise AudioDecodeError(f"{p} is not a readable audio file ({_reason(exc)})") from None
-    try:
-        if not container.streams.audio:
-            raise AudioDecodeError(f"{p} has no audio stream")
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        pending: list[np.ndarray] = []
-        pending_len = 0
-        produced = 0
-        failures = 0
-        packets = container.demux(stream)
-        while True:
-            try:
-                packet = next(packets)
-                decoded = list(packet.decode())
-            except StopIteration:
+
+
+def _decoded(container: av.container.InputContainer, p: Path) -> Iterator[np.ndarray]:
+    """16 kHz mono pieces of the first audio stream, in order, as they decode."""
+    stream = container.streams.audio[0]
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    produced = False
+    failures = 0
+    packets = container.demux(stream)
+    while True:
+        try:
+            decoded = list(next(packets).decode())
+        except StopIteration:
+            break
+        except av.FFmpegError as exc:
+            failures += 1
+            if not produced and failures > 8:
+                raise AudioDecodeError(f"{p} is corrupt ({_reason(exc)})") from None
+            if isinstance(exc, av.error.EOFError):
                 break
-            except av.FFmpegError as exc:
-                failures += 1
-                if produced == 0 and failures > 8:
-                    raise AudioDecodeError(f"{p} is corrupt ({_reason(exc)})") from None
-                if isinstance(exc, av.error.EOFError):
-                    break
-                continue
-            for frame in decoded:
-                for out in resampler.resample(frame):
-                    pcm = clean(out.to_ndarray())
-                    pending.append(pcm)
-                    pending_len += len(pcm)
-            while pending_len >= chunk:
-                block = np.concatenate(pending)
-                yield block[:chunk]
-                produced += chunk
-                rest = block[chunk:]
-                pending, pending_len = ([rest] if len(rest) else []), len(rest)
-        for out in resampler.resample(None):
-            pcm = clean(out.to_ndarray())
-            pending.append(pcm)
-            pending_len += len(pcm)
-        if pending_len:
+            continue
+        for frame in decoded:
+            for out in resampler.resample(frame):
+                produced = True
+                yield clean(out.to_ndarray())
+    for out in resampler.resample(None):
+        yield clean(out.to_ndarray())
+
+
+def _rechunk(pieces: Iterator[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
+    """The same samples in blocks of ``chunk`` (the last one shorter), holding about one."""
+    pending: list[np.ndarray] = []
+    pending_len = 0
+    for pcm in pieces:
+        pending.append(pcm)
+        pending_len += len(pcm)
+        while pending_len >= chunk:
             block = np.concatenate(pending)
-            for start in range(0, len(block), chunk):
-                yield block[start : start + chunk]
-            produced += len(block)
-        if produced == 0:
-            raise AudioDecodeError(f"{p} contains no decodable audio")
-    finally:
-        container.close()
+            yield block[:chunk]
+            rest = block[chunk:]
+            pending, pending_len = ([rest] if len(rest) else []), len(rest)
+    if pending_len:
+        block = np.concatenate(pending)
+        for start in range(0, len(block), chunk):
+            yield block[start : start + chunk]
 
 
 def _reason(exc: BaseException) -> str:
