@@ -150,7 +150,8 @@ def _with(speech: Speech, samples: np.ndarray, phones: tuple[Phone, ...] | None 
     if peak > 1.0:
         samples = samples / peak  # keep the contract: peak <= 1
     return replace(
-        speech, samples=np.ascontiguousarray(samples, np.float32),
+        speech,
+        samples=np.ascontiguousarray(samples, np.float32),
         phones=speech.phones if phones is None else phones,
     )
 

@@ -107,8 +107,14 @@ class Espeak:
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetParameter.restype = ctypes.c_int
         lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-            ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.POINTER(ctypes.c_uint),
+            ctypes.c_void_p,
         ]
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Synchronize.restype = ctypes.c_int
@@ -142,7 +148,12 @@ class Espeak:
         return 0  # 0 = continue synthesis
 
     def synthesize(
-        self, text: str, voice: str, rate: int = 175, pitch: int = 50, pitch_range: int = 50,
+        self,
+        text: str,
+        voice: str,
+        rate: int = 175,
+        pitch: int = 50,
+        pitch_range: int = 50,
         word_gap: int = 0,
     ) -> EspeakOutput:
         """Synthesise ``text``; rate in words per minute, pitch and range 0..100."""
@@ -151,8 +162,11 @@ class Espeak:
             if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
                 raise ValueError(f"unknown espeak-ng voice {voice!r}")
             for param, value in (
-                (_PARAM_RATE, rate), (_PARAM_PITCH, pitch), (_PARAM_RANGE, pitch_range),
-                (_PARAM_VOLUME, 100), (_PARAM_WORDGAP, word_gap),
+                (_PARAM_RATE, rate),
+                (_PARAM_PITCH, pitch),
+                (_PARAM_RANGE, pitch_range),
+                (_PARAM_VOLUME, 100),
+                (_PARAM_WORDGAP, word_gap),
             ):
                 self._lib.espeak_SetParameter(param, int(value), 0)
             self._chunks, self._events, self._count = [], [], 0

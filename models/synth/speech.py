@@ -25,44 +25,18 @@ from scipy.signal import resample_poly
 
 from models.audio import SAMPLE_RATE
 from models.synth.espeak import PhonemeEvent, engine
-from models.synth.phonemes import SILENCE, Phone
+from models.synth.phonemes import (
+    ESPEAK_CONTINUATIONS,
+    ESPEAK_TO_ARPABET,
+    FESTIVAL_DELAY_S,
+    FESTIVAL_TO_ARPABET,
+    SILENCE,
+    Phone,
+)
 
 Engine = Literal["espeak", "festival"]
 Split = Literal["train", "heldout"]
 PEAK = 0.9
-
-# espeak-ng's English mnemonics (all dialects) -> ARPAbet. A pair is one espeak phoneme that
-# is two ARPAbet phones (r-coloured diphthongs, syllabic l); its time is split between them.
-ESPEAK_TO_ARPABET: dict[str, tuple[str, ...]] = {
-    "0": ("AA",), "3": ("ER",), "3:": ("ER",), "3:r": ("ER",), "@": ("AH",), "@2": ("AH",),
-    "@5": ("AH",), "@r": ("ER",), "@L": ("AH", "L"), "@U": ("OW",), "A:": ("AA",),
-    "A@": ("AA", "R"), "A": ("AA",), "aa": ("AE",), "a": ("AE",), "a#": ("AH",), "a2": ("AH",),
-    "aI": ("AY",), "aI2": ("AY",), "aI3": ("AY",), "aI@": ("AY", "ER"), "aU": ("AW",),
-    "aU@": ("AW", "ER"), "E": ("EH",), "e": ("EH",), "e@": ("EH", "R"), "eI": ("EY",),
-    "I": ("IH",), "I#": ("IH",), "I2": ("IH",), "IR": ("IH", "R"), "i": ("IY",), "i:": ("IY",),
-    "i@": ("IY", "AH"), "i@3": ("IH", "R"), "O": ("AO",), "O2": ("AO",), "O:": ("AO",),
-    "O@": ("AO", "R"), "o@": ("AO", "R"), "o:": ("OW",), "oU": ("OW",), "OI": ("OY",),
-    "U": ("UH",), "U@": ("UH", "R"), "u": ("UW",), "u:": ("UW",), "V": ("AH",),
-    "VR": ("AH", "R"), "Q": ("AA",),
-    "b": ("B",), "d": ("D",), "D": ("DH",), "dZ": ("JH",), "f": ("F",), "g": ("G",),
-    "h": ("HH",), "j": ("Y",), "k": ("K",), "l": ("L",), "l/": ("L",), "m": ("M",),
-    "m-": ("M",), "n": ("N",), "n-": ("N",), "N": ("NG",), "p": ("P",), "r": ("R",),
-    "r-": ("R",), "s": ("S",), "S": ("SH",), "t": ("T",), "t#": ("T",), "t2": ("T",),
-    "t[": ("T",), "?": ("T",), "T": ("TH",), "tS": ("CH",), "v": ("V",), "w": ("W",),
-    "w#": ("W",), "hw": ("W",), "x": ("HH",), "z": ("Z",), "Z": ("ZH",), "ts": ("T", "S"),
-    "dz": ("D", "Z"),
-}
-# espeak markers that take time but are no phoneme of their own (';' is its linking mark
-# between words): their time belongs to the phone before.
-ESPEAK_CONTINUATIONS = frozenset({";", "'", ",", "=", "#"})
-
-# festival's radio phone set (all three voices) -> ARPAbet.
-FESTIVAL_TO_ARPABET: dict[str, str] = {
-    "pau": SILENCE, "h#": SILENCE, "brth": SILENCE, "ax": "AH", "axr": "ER",
-}
-# The HTS voice's audio lags its segment times by about two of its 5 ms frames (measured as
-# the lag that best aligns speech energy with non-silent phones); the diphone voices by none.
-FESTIVAL_DELAY_S: dict[str, float] = {"cmu_us_slt_arctic_hts": 0.010}
 
 
 @dataclass(frozen=True)
@@ -113,8 +87,28 @@ _ESPEAK_DIALECTS: dict[Split, tuple[str, ...]] = {
 }
 _ESPEAK_VARIANTS: dict[Split, tuple[str, ...]] = {
     "train": (
-        "", "m1", "m2", "m3", "m4", "m6", "m7", "f1", "f2", "f4", "f5", "klatt", "klatt3",
-        "adam", "Alicia", "benjamin", "david", "Andy", "max", "linda", "john", "paul",
+        "",
+        "m1",
+        "m2",
+        "m3",
+        "m4",
+        "m6",
+        "m7",
+        "f1",
+        "f2",
+        "f4",
+        "f5",
+        "klatt",
+        "klatt3",
+        "adam",
+        "Alicia",
+        "benjamin",
+        "david",
+        "Andy",
+        "max",
+        "linda",
+        "john",
+        "paul",
     ),
     "heldout": ("m5", "f3", "klatt2", "edward"),
 }
@@ -247,7 +241,7 @@ def _festival_script(text: str, voice: Voice, wav: Path, segs: Path) -> str:
     lines += [
         f"(set! avatarcast_utt (Utterance Text {_scheme_string(text)}))",
         "(utt.synth avatarcast_utt)",
-        f"(utt.save.wave avatarcast_utt \"{wav}\" 'riff)",
+        f'(utt.save.wave avatarcast_utt "{wav}" \'riff)',
         f'(utt.save.segs avatarcast_utt "{segs}")',
     ]
     return "\n".join(lines) + "\n"
@@ -259,7 +253,10 @@ def _festival(text: str, voice: Voice) -> tuple[np.ndarray, int, list[tuple[str,
         wav, segs, script = folder / "out.wav", folder / "out.segs", folder / "run.scm"
         script.write_text(_festival_script(text, voice, wav, segs))
         result = subprocess.run(
-            ["festival", "--batch", str(script)], capture_output=True, text=True, timeout=120,
+            ["festival", "--batch", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=120,
             env={**os.environ, "LC_ALL": "C"},
         )
         if result.returncode != 0 or not wav.exists() or not segs.exists():
