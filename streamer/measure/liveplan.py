@@ -10,6 +10,8 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class LivePlan:
+    """Seconds and repeats of each live measure; ``quick`` keeps the whole part short."""
+
     main_s: float  # one session, two viewers, bursts of speech
     settle_s: float
     interrupts: int

@@ -31,6 +31,8 @@ CHUNK = SAMPLE_RATE // 50  # 20 ms of PCM per WebSocket message
 
 
 class FrameCounts(Protocol):
+    """A session's running frame counts: the ramp's dropped ratio is read from them."""
+
     @property
     def frames(self) -> int: ...
 
@@ -39,7 +41,8 @@ class FrameCounts(Protocol):
 
 
 class MeasuredSession(Protocol):
-    """What the bench reads of a session through its public API."""
+    """What the bench reads of a session, all public API: typed as a protocol so that the
+    measures depend on these three members, not on how the session is built."""
 
     @property
     def bus(self) -> FrameBus[AVFrame]: ...
@@ -56,6 +59,7 @@ async def sleep_until(t: float) -> None:
 
 
 def free_port() -> int:
+    """A loopback port free now, so that a bench never collides with a running server."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -63,6 +67,9 @@ def free_port() -> int:
 
 @dataclass
 class Live:
+    """The running server as the measures use it: its address, app, an HTTP client and the
+    avatar's mouth region."""
+
     base: str
     app: Any  # the Starlette app; its typed state is read at app.state.avatarcast
     http: httpx.AsyncClient

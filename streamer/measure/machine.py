@@ -10,6 +10,7 @@ from typing import Any
 
 
 def machine_info() -> dict[str, Any]:
+    """The ``machine`` object of the bench JSON: figures mean little without it."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

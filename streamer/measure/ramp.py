@@ -25,6 +25,8 @@ DROPPED_LIMIT = 0.05
 
 @dataclass
 class Step:
+    """One step of the ramp, as ``realtime_ramp`` reports it (the field names are its keys)."""
+
     sessions: int
     frame_interval_ms_p95: float | None
     speech_to_mouth_ms_p95: float | None

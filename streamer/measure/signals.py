@@ -42,6 +42,7 @@ def pcm16(samples: np.ndarray) -> bytes:
 
 
 def wav_bytes(samples: np.ndarray) -> bytes:
+    """A 16 kHz mono WAV file of ``samples``, as ``POST speak`` takes it."""
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as w:
         w.setnchannels(1)

@@ -62,6 +62,8 @@ class BenchPlan:
 
 
 def median_ms(run: Callable[[], object], repeats: int, warmup: int) -> float:
+    """Median ms of ``run`` over ``repeats`` calls; the ``warmup`` calls before are not timed
+    (first calls pay for allocation and graph optimisation, which a server pays once)."""
     for _ in range(warmup):
         run()
     times = []
@@ -75,6 +77,8 @@ def median_ms(run: Callable[[], object], repeats: int, warmup: int) -> float:
 def generator_inputs(
     batch: int, crop: int, mel_frames: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generator inputs of the avatar's sizes (reference, masked, mel), seeded: the generator's
+    cost depends on their shapes only."""
     rng = np.random.default_rng(seed)
     reference = rng.random((batch, 3, crop, crop), dtype=np.float32)
     masked = rng.random((batch, 3, crop, crop), dtype=np.float32)

@@ -87,6 +87,8 @@ def _rel(ts: int, ref: int) -> int:
 
 @dataclass
 class Track:
+    """What one received stream (video or audio) brought: its frames and sender reports."""
+
     clock: int
     frames: list[tuple[float, int, float]] = field(default_factory=list)  # arrival, pts, value
     reports: list[tuple[float, float, int]] = field(default_factory=list)  # arrival, ntp s, rtp
