@@ -28,7 +28,7 @@ from models.audio import SAMPLE_RATE
 from models.avatar import DEFAULT_NAME, default_avatar_dir
 from streamer.app import create_app
 from streamer.config import Settings
-from streamer.measure.livebench import wav_bytes
+from streamer.measure.signals import wav_bytes
 
 CHROMIUM = Path(os.environ.get("AVATARCAST_CHROMIUM", "/usr/bin/chromium"))
 ARGS = [

@@ -9,44 +9,79 @@ import json
 
 import numpy as np
 
-from streamer.measure import bench, livebench
-from streamer.measure.livebench import LivePlan, Track
+from streamer.measure import avsync, bench, livebench, signals
+from streamer.measure.livebench import LivePlan
+from streamer.measure.viewer import Track, hook_receiver
 
 
 def test_onsets_are_interpolated_and_paired() -> None:
     times = np.arange(40) * 0.04
     values = np.where((np.arange(40) % 20) >= 12, 10.0, 0.0)
-    found = livebench.onsets(times, values)
+    found = avsync.onsets(times, values)
     assert np.allclose(found, [0.46, 1.26])  # half-way between 0.44 and 0.48, 1.24 and 1.28
-    assert livebench.onsets(times, np.zeros(40)) == []
-    lags = livebench.paired_lag_ms([0.38, 1.18], [0.40, 1.30, 3.0])
+    assert avsync.onsets(times, np.zeros(40)) == []
+    lags = avsync.paired_lag_ms([0.38, 1.18], [0.40, 1.30, 3.0])
     assert np.allclose(lags, [20.0, 120.0])
     # A measure that falls when the mouth opens still gives the onset.
-    assert np.allclose(livebench.onsets(times, livebench.activity(-values + 3)), found)
+    assert np.allclose(avsync.onsets(times, avsync.activity(-values + 3)), found)
 
 
 def test_sender_times_follow_the_sender_reports() -> None:
-    class Mapper:
-        _origin = 2**32 - 900  # the stream's first RTP timestamp, just before the wrap
-
-    class Receiver:
-        _RTCRtpReceiver__timestamp_mapper = Mapper()
-
-    track = Track(90_000, receiver=Receiver())
+    # The stream's first RTP timestamp is just before the wrap.
+    track = Track(90_000, pts_origin=lambda: 2**32 - 900)
     track.frames = [(0.0, 0, 1.0), (0.04, 3600, 1.0)]
     # A report after the wrap: RTP 2700 is pts 3600, sent at NTP second 100.04.
     track.reports = [(0.05, 100.04, 2700)]
     times = track.sender_times()
     assert times is not None and np.allclose(times, [100.0, 100.04])
-    assert Track(48_000).sender_times() is None  # no receiver: unknown, not guessed
+    assert Track(48_000).sender_times() is None  # not hooked: unknown, not guessed
+
+
+def test_receiver_hook_reports_and_passes_packets_on() -> None:
+    from aiortc.rtp import RtcpSenderInfo, RtcpSrPacket, RtpPacket
+
+    class Mapper:
+        _origin = 2**32 + 5  # aiortc counts past the wrap
+
+    class Receiver:  # the parts of aiortc's RTCRtpReceiver the hook wraps and reads
+        _RTCRtpReceiver__timestamp_mapper = Mapper()
+
+        def __init__(self) -> None:
+            self.handled: list[object] = []
+
+        async def _handle_rtcp_packet(self, packet: object) -> None:
+            self.handled.append(packet)
+
+        async def _handle_rtp_packet(self, packet: object, arrival_time_ms: int) -> None:
+            self.handled.append(packet)
+
+    receiver = Receiver()
+    reports: list[tuple[float, int]] = []
+    ends: list[None] = []
+    origin = hook_receiver(receiver, lambda *r: reports.append(r), lambda: ends.append(None))  # type: ignore[arg-type]
+    info = RtcpSenderInfo(
+        ntp_timestamp=3 * 2**31, rtp_timestamp=2700, packet_count=1, octet_count=1
+    )
+    sr = RtcpSrPacket(ssrc=1, sender_info=info)
+    last, middle = RtpPacket(marker=1), RtpPacket(marker=0)
+
+    async def deliver() -> None:
+        await receiver._handle_rtcp_packet(sr)
+        await receiver._handle_rtp_packet(middle, 0)
+        await receiver._handle_rtp_packet(last, 0)
+
+    asyncio.run(deliver())
+    assert reports == [(1.5, 2700)] and len(ends) == 1
+    assert receiver.handled == [sr, middle, last]
+    assert origin() == 5
 
 
 def test_bench_signals() -> None:
-    x = livebench.bursts(2 * 16000)
+    x = signals.bursts(2 * 16000)
     on = np.abs(x) > 0
     assert on[: int(0.45 * 16000)].any() and not on[int(0.55 * 16000) : int(1.15 * 16000)].any()
-    assert np.allclose(livebench.voiced(320, 320), livebench.voiced(640)[320:], atol=1e-5)
-    assert livebench.wav_bytes(x[:160])[:4] == b"RIFF"
+    assert np.allclose(signals.voiced(320, 320), signals.voiced(640)[320:], atol=1e-5)
+    assert signals.wav_bytes(x[:160])[:4] == b"RIFF"
 
 
 def test_live_figures_through_the_real_server() -> None:
