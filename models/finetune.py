@@ -110,7 +110,7 @@ class PersonData:
 
 def load_person(avatar: Avatar, holdout: float = 0.15) -> PersonData:
     """Read ``person/`` of a video avatar and split off the held-out tail."""
-    from models.video_avatar import read_crops
+    from models.videoio import read_crops
 
     person = avatar.path / "person"
     paths = [person / p for p in ("crops.mp4", "audio.npy", "track.npz")]

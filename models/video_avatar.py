@@ -17,12 +17,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import cv2
 import numpy as np
 
@@ -32,7 +29,7 @@ from models.avatar import CHECKPOINT_FILE, MODEL_FILE, default_avatar_dir, write
 from models.create import CreateError, CreateReport, Progress
 from models.selfcheck import Checker, install_checked
 from models.tracking import FaceObservation, FaceTracker, Track, landmark_mask, smooth_track
-from models.videoio import VideoError, iter_frames, probe, scaled_size
+from models.videoio import CropWriter, VideoError, iter_frames, probe, scaled_size
 
 MIN_SECONDS = 5.0
 MAX_SECONDS = 600.0  # longer videos: the first 10 minutes are used
@@ -52,7 +49,76 @@ def create_video_avatar(
     check: Checker | None,
 ) -> CreateReport:
     started = time.perf_counter()
-    notes: list[str] = []
+    info, warnings = _probe(path)
+    samples = _speech(path)
+    observations = _observe(path, min(int(MAX_SECONDS * FPS), info.frames_25) or 0, progress)
+    track, seen = _checked_track(observations, path)
+    n, used = len(observations), int(track.valid.sum())
+    track_w, _ = scaled_size(info.width, info.height, TRACK_SIDE)
+    face_px = track.sides[track.valid] * info.width / track_w
+    warnings += _track_warnings(track, seen, face_px)
+    silent = _silent(_frame_energy_db(samples, n))
+    loop, loop_note = pick_idle_loop(track, silent)
+    warnings += [loop_note] if loop_note else []
+    frame_w, frame_h = scaled_size(info.width, info.height, FRAME_SIDE)
+    boxes = track.boxes(frame_w / track_w, frame_w, frame_h)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".create-", dir=target.parent) as tmp:
+        person = Path(tmp)
+        loop_frames, reference = _cut(
+            path, track, boxes, loop, _reference_index(track, silent, loop), person, progress
+        )
+        np.save(person / "audio.npy", _to_int16(samples[: n * SAMPLES_PER_VIDEO_FRAME]))
+        np.savez(
+            person / "track.npz",
+            valid=track.valid,
+            seen=track.seen,
+            boxes=boxes,
+            opening=track.opening,
+            silent=silent,
+            frame_size=np.array([frame_w, frame_h]),
+        )
+        loop_points = [o.mask_points for o in observations[loop[0] : loop[1]] if o is not None]
+        speech_points = [o.mask_points for o in seen[:: max(1, len(seen) // 200)]]
+        default = default_avatar_dir()
+        staged = write_avatar(
+            person / name,
+            name=name,
+            kind="video",
+            frames=loop_frames,
+            boxes=boxes[loop[0] : loop[1]],
+            mask=landmark_mask(loop_points + speech_points, CROP),
+            reference=reference,
+            model=default / MODEL_FILE,
+            checkpoint=default / CHECKPOINT_FILE,
+            frame_format="jpg",
+            extras={f"person/{f}": person / f for f in ("crops.mp4", "audio.npy", "track.npz")},
+        )
+        figures = _adapt_to_video(staged, loop_frames[0], person, adapt or AdaptConfig(), progress)
+        notes = [adapt_note(figures)]
+        verdict = install_checked(staged, target, check, path)
+    if verdict is not None:
+        warnings += verdict.warnings
+        notes += verdict.lines()
+    return CreateReport(
+        name=name,
+        path=target,
+        kind="video",
+        frames_total=n,
+        frames_used=used,
+        face_px=float(np.median(face_px)),
+        loop=loop,
+        interpolated=track.interpolated,
+        left_out=track.long_gaps,
+        warnings=tuple(warnings),
+        seconds=time.perf_counter() - started,
+        notes=tuple(notes),
+        check=verdict.figures if verdict is not None else None,
+    )
+
+
+def _probe(path: Path) -> tuple[Any, list[str]]:
+    """The video's streams, refused without audio or when too short; a warning when long."""
     try:
         info = probe(path)
     except VideoError as exc:
@@ -61,19 +127,27 @@ def create_video_avatar(
         raise CreateError(f"{path} has no audio track: the avatar needs the person's speech")
     if 0 < info.duration_s < MIN_SECONDS:
         raise CreateError(_too_short(info.duration_s))
-    warnings: list[str] = []
+    warnings = []
     if info.duration_s > MAX_SECONDS:
         warnings.append(f"the video is {info.duration_s / 60:.0f} min long: used its first 10 min")
-    samples = _speech(path)
-    max_frames = int(MAX_SECONDS * FPS)
-    total = min(max_frames, info.frames_25) or 0
+    return info, warnings
 
+
+def _observe(path: Path, total: int, progress: Progress) -> list[FaceObservation | None]:
+    """Pass 1: the face tracked in every frame (None where it is not found)."""
     observations: list[FaceObservation | None] = []
     with FaceTracker() as tracker:
-        for k, rgb in iter_frames(path, TRACK_SIDE, max_frames):
+        for k, rgb in iter_frames(path, TRACK_SIDE, int(MAX_SECONDS * FPS)):
             observations.append(tracker.track(rgb))
             if k % 10 == 0:
                 progress("tracking", k, max(total, k))
+    return observations
+
+
+def _checked_track(
+    observations: list[FaceObservation | None], path: Path
+) -> tuple[Track, list[FaceObservation]]:
+    """The smoothed track and the frames with a face, or why the video cannot be used."""
     n = len(observations)
     if n / FPS < MIN_SECONDS:
         raise CreateError(_too_short(n / FPS))
@@ -93,9 +167,11 @@ def create_video_avatar(
             f"the face is tracked in only {used / FPS:.1f} s of {path}: "
             f"at least {MIN_SECONDS:.0f} s are needed (2 s of idle loop plus speech)"
         )
+    return track, seen
 
-    track_w, _ = scaled_size(info.width, info.height, TRACK_SIDE)
-    face_px = track.sides[track.valid] * info.width / track_w
+
+def _track_warnings(track: Track, seen: list[FaceObservation], face_px: np.ndarray) -> list[str]:
+    warnings = []
     small = float(np.mean(face_px < SMALL_FACE_PX))
     if small > 0.05:
         warnings.append(f"face smaller than {SMALL_FACE_PX} px in {small:.0%} of frames")
@@ -106,88 +182,38 @@ def create_video_avatar(
         )
     if sum(o.faces > 1 for o in seen) > 0.05 * len(seen):
         warnings.append("several faces seen: the largest one was used")
+    return warnings
 
-    energy = _frame_energy_db(samples, n)
-    silent = _silent(energy)
-    loop, loop_note = pick_idle_loop(track, silent)
-    if loop_note:
-        warnings.append(loop_note)
-    reference_index = _reference_index(track, silent, loop)
 
-    frame_w, frame_h = scaled_size(info.width, info.height, FRAME_SIDE)
-    boxes = track.boxes(frame_w / track_w, frame_w, frame_h)
+def _cut(
+    path: Path,
+    track: Track,
+    boxes: np.ndarray,
+    loop: tuple[int, int],
+    reference_index: int,
+    person: Path,
+    progress: Progress,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Pass 2: the mouth crops of every tracked frame (``person/crops.mp4``), the idle loop's
+    frames and the reference crop."""
+    n = len(track.valid)
     loop_frames: list[np.ndarray] = []
     reference: np.ndarray | None = None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".create-", dir=target.parent) as tmp:
-        person = Path(tmp)
-        crops_path = person / "crops.mp4"
-        with _CropWriter(crops_path) as crops:
-            for k, rgb in iter_frames(path, FRAME_SIDE, n):
-                if track.valid[k]:
-                    crop = _crop(rgb, boxes[k])
-                    crops.write(crop)
-                    if k == reference_index:
-                        reference = crop
-                if loop[0] <= k < loop[1]:
-                    loop_frames.append(rgb.copy())
-                if k % 10 == 0:
-                    progress("cutting", k, n)
-        progress("cutting", n, n)
-        if len(loop_frames) != loop[1] - loop[0] or reference is None:
-            raise CreateError(f"{path} decoded differently the second time (corrupt file?)")
-        np.save(person / "audio.npy", _to_int16(samples[: n * SAMPLES_PER_VIDEO_FRAME]))
-        np.savez(
-            person / "track.npz",
-            valid=track.valid,
-            seen=track.seen,
-            boxes=boxes,
-            opening=track.opening,
-            silent=silent,
-            frame_size=np.array([frame_w, frame_h]),
-        )
-        loop_points = [o.mask_points for o in observations[loop[0] : loop[1]] if o is not None]
-        speech_points = [o.mask_points for o in seen[:: max(1, len(seen) // 200)]]
-        mask = landmark_mask(loop_points + speech_points, CROP)
-        extras = {
-            f"person/{p.name}": p for p in (crops_path, person / "audio.npy", person / "track.npz")
-        }
-        default = default_avatar_dir()
-        staged = write_avatar(
-            person / name,
-            name=name,
-            kind="video",
-            frames=loop_frames,
-            boxes=boxes[loop[0] : loop[1]],
-            mask=mask,
-            reference=reference,
-            model=default / MODEL_FILE,
-            checkpoint=default / CHECKPOINT_FILE,
-            frame_format="jpg",
-            extras=extras,
-        )
-        figures = _adapt_to_video(staged, loop_frames[0], person, adapt or AdaptConfig(), progress)
-        notes.append(adapt_note(figures))
-        verdict = install_checked(staged, target, check, path)
-        if verdict is not None:
-            warnings += verdict.warnings
-            notes += verdict.lines()
-        check_figures = verdict.figures if verdict is not None else None
-    return CreateReport(
-        name=name,
-        path=target,
-        kind="video",
-        frames_total=n,
-        frames_used=used,
-        face_px=float(np.median(face_px)),
-        loop=loop,
-        interpolated=track.interpolated,
-        left_out=track.long_gaps,
-        warnings=tuple(warnings),
-        seconds=time.perf_counter() - started,
-        notes=tuple(notes),
-        check=check_figures,
-    )
+    with CropWriter(person / "crops.mp4", CROP) as crops:
+        for k, rgb in iter_frames(path, FRAME_SIDE, n):
+            if track.valid[k]:
+                crop = _crop(rgb, boxes[k])
+                crops.write(crop)
+                if k == reference_index:
+                    reference = crop
+            if loop[0] <= k < loop[1]:
+                loop_frames.append(rgb.copy())
+            if k % 10 == 0:
+                progress("cutting", k, n)
+    progress("cutting", n, n)
+    if len(loop_frames) != loop[1] - loop[0] or reference is None:
+        raise CreateError(f"{path} decoded differently the second time (corrupt file?)")
+    return loop_frames, reference
 
 
 def _adapt_to_video(
@@ -338,40 +364,3 @@ def _crop(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 def _to_int16(samples: np.ndarray) -> np.ndarray:
     return np.asarray(np.clip(np.rint(samples * 32767.0), -32768, 32767), np.int16)
-
-
-class _CropWriter:
-    """The mouth crops of every used frame as a near-lossless H.264 stream (25 fps)."""
-
-    def __init__(self, path: Path) -> None:
-        self._container = av.open(str(path), "w", format="mp4")
-        stream = self._container.add_stream("libx264", rate=FPS)
-        stream.width = stream.height = CROP
-        stream.pix_fmt = "yuv444p"
-        stream.codec_context.time_base = Fraction(1, FPS)
-        stream.options = {"crf": "12", "preset": "veryfast"}
-        self._stream = stream
-        self._count = 0
-
-    def write(self, rgb: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        frame.pts = self._count
-        frame.time_base = Fraction(1, FPS)
-        self._count += 1
-        self._container.mux(self._stream.encode(frame))
-
-    def __enter__(self) -> _CropWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self._container.mux(self._stream.encode(None))
-        finally:
-            self._container.close()
-
-
-def read_crops(path: Path | str) -> Iterator[np.ndarray]:
-    """The crops written by ``create`` (RGB uint8, CROP x CROP), in order."""
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            yield frame.to_ndarray(format="rgb24")
