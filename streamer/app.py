@@ -1,4 +1,5 @@
-"""The FastAPI app factory and ``serve``: the lifespan owns the engines and the sessions."""
+"""The FastAPI app factory and ``serve``: the lifespan owns the engines, the sessions and
+the WebRTC peers, as the app's typed state (:class:`~streamer.api.state.AppState`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from streamer.engine.base import Backend
 from streamer.engine.factory import make_backend
 from streamer.engine.worker import EngineLoader, EnginePool
 from streamer.metrics import Metrics
+from streamer.outputs.webrtc import PeerRegistry
 from streamer.session import (
     Session,
     SessionConfig,
@@ -108,16 +110,11 @@ def create_app(
                 on_failure=on_failure,
             )
 
-        async def close_outputs(session: Session) -> None:
-            # The WebRTC peer registry belongs to streamer.api.whep, which creates it on
-            # first use as app.state.webrtc.
-            peers = getattr(app.state, "webrtc", None)
-            remove = getattr(peers, "remove_session", None)
-            if remove is not None:
-                await remove(session.id)
-
+        webrtc = PeerRegistry()
         registry = SessionRegistry(
-            make_session, max_sessions or settings.max_sessions, close_outputs
+            make_session,
+            max_sessions or settings.max_sessions,
+            lambda session: webrtc.remove_session(session.id),  # hang up its viewers
         )
         metrics.bind(
             sessions=lambda: len(registry),
@@ -125,12 +122,12 @@ def create_app(
             inference_queue=lambda: engines.depth,
             utterance_queue=lambda: sum(s.queued for s in registry.list()),
             audio_buffered_s=lambda: sum(s.buffered_samples() for s in registry.list()) / 16000,
-            encoders=lambda: len(_encoders(app)),
-            video_encode_ms=lambda: _mean(e.encode_ms for e in _encoders(app)),
+            encoders=lambda: len(webrtc.encoders()),
+            video_encode_ms=lambda: _mean(e.encode_ms for e in webrtc.encoders()),
             frames_given_up=lambda: engines.frames_given_up,
         )
         app.state.avatarcast = AppState(
-            settings, metrics, engines, registry, compose_pool, speech_pool, decode_pool
+            settings, metrics, engines, registry, webrtc, compose_pool, speech_pool, decode_pool
         )
         if warm_avatar and isinstance(text_to_speech, BuiltinSpeech):
             # In the background: a TTS that cannot load says so on the first speak instead.
@@ -143,9 +140,7 @@ def create_app(
         try:
             yield
         finally:
-            peers = getattr(app.state, "webrtc", None)
-            if peers is not None and hasattr(peers, "aclose"):
-                await peers.aclose()
+            await webrtc.aclose()
             await registry.aclose()
             await engines.aclose()
             for pool in (compose_pool, speech_pool, decode_pool):
@@ -230,11 +225,6 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "ws_per_message_deflate": False,
     "lifespan": "on",
 }
-
-
-def _encoders(app: FastAPI) -> list[Any]:
-    peers = getattr(app.state, "webrtc", None)
-    return list(peers.encoders()) if peers is not None else []
 
 
 def _mean(values: Iterable[float]) -> float:

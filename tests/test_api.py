@@ -5,22 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
-import sys
 import wave
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_avatar import make_stand_in_avatar
-from test_session import build_standin, fake_speech, tone
 
 from models.audio import SAMPLE_RATE
 from models.avatar import Avatar, AvatarError, read_avatar
@@ -28,6 +21,9 @@ from streamer.api.state import AppState
 from streamer.app import create_app
 from streamer.config import Settings
 from streamer.engine.base import Backend
+from tests.serving import serving
+from tests.test_avatar import make_stand_in_avatar
+from tests.test_session import build_standin, fake_speech, tone
 
 
 @pytest.fixture(scope="module")
@@ -48,26 +44,6 @@ def make_app(standin: tuple[Avatar, Backend], **settings: Any) -> FastAPI:
         loader=loader,
         speech=fake_speech,  # type: ignore[arg-type]
     )
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """A real uvicorn on a free loopback port, in this event loop."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, ws="websockets", log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 def state_of(app: FastAPI) -> AppState:
@@ -369,3 +345,19 @@ async def test_switch_avatar_keeps_the_stream_going(
             "unknown_avatar",
         )
         assert_error(await client.patch("/v1/sessions/nope", json={"avatar": "other"}), 404)
+
+
+async def test_width_and_height_name_the_avatars_own_size(
+    api: tuple[httpx.AsyncClient, FastAPI], standin: tuple[Avatar, Backend]
+) -> None:
+    """The server does not scale: the avatar's size is accepted, any other is refused."""
+    client, _ = api
+    height, width = standin[0].frames.shape[1:3]
+    r = await client.post("/v1/sessions", json={"width": width, "height": height})
+    assert r.status_code == 201, r.text
+    assert (await client.post("/v1/sessions", json={"width": width})).status_code == 201
+    for size in ({"width": width + 2}, {"height": height * 2}, {"width": 640, "height": 360}):
+        r = await client.post("/v1/sessions", json=size)
+        assert_error(r, 422, "unsupported_size")
+        assert f"{width}x{height}" in r.json()["error"]["message"]
+    assert len((await client.get("/v1/sessions")).json()["sessions"]) == 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,14 @@ import httpx
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_avatar import make_stand_in_avatar
-from test_webrtc import EnergyBackend, play, serving
-
 from models.audio import SAMPLE_RATE
 from models.avatar import read_avatar
 from streamer.app import create_app
 from streamer.config import Settings
 from streamer.pipeline.frames import AVFrame
+from tests.serving import serving
+from tests.test_avatar import make_stand_in_avatar
+from tests.webrtc_fakes import EnergyBackend, play
 
 KEY = "k3y"
 TONE_HZ = 440.0
@@ -116,7 +114,7 @@ async def test_microphone_uplink_speaks_through_the_session(tmp_path: Path) -> N
         while sub.depth[1]:
             frames.append(await sub.next_audio())
         session.bus.unsubscribe(sub)
-        await app.state.webrtc.aclose()
+        await app.state.avatarcast.webrtc.aclose()
 
     assert finished["utterance_id"] == uid and finished["interrupted"] is False
     assert 1.0 < finished["position_s"] < 4.0

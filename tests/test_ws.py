@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,14 +13,13 @@ import websockets
 from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_api import make_app, serving, state_of
-from test_session import build_standin
-
 from models.avatar import Avatar
 from streamer.engine.base import Backend
 from streamer.pipeline.frames import AVFrame
 from streamer.session import Session
+from tests.serving import serving
+from tests.test_api import make_app, state_of
+from tests.test_session import build_standin
 
 
 @pytest.fixture(scope="module")

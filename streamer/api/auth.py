@@ -1,14 +1,17 @@
-"""API-key and view-token checks.
+"""The one access check of the API: the API key, or a session's view token for viewers.
 
-With ``AVATARCAST_API_KEY`` set, every ``/v1/*`` call needs ``Authorization: Bearer <key>``;
-viewers (WHEP, pages) may use the session's ``view_token`` instead, as a Bearer token or
-``?token=``. With no key set, nothing is checked (the server then binds to loopback only).
+With an API key set (``AVATARCAST_API_KEY``), every ``/v1/*`` call needs
+``Authorization: Bearer <key>``; viewer routes (WHEP, pages) also take the session's
+``view_token``, as a Bearer token or ``?token=``. With no key set, nothing is checked (the
+server then binds to loopback only). Every route goes through :func:`authorize`, through one
+of the dependencies below.
 """
 
 from __future__ import annotations
 
 import secrets
 
+from fastapi import Request
 from starlette.requests import HTTPConnection
 
 from streamer.api.errors import ApiError
@@ -37,20 +40,41 @@ def is_authorized(conn: HTTPConnection, session: Session | None = None) -> bool:
     if not key:
         return True
     token = presented_token(conn)
-    if _matches(token, key):
-        return True
-    return session is not None and _matches(token, session.view_token)
+    return _matches(token, key) or (session is not None and _matches(token, session.view_token))
 
 
-def require_api_key(conn: HTTPConnection) -> None:
+def authorize(conn: HTTPConnection, session: Session | None = None) -> None:
+    """Refuse with 401 unless :func:`is_authorized`; ``session`` admits its view token."""
+    if is_authorized(conn, session):
+        return
+    if session is None:
+        message = "send Authorization: Bearer <API key>"
+    else:
+        message = "send the session's view_token (or the API key) as a Bearer token or ?token="
+    raise ApiError(401, "unauthorized", message, CHALLENGE)
+
+
+def session_or_404(conn: HTTPConnection, session_id: str) -> Session:
+    session = app_state(conn).registry.get(session_id)
+    if session is None:
+        raise ApiError(404, "session_not_found", f"no session {session_id!r}")
+    return session
+
+
+def require_api_key(request: Request) -> None:
     """The dependency of every ``/v1/*`` control route."""
-    if not is_authorized(conn):
-        raise ApiError(401, "unauthorized", "send Authorization: Bearer <API key>", CHALLENGE)
+    authorize(request)
 
 
-def require_viewer(conn: HTTPConnection, session: Session) -> None:
-    """For viewer routes (WHEP, pages): the API key or the session's view token."""
-    if not is_authorized(conn, session):
-        raise ApiError(
-            401, "unauthorized", "send the session's view_token as a Bearer token", CHALLENGE
-        )
+def controlled_session(request: Request, session_id: str) -> Session:
+    """The dependency of routes that act on a session (it must exist; the API key)."""
+    session = session_or_404(request, session_id)
+    authorize(request)
+    return session
+
+
+def viewed_session(request: Request, session_id: str) -> Session:
+    """The dependency of viewer routes (it must exist; the API key or its view token)."""
+    session = session_or_404(request, session_id)
+    authorize(request, session)
+    return session

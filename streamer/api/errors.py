@@ -12,7 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):
-    """Raised by routes for a clean error answer."""
+    """The one error type of the API: raised anywhere below a route, answered in the one
+    shape by the handlers :func:`install_error_handlers` installs."""
 
     def __init__(
         self,
@@ -26,6 +27,13 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+
+    def with_headers(self, headers: Mapping[str, str]) -> ApiError:
+        """The same error with ``headers`` added (e.g. CORS on a cross-origin route)."""
+        return ApiError(self.status, self.code, self.message, {**headers, **self.headers})
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.code, self.message, self.headers)
 
 
 def error_response(
@@ -45,7 +53,7 @@ def _code(status: int) -> str:
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+    return exc.response()
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

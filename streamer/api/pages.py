@@ -6,13 +6,13 @@ take the session's view token as ``?token=`` when the server has an API key.
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import FileResponse, HTMLResponse
 
-from streamer.api.whep import api_key, find_session
+from streamer.api.auth import viewed_session
+from streamer.api.errors import ApiError
 
 router = APIRouter(include_in_schema=False)
 
@@ -40,24 +40,8 @@ def _page(name: str) -> Response:
     return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def _viewer_page(request: Request, session_id: str, name: str) -> Response:
-    session = find_session(request, session_id)
-    if session is None:
-        return _error(404, "session_not_found", f"no session {session_id!r}")
-    key = api_key(request)
-    if key:
-        token = request.query_params.get("token", "")
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            token = auth[7:].strip()
-        allowed = (key, str(session.view_token))
-        if not any(secrets.compare_digest(token.encode(), a.encode()) for a in allowed):
-            return _error(401, "unauthorized", "add ?token=<the session's view_token>")
-    return _page(name)
+# A session's pages are for its viewers: it must exist (404), then the token (401).
+VIEWER = [Depends(viewed_session)]
 
 
 @router.get("/")
@@ -65,14 +49,14 @@ async def control_page() -> Response:
     return _page("index.html")
 
 
-@router.get("/view/{session_id}")
-async def view_page(request: Request, session_id: str) -> Response:
-    return _viewer_page(request, session_id, "view.html")
+@router.get("/view/{session_id}", dependencies=VIEWER)
+async def view_page() -> Response:
+    return _page("view.html")
 
 
-@router.get("/obs/{session_id}")
-async def obs_page(request: Request, session_id: str) -> Response:
-    return _viewer_page(request, session_id, "obs.html")
+@router.get("/obs/{session_id}", dependencies=VIEWER)
+async def obs_page() -> Response:
+    return _page("obs.html")
 
 
 @router.get("/web/{name}")
@@ -81,5 +65,5 @@ async def asset(name: str) -> Response:
     path = (root / name).resolve()
     kind = ASSET_TYPES.get(path.suffix)
     if path.parent != root.resolve() or kind is None or not path.is_file():
-        return _error(404, "not_found", f"no asset {name!r}")
+        raise ApiError(404, "not_found", f"no asset {name!r}")
     return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-cache"})

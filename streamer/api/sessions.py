@@ -13,9 +13,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.audio import SAMPLE_RATE
-from models.avatar import AvatarError
+from models.avatar import Avatar, AvatarError
 from models.media import AudioDecodeError, decode_audio
-from streamer.api.auth import require_api_key
+from streamer.api.auth import require_api_key, session_or_404
 from streamer.api.errors import ApiError
 from streamer.api.state import app_state
 from streamer.engine.base import BackendError
@@ -41,6 +41,9 @@ REJECTED_STATUS = {
 
 
 class CreateSession(BaseModel):
+    """``width``/``height`` may only name the avatar's own frame size: the server does not
+    scale, and a size it would silently ignore is refused (422 ``unsupported_size``)."""
+
     model_config = ConfigDict(extra="forbid")
 
     avatar: str | None = None
@@ -49,11 +52,18 @@ class CreateSession(BaseModel):
     height: int | None = Field(default=None, ge=16, le=4096, multiple_of=2)
 
 
-def session_or_404(request: Request, session_id: str) -> Session:
-    session = app_state(request).registry.get(session_id)
-    if session is None:
-        raise ApiError(404, "session_not_found", f"no session {session_id!r}")
-    return session
+def check_size(avatar: Avatar, options: SessionOptions) -> None:
+    """Refuse a ``width``/``height`` other than the avatar's own frame size (422)."""
+    height, width = avatar.frames.shape[1:3]
+    if options.width in (None, width) and options.height in (None, height):
+        return
+    asked = f"{options.width or width}x{options.height or height}"
+    raise ApiError(
+        422,
+        "unsupported_size",
+        f"avatar {avatar.name!r} streams at {width}x{height}, not {asked}: "
+        "leave width and height out, or send its own size",
+    )
 
 
 def urls(request: Request, session: Session) -> dict[str, str]:
@@ -75,6 +85,8 @@ async def create_session(request: Request, body: CreateSession | None = None) ->
     name = spec.avatar or state.settings.avatar
     options = SessionOptions(video_codec=spec.video_codec, width=spec.width, height=spec.height)
     try:
+        engine = await state.engines.get(name)
+        check_size(engine.avatar, options)
         session = await state.registry.create(name, options)
     except AvatarError as exc:
         raise ApiError(400, "unknown_avatar", str(exc)) from None
@@ -117,6 +129,7 @@ async def update_session(request: Request, session_id: str, body: UpdateSession)
         raise ApiError(400, "unknown_avatar", str(exc)) from None
     except BackendError as exc:
         raise ApiError(503, "backend_unavailable", str(exc)) from None
+    check_size(engine.avatar, session.options)
     session.switch_avatar(engine.avatar, engine.worker)
     return {**session.describe(), "view_token": session.view_token, **urls(request, session)}
 

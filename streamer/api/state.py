@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from streamer.config import Settings
 from streamer.engine.worker import EnginePool
 from streamer.metrics import Metrics
+from streamer.outputs.webrtc import PeerRegistry
 from streamer.session import SessionRegistry
 
 
@@ -19,6 +20,7 @@ class AppState:
     metrics: Metrics
     engines: EnginePool
     registry: SessionRegistry
+    webrtc: PeerRegistry  # every WHEP viewer and microphone uplink of every session
     compose_pool: ThreadPoolExecutor  # compositing (cv2 releases the GIL)
     speech_pool: ThreadPoolExecutor  # TTS (espeak is one engine: one thread)
     decode_pool: ThreadPoolExecutor  # uploaded audio files

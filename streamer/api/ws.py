@@ -21,8 +21,8 @@ import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from models.audio import SAMPLE_RATE
-from streamer.api.auth import is_authorized
-from streamer.api.state import app_state
+from streamer.api.auth import authorize, session_or_404
+from streamer.api.errors import ApiError
 from streamer.session import LiveStream, Session, SpeechRejected
 
 log = logging.getLogger(__name__)
@@ -76,17 +76,26 @@ class PcmResampler:
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-async def _deny(websocket: WebSocket, status: int, code: str, message: str) -> None:
-    """Refuse the handshake with an HTTP status where the server supports it."""
-    body = {"error": {"code": code, "message": message}}
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        from fastapi.responses import JSONResponse
+def _sample_rate(websocket: WebSocket) -> int:
+    raw = websocket.query_params.get("sample_rate", str(SAMPLE_RATE))
+    rate = int(raw) if raw.isdigit() else 0
+    if not MIN_RATE <= rate <= MAX_RATE:
+        message = f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz, not {raw!r}"
+        raise ApiError(400, "bad_sample_rate", message)
+    return rate
 
-        await websocket.send_denial_response(JSONResponse(body, status_code=status))
+
+async def _deny(websocket: WebSocket, error: ApiError) -> None:
+    """Refuse the handshake with the error's HTTP status where the server supports it, else
+    with an error event and close code ``4000 + status``."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error.response())
         return
     await websocket.accept()
-    await websocket.send_text(json.dumps({"type": "error", "code": code, "message": message}))
-    await websocket.close(4000 + status)
+    await websocket.send_text(
+        json.dumps({"type": "error", "code": error.code, "message": error.message})
+    )
+    await websocket.close(4000 + error.status)
 
 
 class _Connection:
@@ -171,23 +180,12 @@ class _Connection:
 
 @router.websocket("/v1/sessions/{session_id}/ws")
 async def session_ws(websocket: WebSocket, session_id: str) -> None:
-    state = app_state(websocket)
-    session = state.registry.get(session_id)
-    if not is_authorized(websocket):
-        await _deny(websocket, 401, "unauthorized", "send Authorization: Bearer <API key>")
-        return
-    if session is None:
-        await _deny(websocket, 404, "session_not_found", f"no session {session_id!r}")
-        return
-    raw = websocket.query_params.get("sample_rate", str(SAMPLE_RATE))
-    rate = int(raw) if raw.isdigit() else 0
-    if not MIN_RATE <= rate <= MAX_RATE:
-        await _deny(
-            websocket,
-            400,
-            "bad_sample_rate",
-            f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz, not {raw!r}",
-        )
+    try:
+        authorize(websocket)  # the API key: the socket makes the avatar speak
+        session = session_or_404(websocket, session_id)
+        rate = _sample_rate(websocket)
+    except ApiError as exc:
+        await _deny(websocket, exc)
         return
     await websocket.accept()
     conn = _Connection(websocket, session, rate)

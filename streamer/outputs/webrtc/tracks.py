@@ -1,0 +1,212 @@
+"""The aiortc tracks of one viewer: they forward a session's frames and never clock anything.
+
+The session publishes frame ``k`` at its due time; the video track hands aiortc the newest
+unread frame, the audio track every frame's 40 ms in order, both stamped from the frame index
+(video ``pts = n * 3600`` at 1/90000, audio ``pts = n * 640`` at 1/16000) counted from one
+:class:`SharedStart`, so both RTP streams start on the same frame and the receiver's
+RTCP-based lip sync lines them up. Because frames are sent when they are published, each RTCP
+sender report maps both streams to the same wall clock. A slow viewer loses video frames (the
+subscription's short video queue), never audio.
+
+Two kinds of tracks: ``Encoded*`` forward the packets of the session's shared encoder (aiortc
+only packetises them); ``AV*`` forward raw frames for aiortc to encode for one viewer alone (a
+client whose offer lacks the session's codec).
+"""
+
+from __future__ import annotations
+
+import fractions
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from streamer.outputs.encoding import EncodedFrame
+from streamer.pipeline.frames import AVFrame, Subscription
+
+VIDEO_CLOCK = 90_000
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
+VIDEO_TICKS_PER_FRAME = VIDEO_CLOCK // 25  # 3600
+AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+HALF = SAMPLES_PER_VIDEO_FRAME // 2  # 20 ms
+
+
+class EncodedStream(Protocol):
+    """A session's frames encoded once (one video codec + Opus), shared by every viewer."""
+
+    def subscribe(self) -> Subscription[EncodedFrame]: ...
+
+    def unsubscribe(self, sub: Subscription[EncodedFrame]) -> None: ...
+
+    def request_keyframe(self) -> None: ...
+
+    @property
+    def encode_ms(self) -> float: ...
+
+    @property
+    def viewers(self) -> int: ...
+
+
+class SharedStart:
+    """The frame index both tracks of one viewer count their pts from."""
+
+    def __init__(self) -> None:
+        self.base: int | None = None
+
+    def offset(self, index: int) -> int | None:
+        """Frames since the first one either track forwarded; ``None`` for earlier frames."""
+        if self.base is None:
+            self.base = index
+        return index - self.base if index >= self.base else None
+
+
+class AVVideoTrack(MediaStreamTrack):
+    """The session's video, newest frame first: a viewer that falls behind skips frames."""
+
+    kind = "video"
+
+    def __init__(self, subscription: Subscription[AVFrame], start: SharedStart) -> None:
+        super().__init__()
+        self._subscription = subscription
+        self._start = start
+
+    async def recv(self) -> av.VideoFrame:
+        while True:
+            frame = await _next(self._subscription.next_video, self)
+            n = self._start.offset(frame.index)
+            if n is not None:
+                break
+        out = av.VideoFrame.from_ndarray(frame.video, format="rgb24")
+        out.pts = n * VIDEO_TICKS_PER_FRAME
+        out.time_base = VIDEO_TIME_BASE
+        return out
+
+
+class AVAudioTrack(MediaStreamTrack):
+    """The session's audio, every frame's 40 ms in order (silence when nobody speaks).
+
+    Each AV frame goes out as two 20 ms audio frames: aiortc's Opus encoder stamps every
+    packet it makes from one input frame with that frame's timestamp, so an input longer than
+    one 20 ms Opus packet would give two packets the same RTP timestamp.
+    """
+
+    kind = "audio"
+
+    def __init__(self, subscription: Subscription[AVFrame], start: SharedStart) -> None:
+        super().__init__()
+        self._subscription = subscription
+        self._start = start
+        self._pending: av.AudioFrame | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self._pending is not None:
+            out, self._pending = self._pending, None
+            return out
+        while True:
+            frame = await _next(self._subscription.next_audio, self)
+            n = self._start.offset(frame.index)
+            if n is not None:
+                break
+        first, second = (
+            _audio_frame(half, n * SAMPLES_PER_VIDEO_FRAME + i * HALF)
+            for i, half in enumerate((frame.audio[:HALF], frame.audio[HALF:]))
+        )
+        self._pending = second
+        return first
+
+
+def _audio_frame(samples: np.ndarray, pts: int) -> av.AudioFrame:
+    out = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    out.sample_rate = SAMPLE_RATE
+    out.pts = pts
+    out.time_base = AUDIO_TIME_BASE
+    return out
+
+
+class EncodedVideoTrack(MediaStreamTrack):
+    """The shared encoder's pictures for one viewer, from a key frame on.
+
+    A picture this viewer's queue had to drop breaks its decoding chain: it then skips
+    pictures until the next key frame, which it asks the encoder for.
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        subscription: Subscription[EncodedFrame],
+        start: SharedStart,
+        encoder: EncodedStream,
+    ) -> None:
+        super().__init__()
+        self._subscription = subscription
+        self._start = start
+        self._encoder = encoder
+        self._need_keyframe = True
+        self._drops: int | None = None
+
+    async def recv(self) -> av.Packet:
+        stats = self._subscription.stats
+        if self._drops is None:
+            # Sending starts once the connection is up, by which time the key frame made when
+            # this viewer subscribed has usually left its short queue: ask for a fresh one.
+            self._drops = stats.video_dropped
+            self._encoder.request_keyframe()
+        while True:
+            item = await _next(self._subscription.next_video, self)
+            if stats.video_dropped != self._drops:
+                self._drops = stats.video_dropped
+                self._need_keyframe = True
+                self._encoder.request_keyframe()
+            if item.video is None or (self._need_keyframe and not item.keyframe):
+                continue
+            n = self._start.offset(item.index)
+            if n is None:
+                continue
+            self._need_keyframe = False
+            packet = av.Packet(item.video)
+            packet.pts = n * VIDEO_TICKS_PER_FRAME
+            packet.time_base = VIDEO_TIME_BASE
+            return packet
+
+
+class EncodedAudioTrack(MediaStreamTrack):
+    """The shared encoder's Opus packets for one viewer: every frame's, in order."""
+
+    kind = "audio"
+
+    def __init__(self, subscription: Subscription[EncodedFrame], start: SharedStart) -> None:
+        super().__init__()
+        self._subscription = subscription
+        self._start = start
+        self._pending: list[av.Packet] = []
+
+    async def recv(self) -> av.Packet:
+        while not self._pending:
+            item = await _next(self._subscription.next_audio, self)
+            n = self._start.offset(item.index)
+            if n is None:
+                continue
+            for i, data in enumerate(item.audio):
+                packet = av.Packet(data)
+                packet.pts = n * SAMPLES_PER_VIDEO_FRAME + item.audio_offset + i * HALF
+                packet.time_base = AUDIO_TIME_BASE
+                self._pending.append(packet)
+        return self._pending.pop(0)
+
+
+Item = TypeVar("Item", AVFrame, EncodedFrame)
+
+
+async def _next(read: Callable[[], Awaitable[Item]], track: MediaStreamTrack) -> Item:
+    if track.readyState != "live":
+        raise MediaStreamError
+    try:
+        return await read()
+    except ConnectionError:  # the subscription was closed: the viewer is going away
+        track.stop()
+        raise MediaStreamError from None
