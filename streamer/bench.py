@@ -27,7 +27,7 @@ import numpy as np
 from models.audio import N_MELS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from streamer.capacity import measure_generation
 from streamer.config import BACKENDS
-from streamer.engine.base import runs_on_cpu
+from streamer.engine.base import backend_key, runs_on_cpu
 
 Progress = Callable[[str], None]
 BATCHES = (1, 4, 16)
@@ -313,7 +313,8 @@ def _torch_runner(
 def bench_backend(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress) -> dict[str, Any]:
     crop = avatar.crop_size
     mel_frames = avatar.window.length
-    progress(f"{backend.name}: generator")
+    label = backend_key(backend)
+    progress(f"{label}: generator")
     generator: dict[str, float] = {}
     gpu = not runs_on_cpu(backend)
     for batch in BATCHES + ((GPU_BATCH,) if gpu else ()):
@@ -324,12 +325,12 @@ def bench_backend(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress
 
         ms = median_ms(run, plan.repeats, plan.warmup) / batch
         generator[str(batch)] = round(ms, 3)
-        progress(f"{backend.name}: batch {batch}: {ms:.2f} ms/frame")
+        progress(f"{label}: batch {batch}: {ms:.2f} ms/frame")
     pipeline = time_pipeline(avatar, backend, plan, progress)
     if pipeline is not None:
-        progress(f"{backend.name}: pipeline {pipeline:.2f} ms/frame")
+        progress(f"{label}: pipeline {pipeline:.2f} ms/frame")
     encode = time_encoders(avatar, plan)
-    progress(f"{backend.name}: live encode ms/frame {encode} (once per session, any viewers)")
+    progress(f"{label}: live encode ms/frame {encode} (once per session, any viewers)")
     # Taken before the baselines load, which would otherwise dominate the peak.
     rss = peak_rss_mb()
     result: dict[str, Any] = {
@@ -343,12 +344,12 @@ def bench_backend(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress
             backend,
             plan.generation_seconds,
             GPU_SESSION_LIMIT if gpu else CPU_SESSION_LIMIT,
-            lambda message: progress(f"{backend.name}: {message}"),
+            lambda message: progress(f"{label}: {message}"),
         )
     )
     result.update({key: None for key in SERVER_FIGURES})
     result["peak_rss_mb"] = round(rss, 1)
-    result["baselines"] = time_baselines(backend.name, plan, progress)
+    result["baselines"] = time_baselines(label, plan, progress)
     return result
 
 
@@ -376,9 +377,9 @@ def run_bench(
     results: dict[str, Any] = {}
     for name in backends or ("auto",):
         backend = make_backend(name, avatar, threads=plan.threads)
-        if backend.name in results:
+        key = backend_key(backend)
+        if key in results:
             continue  # "auto" and "onnx" are the same backend here
-        key = backend.name
         results[key] = bench_backend(avatar, backend, plan, progress)
         if live:
             from streamer.livebench import run_live
