@@ -302,7 +302,6 @@ class TensorRTBackend:
         self._lock = threading.Lock()
         profile_max = engine.get_tensor_profile_shape(INPUTS[0], 0)[2]
         self.max_batch = int(profile_max[0])
-        self.engine_path = path
         self.name = "tensorrt"
         self.device = f"cuda:{device_id}"
         self.precision = "fp16" if info is None or info.fp16 else "fp32"
