@@ -3,6 +3,7 @@ the WebRTC peers, as the app's typed state (:class:`~streamer.api.state.AppState
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -21,9 +22,9 @@ from streamer.api import core_routers
 from streamer.api.errors import install_error_handlers
 from streamer.api.state import AppState
 from streamer.config import ConfigError, Settings
-from streamer.engine.base import Backend
+from streamer.engine.base import Backend, backend_key
 from streamer.engine.factory import make_backend
-from streamer.engine.worker import EngineLoader, EnginePool
+from streamer.engine.pool import EngineLoader, EnginePool
 from streamer.metrics import Metrics
 from streamer.outputs.webrtc import PeerRegistry
 from streamer.session import (
@@ -88,7 +89,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
-        engines = EnginePool(load, settings.batch_size, metrics.observe_batch)
+        # Sessions stamp frame deadlines with the loop's clock: the workers compare them on it.
+        clock = asyncio.get_running_loop().time
+        engines = EnginePool(load, settings.batch_size, metrics.observe_batch, clock=clock)
         # Compositing is numpy/OpenCV work that releases the GIL: one thread per core.
         compose_pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="compose")
         speech_pool = ThreadPoolExecutor(1, thread_name_prefix="speech")
@@ -196,7 +199,7 @@ def serve(settings: Settings) -> int:
     avatar = load_avatar(settings.avatar)
     backend = make_backend(settings.backend, avatar, settings.threads)
     _check_port(settings.host, settings.port)
-    log.info("avatar %r on backend %s", avatar.name, backend.name)
+    log.info("avatar %r on backend %s", avatar.name, backend_key(backend))
     if not settings.api_key and not _is_loopback(settings.host):
         log.warning(
             "serving on %s with no AVATARCAST_API_KEY: anyone who can reach it can use it",

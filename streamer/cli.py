@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from models.avatar import load_avatar
     from streamer.config import Settings
-    from streamer.engine import make_backend
+    from streamer.engine import backend_key, make_backend
     from streamer.render import BATCH, render
 
     settings = Settings.from_env(avatar=args.avatar, backend=args.backend)
@@ -107,7 +107,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             progress.close()
     print(
         f"wrote {result.path}: {result.frames} frames, {result.duration_s:.2f} s of audio, "
-        f"{result.ms_per_frame:.1f} ms per frame ({backend.name})",
+        f"{result.ms_per_frame:.1f} ms per frame ({backend_key(backend)})",
         file=sys.stderr,
     )
     return 0

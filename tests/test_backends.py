@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 
 from models.avatar import Avatar, load_avatar
-from streamer.engine import KEYS, BackendError, available_backends, make_backend
+from streamer.engine import (
+    KEYS,
+    NAMES,
+    BackendError,
+    BackendSpec,
+    available_backends,
+    backend_key,
+    make_backend,
+)
+from streamer.engine.base import runs_on_cpu
 from streamer.engine.onnx import OnnxBackend, cuda_provider_usable
 from streamer.engine.tensorrt import tensorrt_usable
 
@@ -73,7 +82,7 @@ def test_backend_matches_torch(
     if reason is not None:
         pytest.skip(reason)
     backend = make_backend(key, avatar, threads=2)
-    assert backend.name == key
+    assert backend_key(backend) == key
     for batch, expected in reference_out.items():
         got = backend.infer(*_inputs(avatar, batch, seed=batch))
         assert got.shape == expected.shape and got.dtype == np.float32
@@ -112,11 +121,12 @@ def test_int8_model_is_offered_and_close(
     quantize(copy.model_path, root / INT8_FILE, "static", copy)
     assert "onnx-int8" in available_backends(copy)
     backend = make_backend("onnx-int8", copy)
-    assert backend.name == "onnx-int8"
+    assert (backend.name, backend.device, backend.precision) == ("onnx", "cpu", "int8")
+    assert backend_key(backend) == "onnx-int8"
     for batch, expected in reference_out.items():
         got = backend.infer(*_inputs(avatar, batch, seed=batch))
         assert float(np.abs(got - expected).mean()) <= INT8_MEAN_TOLERANCE
-    assert make_backend("auto", copy).name == "onnx-cpu"  # FP32 stays the default
+    assert backend_key(make_backend("auto", copy)) == "onnx-cpu"  # FP32 stays the default
 
 
 def test_auto_picks_the_best_present_and_says_why(
@@ -126,10 +136,45 @@ def test_auto_picks_the_best_present_and_says_why(
         backend = make_backend("auto", avatar)
     present = available_backends(avatar)
     expected = next(k for k in ("tensorrt", "onnx-cuda", "onnx-cpu") if k in present)
-    assert backend.name == expected
+    assert backend_key(backend) == expected
     assert f"backend auto: {expected}" in caplog.text
     if expected == "onnx-cpu":
         assert "skipped tensorrt:" in caplog.text and "onnx-cuda:" in caplog.text
+
+
+def test_backend_names_parse_into_runtime_device_and_precision() -> None:
+    """The names users type, in one place: each key reads back as itself."""
+    assert BackendSpec.parse("onnx-cpu") == BackendSpec("onnx", "cpu")
+    assert BackendSpec.parse("onnx-int8") == BackendSpec("onnx", "cpu", "int8")
+    assert BackendSpec.parse("torch-cuda") == BackendSpec("torch", "cuda")
+    assert BackendSpec.parse("tensorrt") == BackendSpec("tensorrt", "cuda")
+    assert BackendSpec.parse("onnx") == BackendSpec("onnx")  # the factory picks the device
+    for key in KEYS:
+        assert BackendSpec.parse(key).key == key
+    for name in NAMES:
+        assert BackendSpec.parse(name).name == name
+    # A built backend names its own key, whatever index its GPU has.
+    assert BackendSpec("onnx", "cuda:1", "fp32").key == "onnx-cuda"
+    assert BackendSpec("tensorrt", "cuda:0", "fp16").key == "tensorrt"
+    assert BackendSpec("torch", "cuda:0", "fp16").key == "torch-cuda"
+    for bad in ("nope", "onnx-gpu", "tensorrt-cpu", ""):
+        with pytest.raises(BackendError, match="unknown backend"):
+            BackendSpec.parse(bad)
+
+
+def test_a_backend_says_its_device(avatar: Avatar) -> None:
+    backend = make_backend("onnx-cpu", avatar, threads=1)
+    assert (backend.name, backend.device, backend.precision) == ("onnx", "cpu", "fp32")
+    assert runs_on_cpu(backend) and backend_key(backend) == "onnx-cpu"
+    torch_cpu = make_backend("torch-cpu", avatar, threads=1)
+    assert (torch_cpu.name, torch_cpu.device, torch_cpu.precision) == ("torch", "cpu", "fp32")
+    assert isinstance(backend, OnnxBackend)
+    frame = avatar.crop_size
+    assert backend.input_shapes == {
+        "reference": (3, frame, frame),
+        "masked": (3, frame, frame),
+        "mel": (avatar.window.length, 80),
+    }
 
 
 def test_available_backends_keys(avatar: Avatar) -> None:

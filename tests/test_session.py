@@ -232,7 +232,7 @@ class SlowBackend:
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
-        self.name = "slow"
+        self.name, self.device = "slow", inner.device
 
     def infer(self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray) -> np.ndarray:
         time.sleep(0.07)
@@ -378,7 +378,7 @@ async def test_cpu_sessions_are_spread_over_the_frame_period_gpu_ones_batch(
     await cpu.aclose()
 
     class Gpu:
-        name = "onnx-cuda"
+        name, device = "onnx", "cuda:0"
 
         def infer(self, *args: np.ndarray) -> np.ndarray:
             raise AssertionError("not called")

@@ -269,7 +269,7 @@ def av_offset_ms(got: Received) -> float:
 class EnergyBackend:
     """Numpy stand-in generator: the mouth crop brightens with the mel energy (no model)."""
 
-    name = "fake"
+    name, device = "fake", "cpu"
 
     def infer(self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray) -> np.ndarray:
         energy = np.clip((mel.mean(axis=(1, 2)) + 5.0) / 5.0, 0, 1)[:, None, None, None]

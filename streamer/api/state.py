@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from streamer.config import Settings
-from streamer.engine.worker import EnginePool
+from streamer.engine.pool import EnginePool
 from streamer.metrics import Metrics
 from streamer.outputs.webrtc import PeerRegistry
 from streamer.session import SessionRegistry

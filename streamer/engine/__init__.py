@@ -1,7 +1,7 @@
 """Inference backends behind one interface: ``infer(reference, masked, mel) -> mouth``."""
 
-from streamer.engine.base import Backend, BackendError
-from streamer.engine.factory import KEYS, NAMES, available_backends, make_backend
+from streamer.engine.base import KEYS, NAMES, Backend, BackendError, BackendSpec, backend_key
+from streamer.engine.factory import available_backends, make_backend
 from streamer.engine.onnx import OnnxBackend
 
 __all__ = [
@@ -9,7 +9,9 @@ __all__ = [
     "NAMES",
     "Backend",
     "BackendError",
+    "BackendSpec",
     "OnnxBackend",
     "available_backends",
+    "backend_key",
     "make_backend",
 ]

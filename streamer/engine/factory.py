@@ -2,8 +2,9 @@
 
 Names the user types: ``auto``, ``onnx``, ``tensorrt``, ``torch``. The figure keys of bench
 (``onnx-cpu``, ``onnx-cuda``, ``tensorrt``, ``torch-cpu``, ``torch-cuda``) are accepted too and
-pin the device. ``auto`` takes TensorRT (when an engine for this GPU is built), then ONNX
-Runtime on CUDA, then ONNX Runtime on the CPU, and logs why it passed over each.
+pin the device (:class:`~streamer.engine.base.BackendSpec` reads them). ``auto`` takes
+TensorRT (when an engine for this GPU is built), then ONNX Runtime on CUDA, then ONNX Runtime
+on the CPU, and logs why it passed over each.
 ``onnx-int8`` is the reduced CPU model (``python -m streamer.measure.int8_gate``), offered
 where an avatar has one; ``auto`` does not pick it (FP32 stays the default).
 """
@@ -15,13 +16,10 @@ from pathlib import Path
 
 from models.avatar import Avatar
 from models.quantize import INT8_FILE  # the reduced CPU model, when built
-from streamer.engine.base import Backend, BackendError
+from streamer.engine.base import KEYS, Backend, BackendError, BackendSpec
 from streamer.engine.onnx import CPU, CUDA, OnnxBackend, available_providers, cuda_provider_usable
 
 log = logging.getLogger(__name__)
-
-NAMES = ("auto", "onnx", "tensorrt", "torch")
-KEYS = ("onnx-cpu", "onnx-cuda", "tensorrt", "torch-cpu", "torch-cuda", "onnx-int8")
 
 
 def _torch_cuda() -> tuple[bool, str]:
@@ -89,14 +87,17 @@ def make_backend(
 ) -> Backend:
     """The backend ``name`` for ``avatar``, loaded and ready, or a :class:`BackendError` that
     says what to do. ``model_path`` replaces the avatar's ONNX model (a reduced model, say)."""
-    if name not in NAMES and name not in KEYS:
-        raise BackendError(f"unknown backend {name!r}: use one of {', '.join(NAMES)}")
+    spec = BackendSpec.parse(name)
     model = Path(model_path) if model_path is not None else avatar.model_path
-    if name == "auto":
+    if spec.name == "auto":
         return _auto(avatar, threads, model)
-    if name in ("torch", "torch-cpu", "torch-cuda"):
-        return _torch(name, avatar, threads)
-    if name == "onnx-int8":
+    if spec.name == "torch":
+        return _torch(spec, avatar, threads)
+    if spec.name == "tensorrt":
+        from streamer.engine.tensorrt import load_for_model
+
+        return load_for_model(model, avatar.name)
+    if spec.precision == "int8":
         reduced = avatar.path / INT8_FILE
         if not reduced.is_file():
             raise BackendError(
@@ -104,20 +105,14 @@ def make_backend(
                 f"`python -m streamer.measure.int8_gate --avatar {avatar.name}` or use "
                 "--backend onnx"
             )
-        backend = OnnxBackend(reduced, threads=threads, providers=(CPU,))
-        backend.name = "onnx-int8"
-        return backend
-    if name == "tensorrt":
-        from streamer.engine.tensorrt import load_for_model
-
-        return load_for_model(model, avatar.name)
-    if name == "onnx-cuda":
+        return OnnxBackend(reduced, threads=threads, providers=(CPU,), precision="int8")
+    if spec.device == "cuda":
         usable, why = cuda_provider_usable()
         if not usable or not _torch_cuda_or_unknown():
             reason = why if not usable else _torch_cuda()[1]
             raise BackendError(f"onnx-cuda is not available here ({reason}): use --backend onnx")
         return OnnxBackend(model, threads=threads, providers=(CUDA, CPU))
-    if name == "onnx" and cuda_provider_usable()[0] and _torch_cuda_or_unknown():
+    if spec.device is None and cuda_provider_usable()[0] and _torch_cuda_or_unknown():
         try:
             return OnnxBackend(model, threads=threads, providers=(CUDA, CPU))
         except BackendError as exc:
@@ -125,17 +120,14 @@ def make_backend(
     return OnnxBackend(model, threads=threads, providers=(CPU,))
 
 
-def _torch(name: str, avatar: Avatar, threads: int) -> Backend:
+def _torch(spec: BackendSpec, avatar: Avatar, threads: int) -> Backend:
     from streamer.engine.torch_backend import TorchBackend
 
     if avatar.checkpoint_path is None:
         raise BackendError(
             f"avatar {avatar.name!r} has no checkpoint.pt for the torch backend: use --backend onnx"
         )
-    if name == "torch":
-        device = "cuda" if _torch_cuda()[0] else "cpu"
-    else:
-        device = name.removeprefix("torch-")
+    device = spec.device or ("cuda" if _torch_cuda()[0] else "cpu")
     return TorchBackend(avatar.checkpoint_path, device, threads)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.engine.base import BackendError
+from streamer.engine.base import DEFAULT_PRECISION, BackendError
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +19,6 @@ INPUTS = ("reference", "masked", "mel")
 OUTPUT = "mouth"
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
-_PROVIDER_NAMES = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}
 
 
 def available_providers() -> list[str]:
@@ -75,7 +73,10 @@ def _cuda_options(device_id: int) -> dict[str, Any]:
 
 
 class OnnxBackend:
-    """One InferenceSession; ``infer`` may be called from any thread."""
+    """One InferenceSession; ``infer`` may be called from any thread. ``precision`` says what
+    the model file computes in (``int8`` for the reduced model): ORT cannot tell."""
+
+    name = "onnx"
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class OnnxBackend:
         threads: int = 2,
         providers: Sequence[str] = (CPU,),
         device_id: int = 0,
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -106,11 +108,14 @@ class OnnxBackend:
                 f"cannot load {path} ({first}): the file is corrupt or not a generator; "
                 "re-export it (avatarcast export NAME --to onnx)"
             ) from None
-        names = {i.name for i in self._session.get_inputs()}
-        if names != set(INPUTS) or OUTPUT not in {o.name for o in self._session.get_outputs()}:
+        inputs = {i.name: tuple(i.shape[1:]) for i in self._session.get_inputs()}
+        outputs = {o.name for o in self._session.get_outputs()}
+        if set(inputs) != set(INPUTS) or OUTPUT not in outputs:
             raise BackendError(
-                f"{path} is not a generator: inputs {sorted(names)}, expected {list(INPUTS)}"
+                f"{path} is not a generator: inputs {sorted(inputs)}, expected {list(INPUTS)}"
             )
+        if not all(isinstance(d, int) for dims in inputs.values() for d in dims):
+            raise BackendError(f"{path} is not a generator: only its batch axis may be dynamic")
         used = self._session.get_providers()[0]
         if providers and used != providers[0]:
             # ORT falls back silently when a provider fails to initialise (no driver, no
@@ -119,8 +124,11 @@ class OnnxBackend:
                 f"onnxruntime could not start {providers[0]} (it fell back to {used}): "
                 "check the CUDA/cuDNN install or use --backend onnx on the CPU"
             )
-        self.name = f"onnx-{_PROVIDER_NAMES.get(used, used)}"
+        self.device = f"cuda:{device_id}" if used == CUDA else "cpu"
+        self.precision = precision
         self.model_path = path
+        # The shape of one frame's input, by input name (the batch axis left out).
+        self.input_shapes: dict[str, tuple[int, ...]] = inputs
         self.providers = tuple(self._session.get_providers())
         self._ort = ort
         self._device_id = device_id

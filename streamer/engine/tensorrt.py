@@ -249,15 +249,13 @@ def _parity(engine_path: Path, model_path: Path, device_id: int) -> float:
 
     reference = OnnxBackend(model_path, threads=2)
     engine = TensorRTBackend(engine_path, device_id)
-    inputs = reference._session.get_inputs()
     rng = np.random.default_rng(0)
     worst = 0.0
     for batch in (1, 3):
         feed = []
-        for spec in inputs:
-            shape = (batch, *(int(d) for d in spec.shape[1:]))
-            values = rng.random(shape, dtype=np.float32)
-            feed.append(values * 6.0 - 5.0 if spec.name == "mel" else values)
+        for name, dims in reference.input_shapes.items():
+            values = rng.random((batch, *dims), dtype=np.float32)
+            feed.append(values * 6.0 - 5.0 if name == "mel" else values)
         expected = reference.infer(*feed)
         got = engine.infer(*feed)
         worst = max(worst, float(np.abs(got - expected).max()))
@@ -304,8 +302,9 @@ class TensorRTBackend:
         self._lock = threading.Lock()
         profile_max = engine.get_tensor_profile_shape(INPUTS[0], 0)[2]
         self.max_batch = int(profile_max[0])
-        self.engine_path = path
         self.name = "tensorrt"
+        self.device = f"cuda:{device_id}"
+        self.precision = "fp16" if info is None or info.fp16 else "fp32"
 
     def infer(self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray) -> np.ndarray:
         arrays = [np.ascontiguousarray(a, np.float32) for a in (reference, masked, mel)]

@@ -97,7 +97,10 @@ class TorchBackend:
         self._model = model.to(device=device, dtype=self._dtype)
         self._device = device
         self._lock = threading.Lock()  # torch modules are not re-entrant on one stream
-        self.name = f"torch-{kind}"
+        self.name = "torch"
+        # Always with its index, so that two spellings of one GPU share its inference worker.
+        self.device = "cpu" if kind == "cpu" else f"cuda:{torch.device(device).index or 0}"
+        self.precision = "fp16" if self.half else "fp32"
         self.cuda_graphs = kind == "cuda" and cuda_graphs
         # batch shapes -> (graph, its input tensors, its output tensor), or None: no graph
         self._graphs: dict[tuple[tuple[int, ...], ...], Any] = {}

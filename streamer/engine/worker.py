@@ -1,10 +1,11 @@
-"""One inference thread per model, micro-batching the frames of every session by due time.
+"""One inference thread per device, micro-batching the frames of every session by due time.
 
-Sessions submit one frame at a time with the wall-clock deadline of its publication. The
-thread takes everything pending (up to ``max_batch``, earliest deadline first, only requests
-with the same input shapes), runs the backend once and hands each result back to its
-session's event loop. It never waits to fill a batch: an idle machine answers one frame at
-once, a busy one amortises the per-call cost over all sessions.
+Sessions submit one frame at a time with the deadline of its publication, on the event loop's
+clock. The thread takes everything pending, earliest deadline first, runs the earliest frame's
+model once on up to ``max_batch`` frames of that model (same input shapes), and hands each
+result back to its session's event loop; frames of another model make their own batch on the
+next call, again in deadline order. It never waits to fill a batch: an idle machine answers one
+frame at once, a busy one amortises the per-call cost over all sessions.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.avatar import Avatar
-from streamer.engine.base import Backend, runs_on_cpu
+from streamer.engine.base import Backend, device_kind
 
 log = logging.getLogger(__name__)
 
 FRAME_PERIOD_S = 0.040
 CPU_MAX_BATCH, GPU_MAX_BATCH = 8, 64
 PHASE_SLOTS = 8  # a session's frames fall due at one of 8 points 5 ms apart (CPU backends)
+
+Clock = Callable[[], float]
 
 
 class WorkerClosed(RuntimeError):
@@ -42,6 +44,7 @@ class TooLate(RuntimeError):
 
 @dataclass(eq=False)
 class _Request:
+    backend: Backend
     reference: np.ndarray
     masked: np.ndarray
     mel: np.ndarray
@@ -54,46 +57,52 @@ class _Request:
     executor: Executor | None = None
 
     @property
-    def key(self) -> tuple[tuple[int, ...], ...]:
-        return (self.reference.shape, self.masked.shape, self.mel.shape)
+    def key(self) -> tuple[int, tuple[tuple[int, ...], ...]]:
+        """Requests with equal keys can share one call: one model, the same shapes."""
+        return id(self.backend), (self.reference.shape, self.masked.shape, self.mel.shape)
 
 
 @dataclass
 class WorkerStats:
     calls: int = 0
     frames: int = 0
-    last_batch: int = 0
-    last_ms: float = 0.0
-    batches: dict[int, int] = field(default_factory=dict)
+    batches: dict[int, int] = field(default_factory=dict)  # calls by batch size
     skipped: int = 0  # requests given up as hopeless (due before they could be done)
 
 
-class InferenceWorker:
-    """``await submit(reference, masked, mel, deadline)`` -> the mouth (3, S, S) float32.
+class DeviceWorker:
+    """The one inference thread of a device (``cpu``, ``cuda:0``), shared by every model on it.
 
+    ``clock`` is the clock of the deadlines: the event loop's (``time.monotonic`` on asyncio's
+    default loop), which sessions stamp them with; backend calls are timed with it too.
     ``on_batch(batch_size, ms)`` is called from the worker thread after every backend call
     (the metrics hook); it must be thread-safe and quick.
     """
 
     def __init__(
         self,
-        backend: Backend,
+        device: str,
         max_batch: int | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        *,
         name: str = "inference",
+        clock: Clock = time.monotonic,
     ) -> None:
-        self.backend = backend
+        self.device = device
+        self.on_cpu = device_kind(device) == "cpu"
         # A CPU gains little from big batches and a late batch delays all its frames; a GPU
         # serves dozens of sessions' frames in one call.
-        default = CPU_MAX_BATCH if runs_on_cpu(backend) else GPU_MAX_BATCH
+        default = CPU_MAX_BATCH if self.on_cpu else GPU_MAX_BATCH
         self.max_batch = max(1, max_batch or default)
         self.stats = WorkerStats()
         self._on_batch = on_batch
+        self._clock = clock
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
         self._phases: collections.Counter[int] = collections.Counter()
-        self._frame_s = 0.0  # smoothed seconds per frame of the backend's recent calls
+        # Smoothed seconds per frame of each model's recent calls, by id(backend).
+        self._frame_s: dict[int, float] = {}
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -106,7 +115,7 @@ class InferenceWorker:
         together all wait for the whole batch, so their frames are spread over the period
         instead: each slot goes to the one farthest from those already taken.
         """
-        if not runs_on_cpu(self.backend):
+        if not self.on_cpu:
             return 0.0
         with self._cond:
             taken = [slot for slot, n in self._phases.items() if n > 0]
@@ -133,6 +142,7 @@ class InferenceWorker:
 
     async def submit(
         self,
+        backend: Backend,
         reference: np.ndarray,
         masked: np.ndarray,
         mel: np.ndarray,
@@ -141,10 +151,10 @@ class InferenceWorker:
         then: Callable[[np.ndarray], np.ndarray] | None = None,
         executor: Executor | None = None,
     ) -> np.ndarray:
-        """The mouth for one frame, or ``then(mouth)`` computed in ``executor`` if given."""
+        """``backend``'s mouth for one frame, or ``then(mouth)`` computed in ``executor``."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        request = _Request(reference, masked, mel, deadline, loop, future, then, executor)
+        request = _Request(backend, reference, masked, mel, deadline, loop, future, then, executor)
         with self._cond:
             if self._closed:
                 raise WorkerClosed("the inference worker is closed")
@@ -163,58 +173,69 @@ class InferenceWorker:
             # frames will go out with the previous picture anyway. Serving them would only
             # make the next frames late too: an overloaded machine would fall behind for
             # every session at once instead of dropping a few frames.
-            now = time.monotonic()
-            live = [r for r in self._pending if not r.future.cancelled()]
-            hopeless = [r for r in live if r.deadline < now + self._frame_s]
-            live = sorted((r for r in live if r.deadline >= now + self._frame_s), key=_by_due)
-            self._pending = []
-            self.stats.skipped += len(hopeless)
-            for r in hopeless:
-                _give_up(r)
-            if not live:
-                return []
-            key = live[0].key
-            # As many frames as can finish before the earliest of them is due (one at least).
-            room = self.max_batch
-            if self._frame_s > 0:
-                room = max(1, int((live[0].deadline - now) / self._frame_s))
-            batch = [r for r in live if r.key == key][: min(self.max_batch, room)]
+            now = self._clock()
+            live: list[_Request] = []
+            for r in self._pending:
+                if r.future.cancelled():
+                    continue
+                if r.deadline < now + self._frame_s.get(id(r.backend), 0.0):
+                    self.stats.skipped += 1
+                    _give_up(r)
+                else:
+                    live.append(r)
+            live.sort(key=_by_due)
+            batch = self._batch(live, now)
             taken = {id(r) for r in batch}
             self._pending = [r for r in live if id(r) not in taken]
             return batch
+
+    def _batch(self, live: list[_Request], now: float) -> list[_Request]:
+        """The earliest request's model and shapes: as many of its frames, earliest first, as
+        can finish before the earliest of them is due (one at least)."""
+        if not live:
+            return []
+        first = live[0]
+        room = self.max_batch
+        frame_s = self._frame_s.get(id(first.backend), 0.0)
+        if frame_s > 0:
+            room = max(1, int((first.deadline - now) / frame_s))
+        return [r for r in live if r.key == first.key][: min(self.max_batch, room)]
 
     def _run(self) -> None:
         while True:
             batch = self._take()
             if batch is None:
                 return
-            if not batch:
-                continue
-            started = time.perf_counter()
-            try:
-                out = self.backend.infer(
-                    np.stack([r.reference for r in batch]),
-                    np.stack([r.masked for r in batch]),
-                    np.stack([r.mel for r in batch]),
-                )
-            except Exception as exc:  # one bad call fails its frames, not the thread
-                log.exception("generator call failed for a batch of %d", len(batch))
-                for r in batch:
-                    _resolve(r, None, exc)
-                continue
-            seconds = time.perf_counter() - started
-            ms = seconds * 1000.0
-            # What one frame costs, smoothed: the worker's estimate for what fits in time.
-            per_frame = seconds / len(batch)
-            self._frame_s += (0.1 if self._frame_s else 1.0) * (per_frame - self._frame_s)
-            self.stats.calls += 1
-            self.stats.frames += len(batch)
-            self.stats.last_batch, self.stats.last_ms = len(batch), ms
-            self.stats.batches[len(batch)] = self.stats.batches.get(len(batch), 0) + 1
-            if self._on_batch is not None:
-                self._on_batch(len(batch), ms)
-            for r, mouth in zip(batch, out, strict=True):
-                _finish(r, np.asarray(mouth, np.float32))
+            if batch:
+                self._call(batch)
+
+    def _call(self, batch: list[_Request]) -> None:
+        """One backend call for a batch of one model's frames, timed on the worker's clock."""
+        backend = batch[0].backend
+        started = self._clock()
+        try:
+            out = backend.infer(
+                np.stack([r.reference for r in batch]),
+                np.stack([r.masked for r in batch]),
+                np.stack([r.mel for r in batch]),
+            )
+        except Exception as exc:  # one bad call fails its frames, not the thread
+            log.exception("generator call failed for a batch of %d", len(batch))
+            for r in batch:
+                _resolve(r, None, exc)
+            return
+        seconds = self._clock() - started
+        # What one frame costs, smoothed: the worker's estimate for what fits in time.
+        per_frame = seconds / len(batch)
+        frame_s = self._frame_s.get(id(backend), 0.0)
+        self._frame_s[id(backend)] = frame_s + (0.1 if frame_s else 1.0) * (per_frame - frame_s)
+        self.stats.calls += 1
+        self.stats.frames += len(batch)
+        self.stats.batches[len(batch)] = self.stats.batches.get(len(batch), 0) + 1
+        if self._on_batch is not None:
+            self._on_batch(len(batch), seconds * 1000.0)
+        for r, mouth in zip(batch, out, strict=True):
+            _finish(r, np.asarray(mouth, np.float32))
 
     async def aclose(self) -> None:
         """Stop the thread (after its current call); pending requests fail. Idempotent."""
@@ -227,6 +248,72 @@ class InferenceWorker:
         for r in pending:
             _resolve(r, None, WorkerClosed("the inference worker is closed"))
         await asyncio.to_thread(self._thread.join)
+
+
+class InferenceWorker:
+    """What a session submits its frames to: one model (``backend``) on a device worker.
+
+    Given a ``shared`` device worker, it adds this model to that thread: the server runs every
+    model of a device on one (:class:`~streamer.engine.pool.EnginePool`). Given none, it starts
+    a device worker of its own, configured by ``max_batch``, ``on_batch``, ``name`` and
+    ``clock``, and closes it in :meth:`aclose`: one model alone, as bench's capacity measure
+    and tests run it.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        max_batch: int | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+        name: str = "inference",
+        *,
+        clock: Clock = time.monotonic,
+        shared: DeviceWorker | None = None,
+    ) -> None:
+        if shared is not None and shared.device != backend.device:
+            raise ValueError(f"a {backend.device} model cannot run on the {shared.device} worker")
+        self.backend = backend
+        self._owned = shared is None
+        self.device_worker = shared or DeviceWorker(
+            backend.device, max_batch, on_batch, name=name, clock=clock
+        )
+
+    async def submit(
+        self,
+        reference: np.ndarray,
+        masked: np.ndarray,
+        mel: np.ndarray,
+        deadline: float,
+        *,
+        then: Callable[[np.ndarray], np.ndarray] | None = None,
+        executor: Executor | None = None,
+    ) -> np.ndarray:
+        """The mouth for one frame, or ``then(mouth)`` computed in ``executor`` if given."""
+        return await self.device_worker.submit(
+            self.backend, reference, masked, mel, deadline, then=then, executor=executor
+        )
+
+    def claim_phase(self) -> float:
+        """See :meth:`DeviceWorker.claim_phase`: phases are the device's, shared by its models."""
+        return self.device_worker.claim_phase()
+
+    def release_phase(self, phase: float) -> None:
+        self.device_worker.release_phase(phase)
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the device's thread, of every model on it."""
+        return self.device_worker.depth
+
+    @property
+    def stats(self) -> WorkerStats:
+        """The device's figures, of every model on it."""
+        return self.device_worker.stats
+
+    async def aclose(self) -> None:
+        """Close the device worker if this model has it alone; a shared one is its pool's."""
+        if self._owned:
+            await self.device_worker.aclose()
 
 
 def _by_due(request: _Request) -> float:
@@ -273,58 +360,3 @@ def _resolve(request: _Request, value: np.ndarray | None, error: BaseException |
 
     with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
         request.loop.call_soon_threadsafe(settle)
-
-
-@dataclass(frozen=True)
-class Engine:
-    """An avatar with the worker that runs its generator."""
-
-    avatar: Avatar
-    worker: InferenceWorker
-
-
-EngineLoader = Callable[[str], tuple[Avatar, Backend]]  # blocking: run in an executor
-
-
-class EnginePool:
-    """One engine per avatar, loaded on first use (off the event loop) and kept until close."""
-
-    def __init__(
-        self,
-        loader: EngineLoader,
-        max_batch: int | None = None,
-        on_batch: Callable[[int, float], None] | None = None,
-    ) -> None:
-        self._loader = loader
-        self._max_batch = max_batch
-        self._on_batch = on_batch
-        self._engines: dict[str, Engine] = {}
-        self._lock = asyncio.Lock()
-        self._closed = False
-
-    async def get(self, name: str) -> Engine:
-        async with self._lock:
-            if self._closed:
-                raise WorkerClosed("the engines are closed")
-            engine = self._engines.get(name)
-            if engine is None:
-                avatar, backend = await asyncio.to_thread(self._loader, name)
-                worker = InferenceWorker(
-                    backend, self._max_batch, self._on_batch, name=f"inference-{name}"
-                )
-                engine = self._engines[name] = Engine(avatar, worker)
-            return engine
-
-    @property
-    def depth(self) -> int:
-        return sum(e.worker.depth for e in self._engines.values())
-
-    @property
-    def frames_given_up(self) -> int:
-        return sum(e.worker.stats.skipped for e in self._engines.values())
-
-    async def aclose(self) -> None:
-        self._closed = True
-        engines, self._engines = list(self._engines.values()), {}
-        for engine in engines:
-            await engine.worker.aclose()

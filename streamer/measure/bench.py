@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamer.config import BACKENDS
-from streamer.engine.base import runs_on_cpu
+from streamer.engine.base import backend_key, runs_on_cpu
 from streamer.measure.baseline_timing import time_baselines
 from streamer.measure.capacity import measure_generation
 from streamer.measure.machine import machine_info, peak_rss_mb
@@ -50,13 +50,14 @@ def _stderr(message: str) -> None:
 def bench_backend(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress) -> dict[str, Any]:
     """One backend's offline figures: generator, pipeline, encoders, generation ramp, memory
     and the baselines; the server figures are left null for the live part to fill."""
-    progress(f"{backend.name}: generator")
+    label = backend_key(backend)
+    progress(f"{label}: generator")
     generator = time_generator(avatar, backend, plan, progress)
     pipeline = time_pipeline(avatar, backend, plan, progress)
     if pipeline is not None:
-        progress(f"{backend.name}: pipeline {pipeline:.2f} ms/frame")
+        progress(f"{label}: pipeline {pipeline:.2f} ms/frame")
     encode = time_encoders(avatar, plan)
-    progress(f"{backend.name}: live encode ms/frame {encode} (once per session, any viewers)")
+    progress(f"{label}: live encode ms/frame {encode} (once per session, any viewers)")
     # Taken before the baselines load, which would otherwise dominate the peak.
     rss = peak_rss_mb()
     result: dict[str, Any] = {
@@ -70,12 +71,12 @@ def bench_backend(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress
             backend,
             plan.generation_seconds,
             CPU_SESSION_LIMIT if runs_on_cpu(backend) else GPU_SESSION_LIMIT,
-            lambda message: progress(f"{backend.name}: {message}"),
+            lambda message: progress(f"{label}: {message}"),
         )
     )
     result.update({key: None for key in SERVER_FIGURES})
     result["peak_rss_mb"] = round(rss, 1)
-    result["baselines"] = time_baselines(backend.name, plan, progress)
+    result["baselines"] = time_baselines(label, plan, progress)
     return result
 
 
@@ -103,9 +104,9 @@ def run_bench(
     results: dict[str, Any] = {}
     for name in backends or ("auto",):
         backend = make_backend(name, avatar, threads=plan.threads)
-        if backend.name in results:
+        key = backend_key(backend)
+        if key in results:
             continue  # "auto" and "onnx" are the same backend here
-        key = backend.name
         results[key] = bench_backend(avatar, backend, plan, progress)
         if live:
             from streamer.measure.livebench import run_live

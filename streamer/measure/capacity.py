@@ -135,7 +135,9 @@ def measure_generation(
     mel = (rng.standard_normal((avatar.window.length, N_MELS)) - 2.0).astype(np.float32)
 
     async def run() -> tuple[int, list[GenerationStep]]:
-        worker = InferenceWorker(backend, name="inference-capacity")
+        # The deadlines below are stamped with the loop's clock: the worker reads the same one.
+        clock = asyncio.get_running_loop().time
+        worker = InferenceWorker(backend, name="inference-capacity", clock=clock)
         try:
             return await ramp(worker, (reference, masked, mel), seconds, limit, progress)
         finally:

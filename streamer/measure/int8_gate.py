@@ -31,10 +31,10 @@ LOWER_IS_BETTER = {"stillness"}
 def generator_ms(model_path: Path | str, threads: int = 2, batch: int = 1, runs: int = 30) -> float:
     """Median ms per frame of the runtime's ONNX backend on realistic-sized random inputs."""
     backend = OnnxBackend(model_path, threads=threads)
-    spec = {i.name: i.shape for i in backend._session.get_inputs()}
+    shapes = backend.input_shapes
     rng = np.random.default_rng(0)
     feed = [
-        rng.random((batch, *(int(d) for d in spec[name][1:])), dtype=np.float32)
+        rng.random((batch, *shapes[name]), dtype=np.float32)
         for name in ("reference", "masked", "mel")
     ]
     for _ in range(3):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from models.audio import N_MELS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
-from streamer.engine.base import runs_on_cpu
+from streamer.engine.base import backend_key, runs_on_cpu
 
 Progress = Callable[[str], None]
 BATCHES = (1, 4, 16)
@@ -119,7 +119,7 @@ def time_generator(
 
         ms = median_ms(run, plan.repeats, plan.warmup) / batch
         generator[str(batch)] = round(ms, 3)
-        progress(f"{backend.name}: batch {batch}: {ms:.2f} ms/frame")
+        progress(f"{backend_key(backend)}: batch {batch}: {ms:.2f} ms/frame")
     return generator
 
 
