@@ -24,6 +24,7 @@ from streamer.engine.base import Backend
 from streamer.engine.factory import make_backend
 from streamer.engine.worker import EngineLoader, EnginePool
 from streamer.metrics import Metrics
+from streamer.pipeline.encode import EncodedStream
 from streamer.session import (
     Session,
     SessionConfig,
@@ -125,8 +126,8 @@ def create_app(
             inference_queue=lambda: engines.depth,
             utterance_queue=lambda: sum(s.queued for s in registry.list()),
             audio_buffered_s=lambda: sum(s.buffered_samples() for s in registry.list()) / 16000,
-            encoders=lambda: len(_encoders(app)),
-            video_encode_ms=lambda: _mean(e.encode_ms for e in _encoders(app)),
+            encoders=lambda: len(_encoders(registry)),
+            video_encode_ms=lambda: _mean(e.encode_ms for e in _encoders(registry)),
             frames_given_up=lambda: engines.frames_given_up,
         )
         app.state.avatarcast = AppState(
@@ -232,9 +233,8 @@ UVICORN_OPTIONS: dict[str, Any] = {
 }
 
 
-def _encoders(app: FastAPI) -> list[Any]:
-    peers = getattr(app.state, "webrtc", None)
-    return list(peers.encoders()) if peers is not None else []
+def _encoders(registry: SessionRegistry) -> list[EncodedStream]:
+    return [e for s in registry.list() for e in s.encoders()]
 
 
 def _mean(values: Iterable[float]) -> float:

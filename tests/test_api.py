@@ -144,7 +144,7 @@ async def test_speak_text_and_audio_queue_in_order(api: tuple[httpx.AsyncClient,
     seen: list[dict[str, Any]] = []
     async with asyncio.timeout(10):
         while sum(e["type"] == "playback_finished" for e in seen) < 2:
-            seen.append(await events.get())
+            seen.append((await events.get()).to_json())
     assert [e["utterance_id"] for e in seen if e["type"] == "speaking_started"] == ids
     finished = [e for e in seen if e["type"] == "playback_finished"]
     assert [e["utterance_id"] for e in finished] == ids

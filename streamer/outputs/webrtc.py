@@ -8,7 +8,7 @@ on the same frame and the receiver's RTCP-based lip sync lines them up. Because 
 sent when they are published, each RTCP sender report maps both streams to the same wall
 clock. A slow viewer loses video frames (the subscription's short video queue), never audio.
 
-Encoding happens once per session (:mod:`streamer.outputs.encoding`): when a viewer's offer
+Encoding happens once per session (:mod:`streamer.pipeline.encode`): when a viewer's offer
 has the session's video codec and Opus, its tracks forward the session encoder's packets and
 aiortc only packetises them. An offer without them (a client that cannot take VP8, say) gets
 tracks that forward raw frames for aiortc to encode for that viewer alone.
@@ -40,7 +40,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import candidate_from_sdp
 
 from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
-from streamer.outputs.encoding import EncodedFrame, SessionEncoder, VideoCodec
+from streamer.pipeline.encode import EncodedFrame, EncodedStream, VideoCodec
 from streamer.pipeline.frames import AVFrame, FrameBus, Subscription
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ class Viewable(Protocol):
     def viewer_added(self) -> None: ...
 
     def viewer_removed(self) -> None: ...
+
+    def encoded(self, codec: VideoCodec | None = None) -> EncodedStream: ...
 
 
 class _SharedStart:
@@ -158,7 +160,7 @@ class EncodedVideoTrack(MediaStreamTrack):
         self,
         subscription: Subscription[EncodedFrame],
         start: _SharedStart,
-        encoder: SessionEncoder,
+        encoder: EncodedStream,
     ) -> None:
         super().__init__()
         self._subscription = subscription
@@ -246,7 +248,7 @@ class Peer:
         self.pc = pc
         self.session = session
         self.subscription: Subscription[AVFrame] | None = None  # raw frames, if a track wants
-        self.encoded: tuple[SessionEncoder, Subscription[EncodedFrame]] | None = None
+        self.encoded: tuple[EncodedStream, Subscription[EncodedFrame]] | None = None
         self.video: AVVideoTrack | EncodedVideoTrack | None = None
         self.connected_at: float | None = None
         self.created_at = time.monotonic()
@@ -310,7 +312,7 @@ class PeerRegistry:
         self._loopback = loopback_candidates
         self._connect_timeout = connect_timeout
         self._peers: dict[str, Peer] = {}
-        self._encoders: dict[tuple[str, str], SessionEncoder] = {}
+        self._encoders: dict[tuple[str, str], EncodedStream] = {}
         self._closing: set[asyncio.Task[bool]] = set()
         self._closed = False
 
@@ -413,22 +415,22 @@ class PeerRegistry:
             await self.remove(peer.info.resource_id)
             raise SdpError(f"the offer could not be used: {exc}") from exc
 
-    def _encoder(self, session: Viewable) -> SessionEncoder:
+    def _encoder(self, session: Viewable) -> EncodedStream:
         key = (session.id, session.video_codec)
         encoder = self._encoders.get(key)
         if encoder is None:
-            encoder = SessionEncoder(session, session.video_codec)
+            encoder = session.encoded(session.video_codec)
             self._encoders[key] = encoder
         return encoder
 
     async def _release_encoders(self, session_id: str) -> None:
-        """Close the encoders of a session that no viewer reads any more."""
+        """Forget the encoders of a session that no viewer reads any more (the session owns
+        and closes them; with no subscriber they stop encoding)."""
         for key, encoder in list(self._encoders.items()):
             if key[0] == session_id and encoder.viewers == 0:
                 del self._encoders[key]
-                await encoder.aclose()
 
-    def encoders(self) -> list[SessionEncoder]:
+    def encoders(self) -> list[EncodedStream]:
         return list(self._encoders.values())
 
     async def add_uplink(
@@ -538,7 +540,7 @@ def _capabilities(kind: str, name: str) -> list[RTCRtpCodecCapability]:
     return wanted + [c for c in codecs if c.mimeType.lower() == f"{kind}/rtx"]
 
 
-def _keyframes_from(sender: RTCRtpSender, encoder: SessionEncoder) -> None:
+def _keyframes_from(sender: RTCRtpSender, encoder: EncodedStream) -> None:
     """Send this viewer's key frame requests (RTCP PLI/FIR) to the shared encoder.
 
     aiortc answers PLI/FIR by calling its sender's ``_send_keyframe``, which only flags its
