@@ -34,6 +34,7 @@ from streamer.outputs.webrtc import (
     PeerRegistry,
     add_loopback_candidates,
 )
+from streamer.pipeline.encode import EncodedStream, EncodeStage
 from streamer.pipeline.frames import FRAME_SECONDS, AVFrame, FrameBus
 
 SIZE = 192
@@ -69,6 +70,11 @@ class FakeSession:
         t = np.arange(SAMPLES_PER_VIDEO_FRAME) / SAMPLE_RATE
         self._tone = (np.sin(2 * np.pi * 300 * t) * 12000).astype(np.int16)
         self._silence = np.zeros(SAMPLES_PER_VIDEO_FRAME, np.int16)
+        self._encode = EncodeStage(self.id, self.bus, lambda: self.video_codec)
+
+    def encoded(self, codec: Literal["vp8", "h264"] | None = None) -> EncodedStream:
+        """The production encode-once stage, as a session owns it."""
+        return self._encode.encoded(codec)
 
     def viewer_added(self) -> None:
         self.viewers += 1
@@ -102,6 +108,7 @@ class FakeSession:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._encode.aclose()
         self.bus.close()
 
 
