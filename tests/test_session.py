@@ -411,3 +411,47 @@ async def test_two_sessions_on_a_cpu_publish_at_different_phases(
         await b.session.aclose()
         b.pool.shutdown()
         await a.aclose()
+
+
+async def test_stats_mean_what_they_say(live: Live) -> None:
+    """Queued speech reports request -> first sound; only live streams speech -> mouth."""
+    session = live.session
+    events = session.subscribe_events()
+    session.speak_text("one two three")
+    await events_until(events, "playback_finished")
+    figures = session.describe()
+    assert figures["speech_to_mouth_ms_p95"] is None
+    first = figures["first_audible_ms_p95"]
+    assert first is not None and 100 < first < 2000  # latency budget + TTS + a frame
+    stream = session.open_stream()
+    for _ in range(15):
+        stream.push(tone(0.04))
+        await asyncio.sleep(0.04)
+    stream.end()
+    await events_until(events, "playback_finished")
+    figures = session.describe()
+    assert figures["speech_to_mouth_ms_p95"] is not None
+    assert figures["first_audible_ms_p95"] == first  # a live stream adds no first-sound figure
+    metrics = live.metrics.render().decode()
+    assert "avatarcast_first_audible_ms_count 1.0" in metrics
+
+
+async def test_interrupt_resets_every_stage(live: Live) -> None:
+    session = live.session
+    events = session.subscribe_events()
+    stream = session.open_stream()
+    stream.push(tone(0.5))
+    queued = session.speak_audio(tone(2.0))
+    await events_until(events, "speaking_started")
+    dropped = session.interrupt()
+    assert sorted(dropped) == sorted([stream.utterance_id, queued])
+    assert stream.dropped and session.queued == 0 and session.state == "idle"
+    # The timeline was cut after the frames in flight (silenced), nothing is queued.
+    left = session.buffered_samples()
+    assert left <= 2 * FRAME
+    stream.push(tone(0.1))  # a dropped stream ignores what still comes in
+    assert session.buffered_samples() <= left
+    # The feeder took up the next utterance after the reset.
+    after = session.speak_audio(tone(0.2))
+    seen = await events_until(events, "playback_finished", 3)
+    assert [e["utterance_id"] for e in seen if e["type"] == "speaking_started"][-1] == after
