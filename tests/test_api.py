@@ -354,7 +354,7 @@ async def test_switch_avatar_keeps_the_stream_going(
         await asyncio.sleep(0.3)
         r = await client.patch(f"/v1/sessions/{sid}", json={"avatar": "other"})
         assert r.status_code == 200 and r.json()["avatar"] == "other"
-        assert (await asyncio.wait_for(events.get(), 2))["type"] == "avatar_changed"
+        assert (await asyncio.wait_for(events.get(), 2)).to_json()["type"] == "avatar_changed"
         await asyncio.sleep(0.4)
         frames = []
         while sub.depth[1]:
