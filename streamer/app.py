@@ -27,6 +27,7 @@ from streamer.engine.factory import make_backend
 from streamer.engine.pool import EngineLoader, EnginePool
 from streamer.metrics import Metrics
 from streamer.outputs.webrtc import PeerRegistry
+from streamer.pipeline.encode import EncodedStream
 from streamer.session import (
     Session,
     SessionConfig,
@@ -125,8 +126,8 @@ def create_app(
             inference_queue=lambda: engines.depth,
             utterance_queue=lambda: sum(s.queued for s in registry.list()),
             audio_buffered_s=lambda: sum(s.buffered_samples() for s in registry.list()) / 16000,
-            encoders=lambda: len(webrtc.encoders()),
-            video_encode_ms=lambda: _mean(e.encode_ms for e in webrtc.encoders()),
+            encoders=lambda: len(_encoders(registry)),
+            video_encode_ms=lambda: _mean(e.encode_ms for e in _encoders(registry)),
             frames_given_up=lambda: engines.frames_given_up,
         )
         app.state.avatarcast = AppState(
@@ -228,6 +229,10 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "ws_per_message_deflate": False,
     "lifespan": "on",
 }
+
+
+def _encoders(registry: SessionRegistry) -> list[EncodedStream]:
+    return [e for s in registry.list() for e in s.encoders()]
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -35,9 +35,15 @@ class Metrics:
         )
         self.speech_to_mouth_ms = Histogram(
             "avatarcast_speech_to_mouth_ms",
-            "Audio entering the session to the frame with that mouth leaving it",
+            "Live-stream audio entering the session to the frame with that mouth leaving it",
             registry=r,
             buckets=MS_BUCKETS,
+        )
+        self.first_audible_ms = Histogram(
+            "avatarcast_first_audible_ms",
+            "Queued speech (text, audio files): the request to its first audible frame",
+            registry=r,
+            buckets=(*MS_BUCKETS, 5000, 10000),
         )
         self.frame_interval_ms = Histogram(
             "avatarcast_frame_interval_ms",
@@ -76,6 +82,22 @@ class Metrics:
         """The inference worker's hook (called from its thread: prometheus_client is safe)."""
         self.generator_ms.observe(ms)
         self.generator_batch.observe(frames)
+
+    def observe_frame(
+        self,
+        fresh: bool,
+        interval_ms: float | None,
+        speech_to_mouth_ms: float | None,
+        first_audible_ms: list[float],
+    ) -> None:
+        """A session published a frame (with its own picture if ``fresh``)."""
+        (self.frames_generated if fresh else self.frames_dropped).inc()
+        if interval_ms is not None:
+            self.frame_interval_ms.observe(interval_ms)
+        if speech_to_mouth_ms is not None:
+            self.speech_to_mouth_ms.observe(speech_to_mouth_ms)
+        for ms in first_audible_ms:
+            self.first_audible_ms.observe(ms)
 
     def bind(
         self,

@@ -1,29 +1,40 @@
 """Offline rendering: audio (or text) in, a lip-synced MP4 out, through the server's path.
 
-Everything streams: decode -> mel windows -> generator in batches -> compositor -> encoder,
-so memory stays flat however long the audio is. The audio track is the decoded 16 kHz signal
+Everything streams: decode -> the live session's frame path on a virtual clock (timeline,
+mel windows, generator in batches, compositor) -> encoder, so memory stays flat however
+long the audio is. The audio track is the decoded 16 kHz signal
 itself, zero-padded to the end of the last video frame, and both tracks start at pts 0:
 video frame k shows the mouth for samples [640k, 640k + 640).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
 
-from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, MelWindower
+from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, window_range
 from models.avatar import Avatar
 from models.compositor import Compositor
 from models.media import clean, decode_audio
 from streamer.engine.base import Backend
+from streamer.pipeline.clock import VirtualClock
+from streamer.pipeline.frames import FRAME_SECONDS, FrameBus
+from streamer.pipeline.path import FramePath
+from streamer.pipeline.prepare import PreparedFrame, prepare_frame
+from streamer.pipeline.render import FrameRenderer
+from streamer.pipeline.timeline import Timeline
 
+T = TypeVar("T")
 BATCH = 8  # frames per generator call: amortises per-call overhead, adds 320 ms of buffering
 
 
@@ -58,33 +69,146 @@ def generate_frames(
 ) -> Iterator[np.ndarray]:
     """RGB frames (H, W, 3) uint8, one per 40 ms of ``samples`` (16 kHz mono float chunks),
     ceil(n / 640) in all; a bare array counts as one chunk. ``idle=False`` keeps the head
-    still and the eyes open (for eval)."""
+    still and the eyes open (for eval).
+
+    The frames come from the live session's frame path (timeline, frame preparation,
+    rendering with the idle-mouth cache) on a virtual clock, so what eval measures is what
+    the server runs. The clock keeps ``batch_size`` frames in flight, which the backend
+    generates in one call.
+    """
     if isinstance(samples, np.ndarray):  # one whole signal rather than chunks
         samples = [samples]
-    windower = MelWindower(avatar.window)
-    compositor = Compositor(avatar, idle=idle, seed=seed)
-    pending: list[np.ndarray] = []
-    k = 0
+    loop = asyncio.new_event_loop()
+    run = _OfflineRun(avatar, backend, iter(samples), batch_size, idle, seed)
+    try:
+        while (frame := loop.run_until_complete(run.next())) is not None:
+            yield frame
+    finally:
+        loop.run_until_complete(run.aclose())
+        loop.close()
 
-    def run(windows: list[np.ndarray]) -> Iterator[np.ndarray]:
-        nonlocal k
-        inputs = [compositor.inputs(k + i) for i in range(len(windows))]
-        mouths = backend.infer(
-            np.stack([r for r, _ in inputs]), np.stack([m for _, m in inputs]), np.stack(windows)
-        )
-        for mouth in mouths:
-            yield compositor.compose(k, mouth)
-            k += 1
 
-    for chunk in samples:
-        for window in windower.push(clean(chunk)):
-            pending.append(window)
-            if len(pending) == batch_size:
-                yield from run(pending)
-                pending = []
-    pending.extend(windower.flush())
-    for start in range(0, len(pending), batch_size):
-        yield from run(pending[start : start + batch_size])
+class _Batches:
+    """The backend as the frame path's generator: requests wait until ``size`` of them (or
+    the clock waiting on one) make a batch, then one ``infer`` call serves them all."""
+
+    def __init__(self, backend: Backend, size: int) -> None:
+        self._backend = backend
+        self._size = size
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, _Then, _Result]] = []
+
+    async def submit(
+        self,
+        reference: np.ndarray,
+        masked: np.ndarray,
+        mel: np.ndarray,
+        deadline: float,
+        *,
+        then: _Then = None,
+        executor: Executor | None = None,
+    ) -> np.ndarray:
+        future: _Result = asyncio.get_running_loop().create_future()
+        self._pending.append((reference, masked, mel, then, future))
+        if len(self._pending) >= self._size:
+            self.flush()
+        return await future
+
+    def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            mouths = self._backend.infer(
+                np.stack([r for r, *_ in batch]),
+                np.stack([m for _, m, *_ in batch]),
+                np.stack([w for _, _, w, *_ in batch]),
+            )
+        except Exception as exc:
+            for *_, future in batch:
+                future.set_exception(exc)
+            return
+        for (_, _, _, then, future), mouth in zip(batch, mouths, strict=True):
+            if not future.cancelled():
+                future.set_result(then(mouth) if then is not None else mouth)
+
+
+_Then = Callable[[np.ndarray], np.ndarray] | None
+_Result = asyncio.Future[np.ndarray]
+
+
+class _Inline(Executor):
+    """Compositing in the caller's thread: offline there is nothing else to overlap with."""
+
+    def submit(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+class _OfflineRun:
+    """The frame path on a virtual clock, fed from an iterator as far as its windows need."""
+
+    def __init__(
+        self,
+        avatar: Avatar,
+        backend: Backend,
+        source: Iterator[np.ndarray],
+        batch_size: int,
+        idle: bool,
+        seed: int,
+    ) -> None:
+        self._source = source
+        self._window = avatar.window
+        self._batch = batch_size
+        self._timeline = Timeline(max_ahead_s=30.0)
+        self._rest = np.zeros(0, np.float32)  # read from the source, not yet written
+        self._total = 0
+        self._ended = False
+        self._published = 0
+        batches = _Batches(backend, batch_size)
+        compositor = Compositor(avatar, idle=idle, seed=seed)
+        renderer = FrameRenderer(avatar, batches, _Inline(), compositor)
+        self._path = FramePath(self._prepare, renderer, FrameBus(), flush=batches.flush)
+        self._clock = VirtualClock(lead_s=(batch_size - 1) * FRAME_SECONDS)
+
+    def _prepare(self, k: int) -> PreparedFrame:
+        return prepare_frame(self._timeline, k, self._window)
+
+    def _fill(self) -> None:
+        """Write the samples every window this tick may take (the clock prepares up to
+        ``batch_size`` frames past the one it publishes)."""
+        need = window_range(self._published + self._batch, self._window)[1]
+        while self._timeline.write_pos < need:
+            if not len(self._rest):
+                chunk = next(self._source, None)
+                if chunk is None:
+                    self._ended = True
+                    return
+                self._rest = clean(chunk)
+                self._total += len(self._rest)
+                continue
+            piece, self._rest = self._rest[:SAMPLE_RATE], self._rest[SAMPLE_RATE:]
+            self._timeline.write(
+                piece,
+                now_pos=self._published * SAMPLES_PER_VIDEO_FRAME,
+                latency=0,
+                utterance_id="offline",
+                arrived_at=self._clock.now(),
+            )
+
+    async def next(self) -> np.ndarray | None:
+        self._fill()
+        if self._ended and self._published >= -(-self._total // SAMPLES_PER_VIDEO_FRAME):
+            return None
+        frame = await self._clock.tick(self._path)
+        self._published += 1
+        return frame.video
+
+    async def aclose(self) -> None:
+        await self._path.aclose()
 
 
 class _Muxer:

@@ -120,7 +120,7 @@ async def test_speak_text_and_audio_queue_in_order(api: tuple[httpx.AsyncClient,
     seen: list[dict[str, Any]] = []
     async with asyncio.timeout(10):
         while sum(e["type"] == "playback_finished" for e in seen) < 2:
-            seen.append(await events.get())
+            seen.append((await events.get()).to_json())
     assert [e["utterance_id"] for e in seen if e["type"] == "speaking_started"] == ids
     finished = [e for e in seen if e["type"] == "playback_finished"]
     assert [e["utterance_id"] for e in finished] == ids
@@ -330,7 +330,7 @@ async def test_switch_avatar_keeps_the_stream_going(
         await asyncio.sleep(0.3)
         r = await client.patch(f"/v1/sessions/{sid}", json={"avatar": "other"})
         assert r.status_code == 200 and r.json()["avatar"] == "other"
-        assert (await asyncio.wait_for(events.get(), 2))["type"] == "avatar_changed"
+        assert (await asyncio.wait_for(events.get(), 2)).to_json()["type"] == "avatar_changed"
         await asyncio.sleep(0.4)
         frames = []
         while sub.depth[1]:

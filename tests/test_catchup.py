@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_session import Live, standin  # noqa: F401  (the fixture)
 
 from models.audio import SAMPLE_RATE
 from models.avatar import Avatar
 from streamer.engine.base import Backend
 from streamer.pipeline.catchup import UNVOICED, shorten
+from tests.test_session import Live, standin  # noqa: F401  (the fixture)
 
 CHUNK = SAMPLE_RATE // 50  # 20 ms, as the WebSocket clients send
 
@@ -62,8 +58,7 @@ async def stream(live: Live, chunks: int, send_at: Callable[[int], float]) -> in
 
 
 def behind_ms(live: Live) -> float:
-    session = live.session
-    excess = session._timeline.write_pos - (session._now_pos() + session._latency)
+    excess = live.session.feeder.excess()
     return 1000.0 * max(0, excess) / SAMPLE_RATE
 
 

@@ -7,17 +7,12 @@ backend, frame collection).
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_avatar import make_stand_in_avatar
 
 from models.audio import SAMPLE_RATE
 from models.avatar import Avatar, read_avatar
@@ -26,7 +21,15 @@ from streamer.engine.base import Backend
 from streamer.engine.worker import InferenceWorker
 from streamer.metrics import Metrics
 from streamer.pipeline.frames import AVFrame
-from streamer.session import Session, SessionConfig, SessionOptions, SessionRegistry
+from streamer.session import (
+    Session,
+    SessionConfig,
+    SessionEvent,
+    SessionOptions,
+    SessionRegistry,
+    SpeechRejected,
+)
+from tests.test_avatar import make_stand_in_avatar
 
 FRAME = 640
 
@@ -55,10 +58,16 @@ def fake_speech(text: str) -> object:
 class Live:
     """A session on a real worker, for one test."""
 
-    def __init__(self, avatar: Avatar, backend: Backend, config: SessionConfig | None = None):
+    def __init__(
+        self,
+        avatar: Avatar,
+        backend: Backend,
+        config: SessionConfig | None = None,
+        worker: InferenceWorker | None = None,
+    ):
         self.pool = ThreadPoolExecutor(2)
         self.metrics = Metrics()
-        self.worker = InferenceWorker(backend, 8, self.metrics.observe_batch)
+        self.worker = worker or InferenceWorker(backend, 8, self.metrics.observe_batch)
         self.session = Session(
             avatar,
             self.worker,
@@ -91,12 +100,13 @@ async def collect(session: Session, count: int) -> list[AVFrame]:
 
 
 async def events_until(
-    queue: asyncio.Queue[dict[str, object]], kind: str, n: int = 1, wait_s: float = 10.0
+    queue: asyncio.Queue[SessionEvent], kind: str, n: int = 1, wait_s: float = 10.0
 ) -> list[dict[str, object]]:
+    """The events up to the ``n``-th of ``kind``, as the JSON the WebSocket sends."""
     seen: list[dict[str, object]] = []
     async with asyncio.timeout(wait_s):
         while sum(e["type"] == kind for e in seen) < n:
-            seen.append(await queue.get())
+            seen.append((await queue.get()).to_json())
     return seen
 
 
@@ -265,8 +275,6 @@ async def test_bounded_buffer_rejects_audio_beyond_the_limit(
     await made.session.start()
     try:
         made.session.speak_audio(tone(1.5))
-        from streamer.session import SpeechRejected
-
         with pytest.raises(SpeechRejected) as err:
             made.session.speak_audio(tone(1.0))
         assert err.value.code == "buffer_full"
@@ -284,20 +292,19 @@ async def test_one_failing_session_leaves_the_other_running(
     avatar, backend = standin
     pool = ThreadPoolExecutor(2)
     worker = InferenceWorker(backend)
+    doomed = InferenceWorker(backend)  # the bad session's own, closed under it
 
     async def factory(name: str, options: SessionOptions, on_failure: object) -> Session:
-        return Session(avatar, worker, executor=pool, on_failure=on_failure)  # type: ignore[arg-type]
+        chosen = doomed if registry else worker
+        return Session(avatar, chosen, executor=pool, on_failure=on_failure)  # type: ignore[arg-type]
 
     registry = SessionRegistry(factory)
     try:
         good = await registry.create("standin")
         bad = await registry.create("standin")
         await collect(bad, 3)
-
-        def broken(k: int) -> object:
-            raise RuntimeError("boom")
-
-        bad._prepare = broken  # type: ignore[method-assign,assignment]
+        await doomed.aclose()
+        bad.speak_audio(tone(1.0))  # its next spoken frame finds the worker closed
         for _ in range(50):
             if registry.get(bad.id) is None:
                 break
@@ -313,6 +320,7 @@ async def test_one_failing_session_leaves_the_other_running(
     finally:
         await registry.aclose()
         await worker.aclose()
+        await doomed.aclose()
         pool.shutdown()
 
 
@@ -391,8 +399,8 @@ async def test_cpu_sessions_are_spread_over_the_frame_period_gpu_ones_batch(
 async def test_two_sessions_on_a_cpu_publish_at_different_phases(
     standin: tuple[Avatar, Backend],
 ) -> None:
-    a, b = Live(*standin), Live(*standin)
-    b.session._worker = a.worker  # one worker for both, as in the server
+    a = Live(*standin)
+    b = Live(*standin, worker=a.worker)  # one worker for both, as in the server
     try:
         await a.session.start()
         await b.session.start()
@@ -400,7 +408,50 @@ async def test_two_sessions_on_a_cpu_publish_at_different_phases(
         gap = (fb[-1].published_at - fa[-1].published_at) % 0.040
         assert 0.015 < gap < 0.025  # half a period apart, not due together
     finally:
-        await a.aclose()
         await b.session.aclose()
-        await b.worker.aclose()
         b.pool.shutdown()
+        await a.aclose()
+
+
+async def test_stats_mean_what_they_say(live: Live) -> None:
+    """Queued speech reports request -> first sound; only live streams speech -> mouth."""
+    session = live.session
+    events = session.subscribe_events()
+    session.speak_text("one two three")
+    await events_until(events, "playback_finished")
+    figures = session.describe()
+    assert figures["speech_to_mouth_ms_p95"] is None
+    first = figures["first_audible_ms_p95"]
+    assert first is not None and 100 < first < 2000  # latency budget + TTS + a frame
+    stream = session.open_stream()
+    for _ in range(15):
+        stream.push(tone(0.04))
+        await asyncio.sleep(0.04)
+    stream.end()
+    await events_until(events, "playback_finished")
+    figures = session.describe()
+    assert figures["speech_to_mouth_ms_p95"] is not None
+    assert figures["first_audible_ms_p95"] == first  # a live stream adds no first-sound figure
+    metrics = live.metrics.render().decode()
+    assert "avatarcast_first_audible_ms_count 1.0" in metrics
+
+
+async def test_interrupt_resets_every_stage(live: Live) -> None:
+    session = live.session
+    events = session.subscribe_events()
+    stream = session.open_stream()
+    stream.push(tone(0.5))
+    queued = session.speak_audio(tone(2.0))
+    await events_until(events, "speaking_started")
+    dropped = session.interrupt()
+    assert sorted(dropped) == sorted([stream.utterance_id, queued])
+    assert stream.dropped and session.queued == 0 and session.state == "idle"
+    # The timeline was cut after the frames in flight (silenced), nothing is queued.
+    left = session.buffered_samples()
+    assert left <= 2 * FRAME
+    stream.push(tone(0.1))  # a dropped stream ignores what still comes in
+    assert session.buffered_samples() <= left
+    # The feeder took up the next utterance after the reset.
+    after = session.speak_audio(tone(0.2))
+    seen = await events_until(events, "playback_finished", 3)
+    assert [e["utterance_id"] for e in seen if e["type"] == "speaking_started"][-1] == after

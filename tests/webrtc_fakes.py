@@ -2,8 +2,9 @@
 
 The session is a small fake publisher on a FrameBus (the media contract every output reads):
 25 fps frames paced by timestamps whose "mouth" brightens exactly on the frames whose audio
-is a tone burst. Like the real session, it hands each picture to its shared encoder
-(``picture_sink``) ahead of publication, so viewers get the production encode path. The
+is a tone burst. Like the real session, it owns the production encode stage and commits
+each picture to its running encoders ahead of publication, so viewers get the production
+encode path. The
 player checks the WHEP answer and records what arrives.
 """
 
@@ -31,11 +32,12 @@ from streamer.api.errors import install_error_handlers
 from streamer.api.state import AppState
 from streamer.config import Settings
 from streamer.engine.base import Backend
-from streamer.engine.worker import EnginePool
+from streamer.engine.pool import EnginePool
 from streamer.metrics import Metrics
 from streamer.outputs.webrtc import PeerRegistry
+from streamer.pipeline.encode import EncodedStream, EncodeStage
 from streamer.pipeline.frames import FRAME_SECONDS, AVFrame, FrameBus
-from streamer.session import PictureSink, Session, SessionOptions, SessionRegistry
+from streamer.session import Session, SessionOptions, SessionRegistry
 
 SIZE = 192
 MOUTH = (slice(120, 160), slice(60, 132))  # rows, cols of the fake mouth
@@ -56,7 +58,6 @@ class FakeSession:
     view_token: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     bus: FrameBus[AVFrame] = field(default_factory=FrameBus)
     video_codec: Literal["vp8", "h264"] = "vp8"
-    picture_sink: PictureSink | None = None  # the shared encoder, while it has viewers
     viewers: int = 0
     ready: bool = False
     frames: int = 0
@@ -72,6 +73,11 @@ class FakeSession:
         t = np.arange(SAMPLES_PER_VIDEO_FRAME) / SAMPLE_RATE
         self._tone = (np.sin(2 * np.pi * 300 * t) * 12000).astype(np.int16)
         self._silence = np.zeros(SAMPLES_PER_VIDEO_FRAME, np.int16)
+        self._encode = EncodeStage(self.id, self.bus, lambda: self.video_codec)
+
+    def encoded(self, codec: Literal["vp8", "h264"] | None = None) -> EncodedStream:
+        """The production encode-once stage, as a session owns it."""
+        return self._encode.encoded(codec)
 
     def viewer_added(self) -> None:
         self.viewers += 1
@@ -91,8 +97,8 @@ class FakeSession:
             on = speaking(k)
             video = self._open if on else self._closed
             await asyncio.sleep(max(0.0, due - COMMIT_AHEAD_S - loop.time()))
-            sink = self.picture_sink
-            encoded = sink.commit(k, video) if sink is not None else None
+            for stream in self._encode.running():
+                stream.commit(k, video)
             await asyncio.sleep(max(0.0, due - loop.time()))
             self.bus.publish(
                 AVFrame(
@@ -100,7 +106,6 @@ class FakeSession:
                     video=video,
                     audio=self._tone if on else self._silence,
                     published_at=loop.time(),
-                    encoded_video=encoded,
                 )
             )
             self.ready = True
@@ -111,6 +116,7 @@ class FakeSession:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._encode.aclose()
         self.bus.close()
 
 

@@ -101,8 +101,10 @@ async function refresh() {
     $("fig-state").textContent = info.state ?? "–";
     $("fig-state").className = info.state === "speaking" ? "speaking" : "";
     $("fig-viewers").textContent = info.viewers ?? "–";
-    const p95 = info.speech_to_mouth_ms_p95 ?? info.latency_ms_p95 ?? info.stats?.speech_to_mouth_ms_p95;
-    $("fig-latency").textContent = p95 == null ? "–" : `${Number(p95).toFixed(0)} ms`;
+    // Live streams only: queued text is written seconds ahead, which is no lag anyone hears.
+    const ms = (value) => (value == null ? "–" : `${Number(value).toFixed(0)} ms`);
+    $("fig-latency").textContent = ms(info.speech_to_mouth_ms_p95);
+    $("fig-first-audible").textContent = ms(info.first_audible_ms_p95);
   } catch (err) {
     $("fig-state").textContent = "gone";
   }

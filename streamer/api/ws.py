@@ -23,7 +23,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from models.audio import SAMPLE_RATE
 from streamer.api.auth import authorize, session_or_404
 from streamer.api.errors import ApiError
-from streamer.session import LiveStream, Session, SpeechRejected
+from streamer.session import LiveStream, Session, SessionClosed, SessionEvent, SpeechRejected
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["websocket"])
@@ -116,11 +116,11 @@ class _Connection:
     async def error(self, code: str, message: str) -> None:
         await self.send({"type": "error", "code": code, "message": message})
 
-    async def forward_events(self, events: asyncio.Queue[dict[str, Any]]) -> None:
+    async def forward_events(self, events: asyncio.Queue[SessionEvent]) -> None:
         while True:
             event = await events.get()
-            await self.send(event)
-            if event.get("type") == "session_closed":
+            await self.send(event.to_json())
+            if isinstance(event, SessionClosed):
                 await self.ws.close(CLOSE_GOING_AWAY)
                 return
 

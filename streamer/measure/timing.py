@@ -131,7 +131,7 @@ def _chunks(samples: np.ndarray, size: int) -> Iterator[np.ndarray]:
 def time_pipeline(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress) -> float | None:
     """ms per frame for audio -> mel -> generator -> compositor -> the live video encoder
     (VP8, as a session's viewers get it, encoded once for all of them), all runtime code."""
-    from streamer.outputs.encoding import VideoEncoder
+    from streamer.pipeline.codecs import VideoEncoder
     from streamer.render import generate_frames
 
     samples = speech_like(plan.pipeline_seconds)
@@ -153,7 +153,7 @@ def time_pipeline(avatar: Any, backend: Any, plan: BenchPlan, progress: Progress
 def time_encoders(avatar: Any, plan: BenchPlan) -> dict[str, float]:
     """ms per frame of the live encoders (VP8, H.264) on the avatar's composited frames."""
     from models.compositor import Compositor
-    from streamer.outputs.encoding import VideoEncoder
+    from streamer.pipeline.codecs import VideoEncoder
 
     compositor = Compositor(avatar)
     rng = np.random.default_rng(0)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -38,10 +37,6 @@ class AVFrame:
     # speech-to-mouth latency is the publish time minus this.
     audio_in_at: float | None = None
     published_at: float = 0.0
-    # The picture as the session's shared encoder made it (bytes, key frame?) when the session
-    # handed it over before publication; None when it did not (no encoder, or a repeated
-    # picture). Encoding ahead keeps the encode off the path from publication to the viewers.
-    encoded_video: concurrent.futures.Future[tuple[bytes | None, bool]] | None = None
 
     @property
     def seconds(self) -> float:

@@ -2,8 +2,8 @@
 
 ``tracks`` (what a viewer's tracks forward), ``peer`` (one peer connection), ``registry``
 (every peer, made from offers), ``sdp`` (offers parsed and checked, codecs chosen) and
-``compat`` (the guarded reaches into aiortc/aioice). ``encoders`` is a temporary adapter to the
-session's encode-once stage.
+``compat`` (the guarded reaches into aiortc/aioice). Encoding happens once per session, in the
+session's own encode stage (:mod:`streamer.pipeline.encode`); viewers only subscribe to it.
 """
 
 from streamer.outputs.webrtc.compat import add_loopback_candidates, route_keyframe_requests

@@ -11,8 +11,8 @@ from typing import Literal, Protocol
 
 from aiortc import RTCPeerConnection
 
-from streamer.outputs.encoding import EncodedFrame, VideoCodec
 from streamer.outputs.webrtc.tracks import AVVideoTrack, EncodedStream, EncodedVideoTrack
+from streamer.pipeline.codecs import EncodedFrame, VideoCodec
 from streamer.pipeline.frames import AVFrame, FrameBus, Subscription
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ class Viewable(Protocol):
     def viewer_added(self) -> None: ...
 
     def viewer_removed(self) -> None: ...
+
+    def encoded(self, codec: VideoCodec | None = None) -> EncodedStream: ...
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from streamer.outputs.webrtc.compat import add_loopback_candidates, route_keyframe_requests
-from streamer.outputs.webrtc.encoders import SessionEncoders
 from streamer.outputs.webrtc.peer import Peer, PeerInfo, PeerKind, Viewable
 from streamer.outputs.webrtc.sdp import (
     MEDIA,
@@ -50,7 +49,6 @@ class PeerRegistry:
         self._loopback = loopback_candidates
         self._connect_timeout = connect_timeout
         self._peers: dict[str, Peer] = {}
-        self._encoders = SessionEncoders()  # TEMPORARY ADAPTER: see encoders.py
         self._closing: set[asyncio.Task[bool]] = set()
         self._closed = False
 
@@ -69,11 +67,9 @@ class PeerRegistry:
         return list(streams.values())
 
     def _encoded(self, session: Viewable) -> EncodedStream:
-        """The session's shared encoder: the one place the registry gets it.
-
-        TEMPORARY ADAPTER (see encoders.py): becomes ``session.encoded(session.video_codec)``.
-        """
-        return self._encoders.encoded(session, session.video_codec)
+        """The session's shared encoder (the session owns it and stops it when no viewer
+        reads it): the one place the registry gets it."""
+        return session.encoded(session.video_codec)
 
     async def add_viewer(self, session: Viewable, offer_sdp: str) -> tuple[Peer, str]:
         """A recvonly offer -> a viewer forwarding the session's AV frames; returns the answer."""
@@ -190,7 +186,6 @@ class PeerRegistry:
         if peer is None:
             return False
         await peer.aclose()
-        await self._encoders.release_idle(peer.info.session_id)  # TEMPORARY ADAPTER
         return True
 
     async def remove_session(self, session_id: str) -> None:

@@ -25,7 +25,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
-from streamer.outputs.encoding import EncodedFrame
+from streamer.pipeline.codecs import EncodedFrame
 from streamer.pipeline.frames import AVFrame, Subscription
 
 VIDEO_CLOCK = 90_000

@@ -1,0 +1,29 @@
+"""A session's settings: server-wide timing (:class:`SessionConfig`) and what its creator
+asked for (:class:`SessionOptions`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+SpeechSource = Callable[[str], Iterator[np.ndarray]]  # text -> 16 kHz float32 chunks (blocking)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    latency_s: float = 0.135  # speech is written this far ahead of the sample playing now
+    lead_s: float = 0.025  # a frame's window is taken this long before it is published
+    max_buffer_s: float = 60.0  # audio buffered ahead (timeline + queued) per session
+    tts_ahead_s: float = 4.0  # synthesise the next sentence when less than this is buffered
+    start_delay_s: float = 0.05
+    event_queue: int = 256
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    video_codec: Literal["vp8", "h264"] = "vp8"
+    width: int | None = None
+    height: int | None = None

@@ -1,0 +1,189 @@
+"""The feeder: one task that writes the queued utterances into the timeline, in order.
+
+Each utterance is written no earlier than ``now + latency`` and no more than the session's
+buffer ahead: decoded audio a second at a time, text a sentence at a time (synthesised once
+less than ``tts_ahead_s`` is buffered), a live stream chunk by chunk as it arrives. A live
+stream that fell behind is caught up (:meth:`Feeder.reclaim`). An interrupt
+(:meth:`Feeder.reset`) abandons the utterance being fed and starts the task afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from models.audio import SAMPLE_RATE
+from streamer.pipeline.catchup import shorten
+from streamer.pipeline.timeline import Timeline, TimelineFull
+from streamer.session.config import SessionConfig, SpeechSource
+from streamer.session.events import SessionEvent, SpeechFailed
+from streamer.session.utterances import LiveStream, Utterance, UtteranceQueue
+
+log = logging.getLogger(__name__)
+
+RECLAIM_SLACK = SAMPLE_RATE // 200  # 5 ms of live-stream lateness is tolerated ...
+QUIET = 0.01  # ... beyond it, samples quieter than -40 dBFS are dropped to catch up ...
+RECLAIM_MAX = SAMPLE_RATE * 2 // 5  # ... up to 400 ms behind, once it has been steady ...
+MIN_PAUSE = SAMPLE_RATE // 200  # 5 ms of quiet at least: a pause to shorten
+STEADY = SAMPLE_RATE // 2  # ... for 0.5 s of its audio (not sent faster than real time)
+CATCHUP_RATE = 10  # a voice without pauses loses at most 1 sample in 10 (10 % faster)
+
+
+class Feeder:
+    """Writes utterances into ``timeline``; ``now_pos()`` is the sample playing now."""
+
+    def __init__(
+        self,
+        queue: UtteranceQueue,
+        timeline: Timeline,
+        *,
+        config: SessionConfig,
+        now_pos: Callable[[], int],
+        emit: Callable[[SessionEvent], None],
+        speech: SpeechSource | None,
+        speech_executor: Executor | None,
+        start_task: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]],
+        name: str,
+    ) -> None:
+        self._queue = queue
+        self._timeline = timeline
+        self._config = config
+        self._latency = int(config.latency_s * SAMPLE_RATE)
+        self._limit = int(config.max_buffer_s * SAMPLE_RATE)
+        self._now_pos = now_pos
+        self._emit = emit
+        self._speech = speech
+        self._speech_executor = speech_executor
+        self._start_task = start_task  # the session owns the task (and its failure)
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = self._start_task(self.run(), "feeder")
+
+    def reset(self) -> None:
+        """Abandon what is being fed (an interrupt) and wait for the next utterance."""
+        if self._task is not None:
+            self._task.cancel()
+            self.start()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def excess(self) -> int:
+        """How far the timeline is written beyond ``now + latency``, in samples."""
+        return self._timeline.write_pos - (self._now_pos() + self._latency)
+
+    async def run(self) -> None:
+        while True:
+            utt = await self._queue.next()
+            try:
+                await self._feed(utt)
+            except Exception as exc:  # this utterance fails, not the session
+                log.exception("%s: utterance %s failed", self._name, utt.id)
+                message = str(exc) or type(exc).__name__
+                self._emit(SpeechFailed("speech_failed", utt.id, message))
+            self._queue.fed(utt)
+
+    async def _feed(self, utt: Utterance) -> None:
+        if utt.samples is not None:
+            await self._feed_audio(utt, utt.samples)
+        elif utt.stream is not None:
+            await self._feed_stream(utt, utt.stream)
+        else:
+            await self._feed_text(utt)
+
+    async def _feed_audio(self, utt: Utterance, samples: np.ndarray) -> None:
+        for start in range(0, len(samples), SAMPLE_RATE):
+            piece = samples[start : start + SAMPLE_RATE]
+            await self._until_buffered_below(self._limit - len(piece))
+            self._write(utt, piece)
+
+    async def _feed_stream(self, utt: Utterance, stream: LiveStream) -> None:
+        while (chunk := await stream.next_chunk()) is not None:
+            chunk = self.reclaim(stream, chunk)
+            try:
+                self._write(utt, chunk)
+            except TimelineFull:
+                log.warning("%s: stream %s overflowed; dropping", self._name, utt.id)
+                stream.drop()
+
+    async def _feed_text(self, utt: Utterance) -> None:
+        assert self._speech is not None
+        loop = asyncio.get_running_loop()
+        pool = self._speech_executor
+        chunks: Iterator[np.ndarray] = await loop.run_in_executor(pool, self._speech, utt.text)
+        ahead = int(self._config.tts_ahead_s * SAMPLE_RATE)
+        half = self._limit // 2
+        while True:
+            await self._until_buffered_below(ahead)
+            chunk = await loop.run_in_executor(pool, next, chunks, None)
+            if chunk is None:
+                return
+            for start in range(0, len(chunk), half):
+                piece = chunk[start : start + half]
+                await self._until_buffered_below(self._limit - len(piece))
+                self._write(utt, piece)
+
+    def _write(self, utt: Utterance, chunk: np.ndarray) -> None:
+        pos = self._timeline.write(
+            chunk,
+            now_pos=self._now_pos(),
+            latency=self._latency,
+            utterance_id=utt.id,
+            arrived_at=asyncio.get_running_loop().time(),
+            # A live stream's next piece joins the last one (jitter costs no gap)
+            contiguous=utt.live and utt.written > 0,
+        )
+        utt.written += len(chunk)
+        utt.end_pos = pos + len(chunk)
+        self._queue.written(utt)
+
+    def reclaim(self, stream: LiveStream, chunk: np.ndarray) -> np.ndarray:
+        """A live stream held up for longer than the timeline lets a late piece keep its
+        place (``timeline.RESUME``) starts again a whole latency budget later, and stays
+        that much behind, since its later chunks queue after it. Pauses give the time
+        back: quiet samples beyond the latency budget are skipped. A voice that never pauses
+        loses a pitch period now and then instead (:mod:`streamer.pipeline.catchup`), at most
+        one sample in ``CATCHUP_RATE``.
+
+        Only a stream that is steadily behind is caught up: one whose lead has not grown for
+        ``STEADY`` of its audio, and is under ``RECLAIM_MAX``. A client sending faster than
+        real time, or far ahead on purpose, keeps every sample and every pause.
+        """
+        excess = self.excess()
+        growing = excess > stream.last_excess + len(chunk) // 2
+        stream.last_excess = excess
+        stream.steady = 0 if growing else stream.steady + len(chunk)
+        stream.since_cut += len(chunk)
+        if (
+            excess <= RECLAIM_SLACK
+            or excess > RECLAIM_MAX
+            or stream.steady < STEADY
+            or not len(chunk)
+        ):
+            return chunk
+        loud = np.flatnonzero(np.abs(chunk) >= QUIET)
+        quiet_head = int(loud[0]) if len(loud) else len(chunk)
+        if quiet_head >= MIN_PAUSE:  # a pause (a zero crossing is not one)
+            return chunk[min(quiet_head, excess) :]
+        budget = min(excess, stream.since_cut // CATCHUP_RATE)
+        shorter = shorten(chunk, budget)
+        if len(shorter) < len(chunk):
+            stream.since_cut = 0
+        return shorter
+
+    async def _until_buffered_below(self, samples: int) -> None:
+        # Only the clock drains the timeline, at exactly real time (and only this task
+        # writes it), so the wait is known in advance.
+        ahead = self._timeline.ahead(self._now_pos())
+        if ahead > samples:
+            await asyncio.sleep((ahead - samples) / SAMPLE_RATE)

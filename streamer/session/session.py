@@ -1,0 +1,322 @@
+"""A live session: speech in, one clock, AV frames and encoded frames out.
+
+The data's path, stage by stage:
+
+1. Speech comes in as utterances (:mod:`.utterances`), played strictly in order: text (the
+   built-in TTS), decoded audio, or a live stream fed while it plays.
+2. The feeder (:mod:`.feeder`) writes them into the timeline
+   (:mod:`streamer.pipeline.timeline`) no earlier than ``now + latency``.
+3. The clock (:mod:`streamer.pipeline.clock`) prepares frame ``k`` ``lead`` seconds before
+   it is due (:mod:`streamer.pipeline.prepare`), renders it in the background
+   (:mod:`streamer.pipeline.render`) and publishes it on time on the AV frame bus
+   (:mod:`streamer.pipeline.path`), with the previous picture if its own is late.
+4. Encode once (:mod:`streamer.pipeline.encode`): one encoder per codec, owned here, gets each
+   picture as soon as it is composited and publishes encoded frames next to the AV frames.
+
+``interrupt`` asks each stage to reset: the queue drops its utterances, the feeder starts
+afresh, the frames in flight are silenced, the timeline is cut after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
+from typing import Any, Literal
+
+import numpy as np
+
+from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from models.avatar import Avatar
+from streamer.engine.worker import InferenceWorker
+from streamer.metrics import Metrics
+from streamer.pipeline.clock import LiveClock
+from streamer.pipeline.encode import EncodedStream, EncodeStage, VideoCodec
+from streamer.pipeline.frames import AVFrame, FrameBus
+from streamer.pipeline.path import FramePath
+from streamer.pipeline.prepare import PreparedFrame, prepare_frame
+from streamer.pipeline.render import FrameRenderer
+from streamer.pipeline.timeline import Timeline
+from streamer.session.config import SessionConfig, SessionOptions, SpeechSource
+from streamer.session.events import AvatarChanged, EventHub, SessionClosed, SessionEvent
+from streamer.session.feeder import Feeder
+from streamer.session.stats import SessionStats
+from streamer.session.utterances import Kind, LiveStream, SpeechRejected, UtteranceQueue
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 100_000
+
+
+class Session:
+    def __init__(
+        self,
+        avatar: Avatar,
+        worker: InferenceWorker,
+        *,
+        executor: Executor,
+        speech: SpeechSource | None = None,
+        speech_executor: Executor | None = None,
+        metrics: Metrics | None = None,
+        config: SessionConfig | None = None,
+        options: SessionOptions | None = None,
+        on_failure: Callable[[Session, BaseException], None] | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.id = session_id or secrets.token_hex(8)
+        self.avatar = avatar
+        self.view_token = secrets.token_urlsafe(24)
+        self.created = time.time()
+        self.options = options or SessionOptions()
+        self.config = config or SessionConfig()
+        self.bus: FrameBus[AVFrame] = FrameBus()
+        self.outputs: dict[str, dict[str, Any]] = {}  # output id -> description (outputs add)
+        self.viewers = 0
+        self.stats = SessionStats()
+        self.failure: BaseException | None = None
+        self._worker = worker
+        self._executor = executor
+        self._speech = speech
+        self._metrics = metrics
+        self._on_failure = on_failure
+        self._events = EventHub(self.config.event_queue)
+        self._utterances = UtteranceQueue(self._events.emit)
+        self._timeline = Timeline(self.config.max_buffer_s)
+        self._clock: LiveClock | None = None
+        self._encode = EncodeStage(self.id, self.bus, lambda: self.options.video_codec)
+        self._path = FramePath(
+            self._prepare,
+            FrameRenderer(avatar, worker, executor),
+            self.bus,
+            sinks=self._encode.running,
+            on_published=self._published,
+            name=f"session {self.id}",
+        )
+        self.feeder = Feeder(
+            self._utterances,
+            self._timeline,
+            config=self.config,
+            now_pos=self._now_pos,
+            emit=self._events.emit,
+            speech=speech,
+            speech_executor=speech_executor or executor,
+            start_task=self._own,
+            name=f"session {self.id}",
+        )
+        self._ready = asyncio.Event()
+        self._last_published: float | None = None
+        self._clock_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        if self._closed:
+            raise RuntimeError(f"session {self.id} is closed")
+        self._started = True
+        self._clock_task = self._own(self._run_clock(), "clock")
+        self.feeder.start()
+
+    def _own(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"session-{self.id}-{name}")
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._closed:
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        self.failure = exc
+        log.error("session %s failed in %s", self.id, task.get_name(), exc_info=exc)
+        if self._on_failure is not None:
+            self._on_failure(self, exc)
+
+    async def _run_clock(self) -> None:
+        config = self.config
+        self._clock = LiveClock(config.lead_s, config.start_delay_s, self._worker)
+        while True:
+            await self._clock.tick(self._path)
+
+    async def aclose(self) -> None:
+        """Stop every stage, end every stream, listener and encoder. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._clock_task is not None:
+            self._clock_task.cancel()
+            await asyncio.gather(self._clock_task, return_exceptions=True)
+        await self.feeder.aclose()
+        await self._path.aclose()
+        if self._clock is not None:
+            self._clock.close()
+        self._utterances.drop_all()
+        self._events.emit(SessionClosed(self.id))
+        await self._encode.aclose()
+        self.bus.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def ready(self) -> bool:
+        """True once the first frame has been published."""
+        return self._ready.is_set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    @property
+    def state(self) -> Literal["idle", "speaking"]:
+        return "speaking" if self._utterances.speaking else "idle"
+
+    @property
+    def video_codec(self) -> VideoCodec:
+        return self.options.video_codec
+
+    def viewer_added(self) -> None:
+        self.viewers += 1
+
+    def viewer_removed(self) -> None:
+        self.viewers = max(0, self.viewers - 1)
+
+    # --- speech in -------------------------------------------------------------------------
+
+    def _new(self, kind: Kind) -> Any:
+        if self._closed:
+            raise SpeechRejected("session_closed", f"session {self.id} is closed")
+        return self._utterances.new(kind, asyncio.get_running_loop().time())
+
+    def speak_text(self, text: str) -> str:
+        if not isinstance(text, str) or not any(c.isalnum() for c in text):
+            raise SpeechRejected("empty_text", "text is empty: give at least one word to speak")
+        if len(text) > MAX_TEXT_CHARS:
+            raise SpeechRejected(
+                "text_too_long", f"text has {len(text)} characters; at most {MAX_TEXT_CHARS}"
+            )
+        if self._speech is None:
+            raise SpeechRejected("tts_unavailable", "this server has no text-to-speech")
+        utt = self._new("text")
+        utt.text = text
+        return self._utterances.add(utt)
+
+    def speak_audio(self, samples16k: np.ndarray) -> str:
+        x = np.asarray(samples16k, np.float32).reshape(-1)
+        if not len(x):
+            raise SpeechRejected("empty_audio", "the audio has no samples")
+        utt = self._new("audio")
+        self._check_budget(len(x))
+        utt.samples = np.clip(np.nan_to_num(x), -1.0, 1.0)
+        return self._utterances.add(utt)
+
+    def open_stream(self) -> LiveStream:
+        utt = self._new("stream")
+        stream = LiveStream(utt, self._check_budget)
+        utt.stream = stream
+        self._utterances.add(utt)
+        return stream
+
+    def buffered_samples(self) -> int:
+        """Audio ahead of the clock: in the timeline plus queued and not yet written."""
+        return self._timeline.ahead(self._now_pos()) + sum(
+            u.unwritten for u in self._utterances.pending()
+        )
+
+    def _check_budget(self, extra: int) -> None:
+        limit = int(self.config.max_buffer_s * SAMPLE_RATE)
+        if self.buffered_samples() + extra > limit:
+            raise SpeechRejected(
+                "buffer_full",
+                f"more than {self.config.max_buffer_s:.0f} s of audio would be queued in this "
+                "session: send audio no faster than real time, or wait for playback",
+            )
+
+    @property
+    def queued(self) -> int:
+        return self._utterances.queued
+
+    def switch_avatar(self, avatar: Avatar, worker: InferenceWorker) -> None:
+        """Show ``avatar`` from the next frame prepared on. The clock, the speech and the
+        outputs carry on, so viewers stay connected (they get the new frame size, if it
+        differs); frames already in flight finish with the avatar they started with."""
+        self.avatar = avatar
+        self._worker = worker
+        self._path.switch(FrameRenderer(avatar, worker, self._executor))
+        self._events.emit(AvatarChanged(avatar.name))
+
+    def interrupt(self) -> list[str]:
+        """Drop queued and playing speech; the next frame published is silent and idle."""
+        if not self._closed:
+            self.feeder.reset()
+        first_unprepared = self._path.reset()
+        self._timeline.cut(first_unprepared * SAMPLES_PER_VIDEO_FRAME)
+        return [u.id for u in self._utterances.drop_all()]
+
+    # --- events and encoded frames out -----------------------------------------------------
+
+    def subscribe_events(self) -> asyncio.Queue[SessionEvent]:
+        return self._events.subscribe()
+
+    def unsubscribe_events(self, queue: asyncio.Queue[SessionEvent]) -> None:
+        self._events.unsubscribe(queue)
+
+    def encoded(self, codec: VideoCodec | None = None) -> EncodedStream:
+        """This session's frames encoded once in ``codec`` (its own codec by default)."""
+        return self._encode.encoded(codec)
+
+    def encoders(self) -> list[EncodedStream]:
+        """The encoders at work now (those with a subscriber)."""
+        return self._encode.running()
+
+    # --- the frame path's two ends ---------------------------------------------------------
+
+    def _now_pos(self) -> int:
+        return 0 if self._clock is None else self._clock.position(SAMPLE_RATE)
+
+    def _prepare(self, k: int) -> PreparedFrame:
+        return prepare_frame(self._timeline, k, self.avatar.window, self._utterances.is_live)
+
+    def _published(self, frame: PreparedFrame, out: AVFrame, fresh: bool) -> None:
+        stats, metrics, now = self.stats, self._metrics, out.published_at
+        if fresh:
+            stats.generated += 1
+        else:
+            stats.dropped += 1
+        stats.frames += 1
+        self._ready.set()
+        interval = None if self._last_published is None else (now - self._last_published) * 1e3
+        self._last_published = now
+        if interval is not None:
+            stats.intervals_ms.append(interval)
+        latency = None if frame.live_in_at is None else (now - frame.live_in_at) * 1000.0
+        if latency is not None:
+            stats.latency_ms.append(latency)
+        audible = [
+            (now - u.requested_at) * 1000.0 for u in self._utterances.played(frame) if not u.live
+        ]
+        stats.first_audible_ms.extend(audible)
+        if metrics is not None:
+            metrics.observe_frame(fresh, interval, latency, audible)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "avatar": self.avatar.name,
+            "state": self.state,
+            "ready": self.ready,
+            "viewers": self.viewers,
+            "outputs": [{"id": oid, **desc} for oid, desc in self.outputs.items()],
+            "created": self.created,
+            "video_codec": self.options.video_codec,
+            **self.stats.figures(),
+            "queued_utterances": self.queued,
+            "buffered_s": round(self.buffered_samples() / SAMPLE_RATE, 3),
+        }
