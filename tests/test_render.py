@@ -33,14 +33,14 @@ def avatar(tmp_path_factory: pytest.TempPathFactory) -> Avatar:
 @pytest.fixture(scope="module")
 def backend(avatar: Avatar) -> OnnxBackend:
     made = make_backend("auto", avatar)
-    assert isinstance(made, OnnxBackend) and made.name == "onnx-cpu"
+    assert isinstance(made, OnnxBackend) and (made.name, made.device) == ("onnx", "cpu")
     return made
 
 
 class MeanBackend:
     """Numpy stand-in for speed: the mouth is the masked crop brightened by the audio energy."""
 
-    name = "fake"
+    name, device = "fake", "cpu"
 
     def infer(self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray) -> np.ndarray:
         energy = np.clip((mel.mean(axis=(1, 2)) + 5.0) / 5.0, 0, 1)[:, None, None, None]
