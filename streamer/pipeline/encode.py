@@ -225,12 +225,13 @@ class EncodedStream:
                     send_at = frame.published_at + self._audio.delay_s
                     self._pending.append((frame.index, picture, send_at))
                     self._flush()
-        except ConnectionError:  # the session's bus closed
-            pass
+        except ConnectionError:  # the session's bus closed: so do its viewers
+            self.bus.close()
         except Exception:
             log.exception("session %s: the encoder failed; its viewers stop", self.session_id)
-        finally:
             self.bus.close()
+        # Cancelled by _stop (the last viewer left), the bus stays open: a viewer who joins
+        # before this task has wound down must not lose its subscription.
 
     def _stop(self) -> None:
         """Stop encoding (nobody subscribes); the task is awaited by :meth:`aclose`."""
