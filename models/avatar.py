@@ -356,18 +356,24 @@ def write_avatar(
             json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8"
         )
         os.chmod(staging, 0o755)
-        # Swap directories so a reader sees either the old package or the new one, never half.
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_package(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def replace_package(staged: Path, target: Path) -> None:
+    """Put the package built at ``staged`` (a sibling of ``target``, on the same file system)
+    at ``target``, replacing any package there. Directories are swapped by rename, so a reader
+    sees either the old package or the new one, never half."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staged, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

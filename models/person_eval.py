@@ -29,7 +29,7 @@ from torch import nn
 from models.audio import FPS
 from models.avatar import Avatar
 from models.eval import MAX_LAG_S, ApertureMeter, pearson, region_quality
-from models.finetune import PersonData
+from models.person import PersonData
 
 LAG_STEP_S = 0.005
 BATCH = 16

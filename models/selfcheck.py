@@ -9,7 +9,6 @@ means; a mouth that does not follow speech at all is refused.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +86,10 @@ def install_checked(
 ) -> SelfCheck | None:
     """Self-check the package built at ``staged`` (unless ``check`` is off), then rename it to
     ``target``; a refused package is never installed (AvatarError naming ``source``)."""
-    from models.avatar import AvatarError, read_avatar
+    from models.avatar import AvatarError, read_avatar, replace_package
 
     verdict = self_check(read_avatar(staged), cases) if check else None
     if verdict is not None and verdict.refused is not None:
         raise AvatarError(f"{source}: {verdict.refused}")
-    os.replace(staged, target)
+    replace_package(staged, target)
     return verdict

@@ -194,7 +194,7 @@ def _adapt_to_video(
     with no steps, the default model stays."""
     from models.adapt import TrackedTeacher
     from models.avatar import TEACHER_LANDMARKS, TEACHER_PHOTO, read_avatar
-    from models.finetune import FinetuneError, load_person
+    from models.person import FinetuneError, load_person
 
     with FaceTracker(max_faces=1, video=False) as tracker:
         faces = tracker.landmarks(frame)
@@ -227,8 +227,8 @@ def _better_on_heldout(avatar: Any, real: Any, checkpoint: Path) -> bool:
     """Whether the adapted model beats the default on the held-out tail of the person's own
     video (the judge ``avatar train`` uses): a video unlike the teacher's animation of its
     first frame (light that changes, say) can make adaptation a loss, and then it is dropped."""
+    from models.checkpoint import generator_from_checkpoint, load_checkpoint
     from models.person_eval import evaluate_generators
-    from models.train import generator_from_checkpoint, load_checkpoint
 
     models = {
         "old": generator_from_checkpoint(load_checkpoint(default_avatar_dir() / CHECKPOINT_FILE)),

@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.finetune import (
-    GAP_FRAMES,
-    STATE_FILE,
-    FinetuneConfig,
-    Finetuner,
-    load_person,
-    split_holdout,
-    work_dir,
-)
+from models.finetune import STATE_FILE, FinetuneConfig, Finetuner, work_dir
+from models.person import GAP_FRAMES, load_person, split_holdout
 from models.person_eval import PersonScore, lag_correlation, shifted
 from streamer.cli import main
 from tests.talking_video import make_talking_video
@@ -70,7 +63,7 @@ def test_train_created_avatar(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from models.avatar import load_avatar
-    from models.train import load_checkpoint
+    from models.checkpoint import load_checkpoint
 
     video = make_talking_video(tmp_path / "talk.mp4", seconds=10.0)
     assert (
