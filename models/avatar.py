@@ -47,6 +47,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 TEACHER_PHOTO = "teacher/photo.png"
 TEACHER_LANDMARKS = "teacher/landmarks.npy"
 Kind = Literal["photo", "video"]
+# Where the feather mask exceeds this, the generator draws the pixel: its input is blanked
+# there (in training and at run time alike) and the image figures are measured there.
+MASK_CUT = 0.05
 DEFAULT_WINDOW = WindowConfig()
 
 
@@ -146,6 +149,11 @@ class Avatar:
     @property
     def crop_size(self) -> int:
         return self.manifest.crop_size
+
+
+def keep_mask(mask: np.ndarray) -> np.ndarray:
+    """1.0 where the frame shows through the generator's input (the mask at most MASK_CUT)."""
+    return (mask <= MASK_CUT).astype(np.float32)
 
 
 def check_name(name: str) -> str:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.audio import LOG_FLOOR, SAMPLES_PER_VIDEO_FRAME
-from models.avatar import Avatar, AvatarError
-from models.data import MASK_CUT, mel_windows
+from models.avatar import Avatar, AvatarError, keep_mask
+from models.data import mel_windows
 
 MIN_TRAIN_FRAMES = 50  # 2 s: less cannot teach the generator a mouth
 MIN_HELDOUT_FRAMES = 12
@@ -131,7 +131,7 @@ def training_batch(
     target = _image(data.crops[idx])
     refs = data.crops[data.train[rng.integers(0, len(data.train), batch)]].copy()
     refs[rng.random(batch) < 0.5] = data.reference
-    keep = (data.mask <= MASK_CUT).astype(np.float32)
+    keep = keep_mask(data.mask)
     return {
         "reference": _image(refs),
         "masked": target * keep[None, None],
