@@ -15,8 +15,9 @@ A package is a directory::
                        landmarks.npy, from which the teacher animates this face
 
 ``default`` ships inside this package (``models/default``); all others live in
-``$AVATARCAST_HOME/avatars/NAME`` (``AVATARCAST_HOME`` defaults to ``~/.avatarcast``).
-Loading never needs torch or mediapipe.
+``HOME/avatars/NAME``, where ``HOME`` is the server's home (``Settings.home``: read once at the
+edge from ``$AVATARCAST_HOME``, default ``~/.avatarcast``) and is passed in, never looked up
+here. Loading never needs torch or mediapipe.
 """
 
 from __future__ import annotations
@@ -165,22 +166,19 @@ def check_name(name: str) -> str:
     return name
 
 
-def avatarcast_home() -> Path:
-    return Path(os.environ.get("AVATARCAST_HOME") or Path.home() / ".avatarcast").expanduser()
-
-
-def avatars_root() -> Path:
-    return avatarcast_home() / "avatars"
+def avatars_root(home: Path) -> Path:
+    """Where the packages other than ``default`` live under the server's ``home``."""
+    return home / "avatars"
 
 
 def default_avatar_dir() -> Path:
     return Path(__file__).resolve().parent / "default"
 
 
-def avatar_dir(name: str) -> Path:
+def avatar_dir(name: str, home: Path) -> Path:
     """Where the package called ``name`` lives (whether or not it exists)."""
     check_name(name)
-    return default_avatar_dir() if name == DEFAULT_NAME else avatars_root() / name
+    return default_avatar_dir() if name == DEFAULT_NAME else avatars_root(home) / name
 
 
 def _read_png(path: Path, flags: int) -> np.ndarray:
@@ -249,24 +247,24 @@ def _check_boxes(boxes: np.ndarray, width: int, height: int) -> None:
         raise AvatarError("mouth boxes must be squares of at least 8 px")
 
 
-def load_avatar(name: str) -> Avatar:
-    """Load an avatar by name: ``default`` from the package, others from the avatar home."""
-    root = avatar_dir(name)
+def load_avatar(name: str, home: Path) -> Avatar:
+    """Load an avatar by name: ``default`` from the package, others from ``home``."""
+    root = avatar_dir(name, home)
     if not root.is_dir():
         if name == DEFAULT_NAME:
             raise AvatarError(
                 "the built-in default avatar is not built: run `python -m models.recipe`"
             )
         raise AvatarError(
-            f"no avatar named {name!r} in {avatars_root()}: see `avatarcast avatar list`"
+            f"no avatar named {name!r} in {avatars_root(home)}: see `avatarcast avatar list`"
         )
     return read_avatar(root)
 
 
-def list_avatars() -> list[str]:
+def list_avatars(home: Path) -> list[str]:
     """Names of the installed avatars, ``default`` first when it is built."""
     names = [DEFAULT_NAME] if (default_avatar_dir() / "manifest.json").is_file() else []
-    root = avatars_root()
+    root = avatars_root(home)
     if root.is_dir():
         names += sorted(
             p.name
@@ -278,13 +276,13 @@ def list_avatars() -> list[str]:
     return names
 
 
-def delete_avatar(name: str) -> None:
+def delete_avatar(name: str, home: Path) -> None:
     check_name(name)
     if name == DEFAULT_NAME:
         raise AvatarError("the built-in default avatar cannot be deleted")
-    root = avatar_dir(name)
+    root = avatar_dir(name, home)
     if not (root / "manifest.json").is_file():
-        raise AvatarError(f"no avatar named {name!r} in {avatars_root()}")
+        raise AvatarError(f"no avatar named {name!r} in {avatars_root(home)}")
     shutil.rmtree(root)
 
 

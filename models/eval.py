@@ -309,10 +309,11 @@ def run_eval(
     ``image.sharpness`` (figures that cannot be measured are null)."""
     from models.avatar import load_avatar
     from models.synth.clip import avatar_teacher
+    from streamer.config import Settings
     from streamer.engine.factory import make_backend
 
     started = time.perf_counter()
-    avatar = avatar if avatar is not None else load_avatar(avatar_name)
+    avatar = avatar if avatar is not None else load_avatar(avatar_name, Settings.from_env().home)
     backend = make_backend(backend_name, avatar)
     face = avatar_teacher(avatar)
     # Only an avatar standing on one still frame matches the teacher pixel for pixel.

@@ -11,10 +11,12 @@ SyncNet expert when the starting checkpoint holds one (the default's does not: t
 skipped), and optionally the LSGAN patch critic. No teacher params: a person has none.
 
 The run's state (models, optimisers, random state, step) is saved atomically to
-``$AVATARCAST_HOME/work/NAME/finetune.pt`` every ``checkpoint_every`` steps, so ``--resume``
-continues exactly there. The package changes only at the end, and only when the new model is
-better on the held-out part (or ``force``): a copy of the package with the new checkpoint and
-its ONNX export (checked for parity) is renamed into place.
+``HOME/work/NAME/finetune.pt`` (``HOME``: the server's home) every ``checkpoint_every``
+steps, so ``--resume`` continues exactly there. The package changes only at the end, and
+only when the new model is better on the held-out part (or ``force``): a copy of the package
+with the new checkpoint and its ONNX export (checked for parity) is renamed into place
+(:func:`models.avatar.replace_package`). The step itself is :mod:`models.step`'s, which the
+default's training shares.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from models.avatar import (
     DEFAULT_NAME,
     MODEL_FILE,
     Avatar,
-    avatarcast_home,
     load_avatar,
     replace_package,
 )
@@ -81,9 +82,9 @@ class FinetuneConfig:
 # --- the run ---------------------------------------------------------------------------------
 
 
-def work_dir(name: str) -> Path:
+def work_dir(name: str, home: Path) -> Path:
     """Where a run of ``avatar train NAME`` keeps its state until it is done."""
-    return avatarcast_home() / "work" / name
+    return home / "work" / name
 
 
 def _sha256(path: Path) -> str:
@@ -234,6 +235,7 @@ class TrainReport:
     parity: float | None  # ONNX vs torch max abs difference of the written model
     heldout_frames: int
     train_frames: int
+    work: Path  # where the run's state stays when the new model is not kept
 
     @property
     def steps_per_s(self) -> float:
@@ -255,7 +257,7 @@ class TrainReport:
         else:
             lines.append(
                 "kept the old model: the new one is not better on the held-out part "
-                f"(--resume --force keeps it anyway; its state is in {work_dir(self.name)})"
+                f"(--resume --force keeps it anyway; its state is in {self.work})"
             )
         return "\n".join(lines)
 
@@ -267,6 +269,7 @@ def _fmt(value: float | None, digits: int) -> str:
 def train_avatar(
     name: str,
     *,
+    home: Path,
     device: str = "auto",
     steps: int | None = None,
     resume: bool = False,
@@ -281,7 +284,7 @@ def train_avatar(
 
     if name == DEFAULT_NAME:
         raise FinetuneError("the default avatar is trained by `python -m models.recipe`")
-    avatar = load_avatar(name)
+    avatar = load_avatar(name, home)
     base_path = avatar.path / CHECKPOINT_FILE
     if not base_path.is_file():
         raise FinetuneError(f"avatar {name!r} has no {CHECKPOINT_FILE} to start from: recreate it")
@@ -299,7 +302,7 @@ def train_avatar(
     data = load_person(avatar, cfg.holdout)
     base = load_checkpoint(base_path)
     base_sha = _sha256(base_path)
-    work = work_dir(name)
+    work = work_dir(name, home)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / STATE_FILE
     saved = load_checkpoint(state_path) if resume and state_path.is_file() else None
@@ -340,6 +343,7 @@ def train_avatar(
         parity=parity,
         heldout_frames=len(data.heldout),
         train_frames=len(data.train),
+        work=work,
     )
 
 

@@ -369,10 +369,11 @@ def run_bench(
     Without it they are null.
     """
     from models.avatar import load_avatar
+    from streamer.config import Settings
     from streamer.engine.factory import make_backend
 
     plan = BenchPlan.for_mode(quick)
-    avatar = load_avatar(avatar_name)
+    avatar = load_avatar(avatar_name, Settings.from_env().home)
     results: dict[str, Any] = {}
     for name in backends or ("auto",):
         backend = make_backend(name, avatar, threads=plan.threads)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from models.avatar import Avatar, load_avatar
+from streamer.config import default_home
 from streamer.engine import KEYS, BackendError, available_backends, make_backend
 from streamer.engine.onnx import OnnxBackend, cuda_provider_usable
 from streamer.engine.tensorrt import tensorrt_usable
@@ -29,7 +30,7 @@ INT8_MEAN_TOLERANCE = 0.03
 
 @pytest.fixture(scope="module")
 def avatar() -> Avatar:
-    return load_avatar("default")
+    return load_avatar("default", default_home())
 
 
 def _inputs(avatar: Avatar, batch: int, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -240,7 +241,7 @@ def test_tensorrt_build_and_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     from streamer.engine.tensorrt import TensorRTBackend, build_engine, find_engine
 
     monkeypatch.setenv("AVATARCAST_CACHE", str(tmp_path))
-    avatar = load_avatar("default")
+    avatar = load_avatar("default", default_home())
     path = build_engine(avatar.model_path)
     assert find_engine(avatar.model_path, "default") == path
     backend = TensorRTBackend(path)
