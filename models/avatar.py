@@ -202,17 +202,7 @@ def read_avatar(path: Path | str) -> Avatar:
         raise AvatarError(f"{manifest_path} cannot be read: {exc}") from None
     width, height = manifest.frame_size
     crop = manifest.crop_size
-    frame_paths = sorted((root / "frames").glob("*.png")) or sorted((root / "frames").glob("*.jpg"))
-    if not frame_paths:
-        raise AvatarError(f"avatar {manifest.name!r} has no base frames in {root / 'frames'}")
-    frames = np.empty((len(frame_paths), height, width, 3), np.uint8)
-    for i, frame_path in enumerate(frame_paths):
-        bgr = _read_png(frame_path, cv2.IMREAD_COLOR)
-        if bgr.shape[:2] != (height, width):
-            raise AvatarError(
-                f"{frame_path} is {bgr.shape[1]}x{bgr.shape[0]}, not {width}x{height}"
-            )
-        frames[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    frames = _read_frames(root, manifest)
     try:
         boxes = np.load(root / "boxes.npy", allow_pickle=False).astype(np.int64)
     except (OSError, ValueError) as exc:
@@ -237,6 +227,23 @@ def read_avatar(path: Path | str) -> Avatar:
     mask_f = mask.astype(np.float32) / 255.0
     mask_f.setflags(write=False)
     return Avatar(root, manifest, frames, boxes, mask_f, reference)
+
+
+def _read_frames(root: Path, manifest: Manifest) -> np.ndarray:
+    """The base frames (N, H, W, 3) RGB, each checked against the manifest's frame size."""
+    width, height = manifest.frame_size
+    frame_paths = sorted((root / "frames").glob("*.png")) or sorted((root / "frames").glob("*.jpg"))
+    if not frame_paths:
+        raise AvatarError(f"avatar {manifest.name!r} has no base frames in {root / 'frames'}")
+    frames = np.empty((len(frame_paths), height, width, 3), np.uint8)
+    for i, frame_path in enumerate(frame_paths):
+        bgr = _read_png(frame_path, cv2.IMREAD_COLOR)
+        if bgr.shape[:2] != (height, width):
+            raise AvatarError(
+                f"{frame_path} is {bgr.shape[1]}x{bgr.shape[0]}, not {width}x{height}"
+            )
+        frames[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return frames
 
 
 def _check_boxes(boxes: np.ndarray, width: int, height: int) -> None:

@@ -32,7 +32,7 @@ from models.avatar import CHECKPOINT_FILE, MODEL_FILE, default_avatar_dir, write
 from models.create import CreateError, CreateReport, Progress
 from models.selfcheck import install_checked
 from models.tracking import FaceObservation, FaceTracker, Track, landmark_mask, smooth_track
-from models.videoio import VideoError, iter_frames, probe, scaled_size
+from models.videoio import VideoError, VideoInfo, iter_frames, probe, scaled_size
 
 MIN_SECONDS = 5.0
 MAX_SECONDS = 600.0  # longer videos: the first 10 minutes are used
@@ -48,59 +48,14 @@ def create_video_avatar(
 ) -> CreateReport:
     started = time.perf_counter()
     notes: list[str] = []
-    try:
-        info = probe(path)
-    except VideoError as exc:
-        raise CreateError(str(exc)) from None
-    if not info.has_audio:
-        raise CreateError(f"{path} has no audio track: the avatar needs the person's speech")
-    if 0 < info.duration_s < MIN_SECONDS:
-        raise CreateError(_too_short(info.duration_s))
-    warnings: list[str] = []
-    if info.duration_s > MAX_SECONDS:
-        warnings.append(f"the video is {info.duration_s / 60:.0f} min long: used its first 10 min")
+    info, warnings = _probe(path)
     samples = _speech(path)
-    max_frames = int(MAX_SECONDS * FPS)
-    total = min(max_frames, info.frames_25) or 0
-
-    observations: list[FaceObservation | None] = []
-    with FaceTracker() as tracker:
-        for k, rgb in iter_frames(path, TRACK_SIDE, max_frames):
-            observations.append(tracker.track(rgb))
-            if k % 10 == 0:
-                progress("tracking", k, max(total, k))
+    observations, seen, track = _track(path, info, progress)
     n = len(observations)
-    if n / FPS < MIN_SECONDS:
-        raise CreateError(_too_short(n / FPS))
-    seen = [o for o in observations if o is not None]
-    if len(seen) < 0.1 * n:
-        raise CreateError(
-            f"no face found in {path} ({len(seen)} of {n} frames): film the face from the front"
-        )
-    if sum(o.ambiguous for o in seen) >= 0.5 * len(seen):
-        raise CreateError(
-            f"{path} shows several faces of about the same size: cut it to one person"
-        )
-    track = smooth_track(observations)
     used = int(track.valid.sum())
-    if used / FPS < MIN_SECONDS:
-        raise CreateError(
-            f"the face is tracked in only {used / FPS:.1f} s of {path}: "
-            f"at least {MIN_SECONDS:.0f} s are needed (2 s of idle loop plus speech)"
-        )
-
     track_w, _ = scaled_size(info.width, info.height, TRACK_SIDE)
     face_px = track.sides[track.valid] * info.width / track_w
-    small = float(np.mean(face_px < SMALL_FACE_PX))
-    if small > 0.05:
-        warnings.append(f"face smaller than {SMALL_FACE_PX} px in {small:.0%} of frames")
-    if track.long_gaps:
-        lost = sum(b - a for a, b in track.long_gaps)
-        warnings.append(
-            f"face lost in {len(track.long_gaps)} stretch(es), {lost / FPS:.1f} s left out"
-        )
-    if sum(o.faces > 1 for o in seen) > 0.05 * len(seen):
-        warnings.append("several faces seen: the largest one was used")
+    warnings += _face_warnings(face_px, track, seen)
 
     energy = _frame_energy_db(samples, n)
     silent = _silent(energy)
@@ -183,6 +138,74 @@ def create_video_avatar(
         notes=tuple(notes),
         check=check_figures,
     )
+
+
+def _probe(path: Path) -> tuple[VideoInfo, list[str]]:
+    """The video's facts, refusing one that cannot become an avatar; a warning when only its
+    start is used."""
+    try:
+        info = probe(path)
+    except VideoError as exc:
+        raise CreateError(str(exc)) from None
+    if not info.has_audio:
+        raise CreateError(f"{path} has no audio track: the avatar needs the person's speech")
+    if 0 < info.duration_s < MIN_SECONDS:
+        raise CreateError(_too_short(info.duration_s))
+    warnings: list[str] = []
+    if info.duration_s > MAX_SECONDS:
+        warnings.append(f"the video is {info.duration_s / 60:.0f} min long: used its first 10 min")
+    return info, warnings
+
+
+def _track(
+    path: Path, info: VideoInfo, progress: Progress
+) -> tuple[list[FaceObservation | None], list[FaceObservation], Track]:
+    """Pass 1: the face in every frame (None where not found), the frames it was found in,
+    and the smoothed track; refuses a video with too little of one face."""
+    max_frames = int(MAX_SECONDS * FPS)
+    total = min(max_frames, info.frames_25) or 0
+    observations: list[FaceObservation | None] = []
+    with FaceTracker() as tracker:
+        for k, rgb in iter_frames(path, TRACK_SIDE, max_frames):
+            observations.append(tracker.track(rgb))
+            if k % 10 == 0:
+                progress("tracking", k, max(total, k))
+    n = len(observations)
+    if n / FPS < MIN_SECONDS:
+        raise CreateError(_too_short(n / FPS))
+    seen = [o for o in observations if o is not None]
+    if len(seen) < 0.1 * n:
+        raise CreateError(
+            f"no face found in {path} ({len(seen)} of {n} frames): film the face from the front"
+        )
+    if sum(o.ambiguous for o in seen) >= 0.5 * len(seen):
+        raise CreateError(
+            f"{path} shows several faces of about the same size: cut it to one person"
+        )
+    track = smooth_track(observations)
+    used = int(track.valid.sum())
+    if used / FPS < MIN_SECONDS:
+        raise CreateError(
+            f"the face is tracked in only {used / FPS:.1f} s of {path}: "
+            f"at least {MIN_SECONDS:.0f} s are needed (2 s of idle loop plus speech)"
+        )
+    return observations, seen, track
+
+
+def _face_warnings(face_px: np.ndarray, track: Track, seen: list[FaceObservation]) -> list[str]:
+    """What about the face may cost quality: small, lost for a while, or not alone."""
+    warnings = []
+    small = float(np.mean(face_px < SMALL_FACE_PX))
+    if small > 0.05:
+        warnings.append(f"face smaller than {SMALL_FACE_PX} px in {small:.0%} of frames")
+    if track.long_gaps:
+        lost = sum(b - a for a, b in track.long_gaps)
+        warnings.append(
+            f"face lost in {len(track.long_gaps)} stretch(es), {lost / FPS:.1f} s left out"
+        )
+    if sum(o.faces > 1 for o in seen) > 0.05 * len(seen):
+        warnings.append("several faces seen: the largest one was used")
+    return warnings
 
 
 def _adapt_to_video(
