@@ -23,7 +23,8 @@ import numpy as np
 
 from models.avatar import CHECKPOINT_FILE, MODEL_FILE, default_avatar_dir
 from models.data import mel_windows
-from models.finetune import FinetuneConfig, PersonData
+from models.finetune import FinetuneConfig
+from models.person import PersonData
 from models.synth.clip import REFERENCE_PARAMS, render_clip
 from models.synth.face import MAX_GAP as MAX_GAP_PX
 from models.synth.face import TeacherFace
@@ -150,9 +151,8 @@ def adapted_model(
         return default / MODEL_FILE, default / CHECKPOINT_FILE, unchanged
     import torch
 
+    from models.checkpoint import cpu_copy, load_checkpoint
     from models.export import export_generator
-    from models.finetune import cpu_copy
-    from models.train import load_checkpoint
 
     data = teacher_material(face, cfg, progress, mask)
     if real is not None:

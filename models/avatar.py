@@ -15,8 +15,9 @@ A package is a directory::
                        landmarks.npy, from which the teacher animates this face
 
 ``default`` ships inside this package (``models/default``); all others live in
-``$AVATARCAST_HOME/avatars/NAME`` (``AVATARCAST_HOME`` defaults to ``~/.avatarcast``).
-Loading never needs torch or mediapipe.
+``HOME/avatars/NAME``, where ``HOME`` is the server's home (``Settings.home``: read once at the
+edge from ``$AVATARCAST_HOME``, default ``~/.avatarcast``) and is passed in, never looked up
+here. Loading never needs torch or mediapipe.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 TEACHER_PHOTO = "teacher/photo.png"
 TEACHER_LANDMARKS = "teacher/landmarks.npy"
 Kind = Literal["photo", "video"]
+# Where the feather mask exceeds this, the generator draws the pixel: its input is blanked
+# there (in training and at run time alike) and the image figures are measured there.
+MASK_CUT = 0.05
 DEFAULT_WINDOW = WindowConfig()
 
 
@@ -148,6 +152,11 @@ class Avatar:
         return self.manifest.crop_size
 
 
+def keep_mask(mask: np.ndarray) -> np.ndarray:
+    """1.0 where the frame shows through the generator's input (the mask at most MASK_CUT)."""
+    return (mask <= MASK_CUT).astype(np.float32)
+
+
 def check_name(name: str) -> str:
     if not NAME_PATTERN.fullmatch(name):
         raise AvatarError(
@@ -157,22 +166,19 @@ def check_name(name: str) -> str:
     return name
 
 
-def avatarcast_home() -> Path:
-    return Path(os.environ.get("AVATARCAST_HOME") or Path.home() / ".avatarcast").expanduser()
-
-
-def avatars_root() -> Path:
-    return avatarcast_home() / "avatars"
+def avatars_root(home: Path) -> Path:
+    """Where the packages other than ``default`` live under the server's ``home``."""
+    return home / "avatars"
 
 
 def default_avatar_dir() -> Path:
     return Path(__file__).resolve().parent / "default"
 
 
-def avatar_dir(name: str) -> Path:
+def avatar_dir(name: str, home: Path) -> Path:
     """Where the package called ``name`` lives (whether or not it exists)."""
     check_name(name)
-    return default_avatar_dir() if name == DEFAULT_NAME else avatars_root() / name
+    return default_avatar_dir() if name == DEFAULT_NAME else avatars_root(home) / name
 
 
 def _read_png(path: Path, flags: int) -> np.ndarray:
@@ -196,17 +202,7 @@ def read_avatar(path: Path | str) -> Avatar:
         raise AvatarError(f"{manifest_path} cannot be read: {exc}") from None
     width, height = manifest.frame_size
     crop = manifest.crop_size
-    frame_paths = sorted((root / "frames").glob("*.png")) or sorted((root / "frames").glob("*.jpg"))
-    if not frame_paths:
-        raise AvatarError(f"avatar {manifest.name!r} has no base frames in {root / 'frames'}")
-    frames = np.empty((len(frame_paths), height, width, 3), np.uint8)
-    for i, frame_path in enumerate(frame_paths):
-        bgr = _read_png(frame_path, cv2.IMREAD_COLOR)
-        if bgr.shape[:2] != (height, width):
-            raise AvatarError(
-                f"{frame_path} is {bgr.shape[1]}x{bgr.shape[0]}, not {width}x{height}"
-            )
-        frames[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    frames = _read_frames(root, manifest)
     try:
         boxes = np.load(root / "boxes.npy", allow_pickle=False).astype(np.int64)
     except (OSError, ValueError) as exc:
@@ -233,6 +229,23 @@ def read_avatar(path: Path | str) -> Avatar:
     return Avatar(root, manifest, frames, boxes, mask_f, reference)
 
 
+def _read_frames(root: Path, manifest: Manifest) -> np.ndarray:
+    """The base frames (N, H, W, 3) RGB, each checked against the manifest's frame size."""
+    width, height = manifest.frame_size
+    frame_paths = sorted((root / "frames").glob("*.png")) or sorted((root / "frames").glob("*.jpg"))
+    if not frame_paths:
+        raise AvatarError(f"avatar {manifest.name!r} has no base frames in {root / 'frames'}")
+    frames = np.empty((len(frame_paths), height, width, 3), np.uint8)
+    for i, frame_path in enumerate(frame_paths):
+        bgr = _read_png(frame_path, cv2.IMREAD_COLOR)
+        if bgr.shape[:2] != (height, width):
+            raise AvatarError(
+                f"{frame_path} is {bgr.shape[1]}x{bgr.shape[0]}, not {width}x{height}"
+            )
+        frames[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return frames
+
+
 def _check_boxes(boxes: np.ndarray, width: int, height: int) -> None:
     x0, y0, x1, y1 = boxes.T
     if (x0 < 0).any() or (y0 < 0).any() or (x1 > width).any() or (y1 > height).any():
@@ -241,24 +254,24 @@ def _check_boxes(boxes: np.ndarray, width: int, height: int) -> None:
         raise AvatarError("mouth boxes must be squares of at least 8 px")
 
 
-def load_avatar(name: str) -> Avatar:
-    """Load an avatar by name: ``default`` from the package, others from the avatar home."""
-    root = avatar_dir(name)
+def load_avatar(name: str, home: Path) -> Avatar:
+    """Load an avatar by name: ``default`` from the package, others from ``home``."""
+    root = avatar_dir(name, home)
     if not root.is_dir():
         if name == DEFAULT_NAME:
             raise AvatarError(
                 "the built-in default avatar is not built: run `python -m models.recipe`"
             )
         raise AvatarError(
-            f"no avatar named {name!r} in {avatars_root()}: see `avatarcast avatar list`"
+            f"no avatar named {name!r} in {avatars_root(home)}: see `avatarcast avatar list`"
         )
     return read_avatar(root)
 
 
-def list_avatars() -> list[str]:
+def list_avatars(home: Path) -> list[str]:
     """Names of the installed avatars, ``default`` first when it is built."""
     names = [DEFAULT_NAME] if (default_avatar_dir() / "manifest.json").is_file() else []
-    root = avatars_root()
+    root = avatars_root(home)
     if root.is_dir():
         names += sorted(
             p.name
@@ -270,13 +283,13 @@ def list_avatars() -> list[str]:
     return names
 
 
-def delete_avatar(name: str) -> None:
+def delete_avatar(name: str, home: Path) -> None:
     check_name(name)
     if name == DEFAULT_NAME:
         raise AvatarError("the built-in default avatar cannot be deleted")
-    root = avatar_dir(name)
+    root = avatar_dir(name, home)
     if not (root / "manifest.json").is_file():
-        raise AvatarError(f"no avatar named {name!r} in {avatars_root()}")
+        raise AvatarError(f"no avatar named {name!r} in {avatars_root(home)}")
     shutil.rmtree(root)
 
 
@@ -356,18 +369,24 @@ def write_avatar(
             json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8"
         )
         os.chmod(staging, 0o755)
-        # Swap directories so a reader sees either the old package or the new one, never half.
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_package(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def replace_package(staged: Path, target: Path) -> None:
+    """Put the package built at ``staged`` (a sibling of ``target``, on the same file system)
+    at ``target``, replacing any package there. Directories are swapped by rename, so a reader
+    sees either the old package or the new one, never half."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staged, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

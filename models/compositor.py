@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.avatar import Avatar
+from models.avatar import Avatar, keep_mask
 from models.detail import transfer_detail
 from models.idle import STILL, IdleMotion, Pose
 
@@ -27,7 +27,7 @@ class Compositor:
         size = avatar.crop_size
         self._size = size
         self._reference = _chw(avatar.reference)
-        self._hole = (avatar.mask <= 0.05).astype(np.float32)  # where the target stays visible
+        self._hole = keep_mask(avatar.mask)  # where the target stays visible
         self._masked: dict[int, np.ndarray] = {}
         self._masks: dict[int, np.ndarray] = {size: avatar.mask[..., None].astype(np.float32)}
         width, height = avatar.manifest.frame_size

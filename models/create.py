@@ -76,18 +76,20 @@ def create_avatar(
     image: Path | str | None = None,
     progress: Progress | None = None,
     *,
+    home: Path,
     quiet: bool = False,
     adapt: AdaptConfig | None = None,
     check: Checker | None = None,
 ) -> CreateReport:
-    """Build avatar ``name`` from a video or a photo; prints a summary unless ``quiet``.
+    """Build avatar ``name`` from a video or a photo under the server's ``home``; prints a
+    summary unless ``quiet``.
 
     ``check`` measures the built package before it is installed (the CLI passes
     :func:`streamer.measure.selfcheck.self_check`); without one nothing is measured."""
     check_name(name)
     if name == DEFAULT_NAME:
         raise CreateError("'default' is the built-in avatar: choose another name")
-    target = avatar_dir(name)
+    target = avatar_dir(name, home)
     if target.exists():
         raise CreateError(
             f"avatar {name!r} already exists: delete it first (avatarcast avatar delete {name})"

@@ -30,10 +30,9 @@ from models.audio import (
     log_mel_padded,
     windows,
 )
+from models.avatar import keep_mask
 from models.config import CROP
 from models.synth.phonemes import Phone
-
-MASK_CUT = 0.05  # the generator's input is zeroed where the feather mask exceeds this
 
 
 class SpeechLike(Protocol):
@@ -335,7 +334,7 @@ class FrameDataset:
         ).astype(np.float16)
         self.audio_params = np.concatenate([a["params"].reshape(-1, 4), self.params])
         self.gain_db = gain_db
-        self.keep = (self.mask <= MASK_CUT).astype(np.float32)
+        self.keep = keep_mask(self.mask)
 
     def __len__(self) -> int:
         return len(self.crops)

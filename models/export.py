@@ -102,8 +102,8 @@ def parity(model: nn.Module, cfg: GeneratorConfig, onnx_path: str | Path, fp16: 
 def export_onnx(checkpoint: str | Path, out_path: str | Path, fp16: bool = False) -> float:
     """Export the generator of a training checkpoint; returns the parity max abs difference
     and raises :class:`ParityError` when it exceeds the limit."""
+    from models.checkpoint import generator_from_checkpoint, load_checkpoint
     from models.config import from_dict
-    from models.train import generator_from_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     cfg = from_dict(GeneratorConfig, ckpt["config"]["generator"])

@@ -11,17 +11,17 @@ SyncNet expert when the starting checkpoint holds one (the default's does not: t
 skipped), and optionally the LSGAN patch critic. No teacher params: a person has none.
 
 The run's state (models, optimisers, random state, step) is saved atomically to
-``$AVATARCAST_HOME/work/NAME/finetune.pt`` every ``checkpoint_every`` steps, so ``--resume``
-continues exactly there. The package changes only at the end, and only when the new model is
-better on the held-out part (or ``force``): a copy of the package with the new checkpoint and
-its ONNX export (checked for parity) is renamed into place.
+``HOME/work/NAME/finetune.pt`` (``HOME``: the server's home) every ``checkpoint_every``
+steps, so ``--resume`` continues exactly there. The package changes only at the end, and
+only when the new model is better on the held-out part (or ``force``): a copy of the package
+with the new checkpoint and its ONNX export (checked for parity) is renamed into place
+(:func:`models.avatar.replace_package`). The step itself is :mod:`models.step`'s, which the
+default's training shares.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import os
 import shutil
 import sys
 import tempfile
@@ -32,31 +32,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
-from models import losses
-from models.audio import LOG_FLOOR, SAMPLES_PER_VIDEO_FRAME
 from models.avatar import (
     CHECKPOINT_FILE,
     DEFAULT_NAME,
     MODEL_FILE,
     Avatar,
-    AvatarError,
-    avatarcast_home,
     load_avatar,
+    replace_package,
+)
+from models.checkpoint import (
+    cpu_copy,
+    generator_from_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
 )
 from models.config import ModelConfig
-from models.data import MASK_CUT, mel_windows
 from models.networks import Generator, PatchDiscriminator, SyncNet
+from models.person import FinetuneError, PersonData, load_person, training_batch
+from models.step import Gan, LossWeights, cosine_lr, freeze, generator_step, set_lr, to_device
 
 STATE_FILE = "finetune.pt"
-MIN_TRAIN_FRAMES = 50  # 2 s: less cannot teach the generator a mouth
-MIN_HELDOUT_FRAMES = 12
-GAP_FRAMES = 6  # frames between training and held-out part (the mel window spans 240 ms)
-
-
-class FinetuneError(AvatarError):
-    """The avatar cannot be trained (as it is); the message says why."""
+LR_FLOOR = 0.1  # the cosine decays to a tenth of the learning rate
 
 
 @dataclass(frozen=True)
@@ -82,133 +79,12 @@ class FinetuneConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-# --- the person's material -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PersonData:
-    """The used frames of a video avatar's source, in time order (index i = i-th used frame)."""
-
-    crops: np.ndarray  # (m, S, S, 3) uint8: the real mouth crops
-    frames: np.ndarray  # (m,) int: the frame index in the 25 fps video
-    windows: np.ndarray  # (m, T, 80) float16: mel windows of the person's speech
-    silent: np.ndarray  # (m,) bool
-    train: np.ndarray  # indices into the arrays above
-    heldout: np.ndarray
-    mask: np.ndarray  # (S, S) float32 feather mask
-    reference: np.ndarray  # (S, S, 3) uint8
-    # (S, S) float32 loss weight on top of the mask (the lips, where the mouth moves), or None
-    focus: np.ndarray | None = None
-
-    def clips(self) -> list[np.ndarray]:
-        """The held-out indices split into runs of consecutive video frames."""
-        if not len(self.heldout):
-            return []
-        breaks = np.flatnonzero(np.diff(self.frames[self.heldout]) != 1) + 1
-        return [c for c in np.split(self.heldout, breaks) if len(c)]
-
-
-def load_person(avatar: Avatar, holdout: float = 0.15) -> PersonData:
-    """Read ``person/`` of a video avatar and split off the held-out tail."""
-    from models.videoio import read_crops
-
-    person = avatar.path / "person"
-    paths = [person / p for p in ("crops.mp4", "audio.npy", "track.npz")]
-    if avatar.manifest.kind != "video" or not all(p.is_file() for p in paths):
-        raise FinetuneError(
-            f"avatar {avatar.name!r} has no video material to train on (person/ is missing): "
-            "training needs an avatar made with `avatarcast avatar create NAME --video FILE`"
-        )
-    with np.load(paths[2]) as track:
-        valid = np.asarray(track["valid"], bool)
-        silent_all = np.asarray(track["silent"], bool)
-    frames = np.flatnonzero(valid)
-    crops = np.stack(list(read_crops(paths[0]))) if len(frames) else np.zeros((0,))
-    if len(crops) != len(frames):
-        raise FinetuneError(
-            f"{paths[0]} holds {len(crops)} crops for {len(frames)} used frames: "
-            "recreate the avatar"
-        )
-    samples = np.load(paths[1]).astype(np.float32) / 32767.0
-    n = len(valid)
-    samples = np.pad(samples, (0, max(0, n * SAMPLES_PER_VIDEO_FRAME - len(samples))))
-    windows = mel_windows(samples[: n * SAMPLES_PER_VIDEO_FRAME], avatar.window)[frames]
-    silent = silent_all[frames]
-    train, heldout = split_holdout(frames, silent, holdout)
-    if len(train) < MIN_TRAIN_FRAMES or len(heldout) < MIN_HELDOUT_FRAMES:
-        raise FinetuneError(
-            f"avatar {avatar.name!r} has too little speech to train and check on "
-            f"({len(train)} training, {len(heldout)} held-out frames; at least "
-            f"{MIN_TRAIN_FRAMES} and {MIN_HELDOUT_FRAMES}): film a minute or more of talking"
-        )
-    return PersonData(
-        crops=crops,
-        frames=frames,
-        windows=windows,
-        silent=silent,
-        train=train,
-        heldout=heldout,
-        mask=np.array(avatar.mask, np.float32),  # writable: torch shares it
-        reference=np.array(avatar.reference),
-    )
-
-
-def split_holdout(
-    frames: np.ndarray, silent: np.ndarray, holdout: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) indices: the held-out tail holds the last ``holdout`` share of the
-    speech frames (not of all frames: a long silent ending would leave nothing to judge lip
-    sync on), with ``GAP_FRAMES`` left out between the two parts."""
-    speech = np.flatnonzero(~silent)
-    if not len(speech) or holdout <= 0:
-        return np.arange(len(frames)), np.zeros(0, np.int64)
-    k = max(1, math.ceil(holdout * len(speech)))
-    first = int(speech[len(speech) - k])
-    # Start the held-out part a little before its first speech frame: the mouth opens early.
-    start = int(np.searchsorted(frames, frames[first] - GAP_FRAMES // 2))
-    cut = int(frames[start])
-    heldout = np.arange(start, len(frames))
-    train = np.flatnonzero(frames < cut - GAP_FRAMES)
-    return train, heldout
-
-
-# --- batches ---------------------------------------------------------------------------------
-
-
-def _image(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-
-
-def _gain(mel: np.ndarray, rng: np.random.Generator, gain_db: float) -> np.ndarray:
-    shift = rng.uniform(-gain_db, gain_db, (len(mel), 1, 1)) / 10.0
-    return np.maximum(mel.astype(np.float32) + shift, np.log10(LOG_FLOOR)).astype(np.float32)
-
-
-def training_batch(
-    data: PersonData, rng: np.random.Generator, batch: int, gain_db: float
-) -> dict[str, np.ndarray]:
-    """reference, masked, target (B, 3, S, S) in [0, 1] and mel (B, T, 80), training frames
-    only. The reference is the package's half the time (what run time uses), else another
-    training frame, so that the mouth shape has to come from the audio."""
-    idx = data.train[rng.integers(0, len(data.train), batch)]
-    target = _image(data.crops[idx])
-    refs = data.crops[data.train[rng.integers(0, len(data.train), batch)]].copy()
-    refs[rng.random(batch) < 0.5] = data.reference
-    keep = (data.mask <= MASK_CUT).astype(np.float32)
-    return {
-        "reference": _image(refs),
-        "masked": target * keep[None, None],
-        "target": target,
-        "mel": _gain(data.windows[idx], rng, gain_db),
-    }
-
-
 # --- the run ---------------------------------------------------------------------------------
 
 
-def work_dir(name: str) -> Path:
+def work_dir(name: str, home: Path) -> Path:
     """Where a run of ``avatar train NAME`` keeps its state until it is done."""
-    return avatarcast_home() / "work" / name
+    return home / "work" / name
 
 
 def _sha256(path: Path) -> str:
@@ -217,12 +93,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _save_atomic(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 class Finetuner:
@@ -241,9 +111,7 @@ class Finetuner:
         if "syncnet" in state:
             self.syncnet = SyncNet(self.model_cfg.syncnet).to(device)
             self.syncnet.load_state_dict(state["syncnet"])
-            self.syncnet.eval()
-            for p in self.syncnet.parameters():
-                p.requires_grad_(False)
+            freeze(self.syncnet)
         self.disc: PatchDiscriminator | None = None
         self.opt_disc: torch.optim.Optimizer | None = None
         if cfg.w_adv > 0:
@@ -254,10 +122,10 @@ class Finetuner:
                 self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999)
             )
         self.opt_gen = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        self.gan = Gan(self.generator, self.opt_gen, self.syncnet, self.disc, self.opt_disc)
+        self.weights = LossWeights(l1=cfg.w_l1, edge=cfg.w_edge, sync=cfg.w_sync, adv=cfg.w_adv)
         self.step = 0
         self.seconds = 0.0
-        self._mask: Tensor | None = None
-        self._weight: Tensor | None = None
 
     def state(self, base_sha: str) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -292,45 +160,17 @@ class Finetuner:
 
     def train_step(self, data: PersonData) -> dict[str, float]:
         c = self.cfg
-        # Cosine decay to a tenth: the last steps polish rather than move.
-        t = min(1.0, self.step / max(1, c.steps))
-        for group in self.opt_gen.param_groups:
-            group["lr"] = c.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
-        b = {
-            k: torch.from_numpy(v).to(self.device, non_blocking=True)
-            for k, v in training_batch(data, self.rng, c.batch, c.gain_db).items()
-        }
-        if self._mask is None or self._weight is None:
-            self._mask = torch.from_numpy(data.mask).to(self.device)[None, None]
-            focused = data.mask if data.focus is None else data.mask * data.focus
-            self._weight = torch.from_numpy(np.ascontiguousarray(focused)).to(self.device)
-            self._weight = self._weight[None, None]
-        mask, weight = self._mask, self._weight
-        self.generator.train()
-        fake = self.generator(b["reference"], b["masked"], b["mel"])
-        l1 = losses.masked_l1(fake, b["target"], weight)
-        edge = losses.edge_loss(fake, b["target"], weight)
-        loss = c.w_l1 * l1 + c.w_edge * edge
-        logs = {"l1": l1.item(), "edge": edge.item()}
-        shown = fake * mask + b["target"] * (1.0 - mask)
-        if self.syncnet is not None and c.w_sync > 0:
-            sync = losses.sync_loss(self.syncnet(shown, b["mel"]))
-            loss = loss + c.w_sync * sync
-            logs["sync"] = sync.item()
-        adversarial = self.disc is not None and t >= c.adv_start
-        if adversarial and self.disc is not None:
-            adv = losses.lsgan_g(self.disc(shown))
-            loss = loss + c.w_adv * adv
-            logs["adv"] = adv.item()
-        self.opt_gen.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_gen.step()
-        if adversarial and self.disc is not None and self.opt_disc is not None:
-            d_loss = losses.lsgan_d(self.disc(b["target"]), self.disc(shown.detach()))
-            self.opt_disc.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_disc.step()
-            logs["d"] = d_loss.item()
+        set_lr(self.opt_gen, cosine_lr(self.step, c.steps, c.lr, floor=LR_FLOOR))
+        b = to_device(training_batch(data, self.rng, c.batch, c.gain_db), self.device)
+        focused = data.mask if data.focus is None else data.mask * data.focus
+        logs = generator_step(
+            self.gan,
+            b,
+            torch.from_numpy(data.mask).to(self.device)[None, None],
+            self.weights,
+            focus=torch.from_numpy(np.ascontiguousarray(focused)).to(self.device)[None, None],
+            adversarial=min(1.0, self.step / max(1, c.steps)) >= c.adv_start,
+        )
         self.step += 1
         return logs
 
@@ -358,7 +198,7 @@ class Finetuner:
                     now = time.monotonic()
                     self.seconds += now - start
                     start = now
-                    _save_atomic(self.state(base_sha), path)
+                    save_checkpoint(self.state(base_sha), path)
         finally:
             bar.close()
 
@@ -395,6 +235,7 @@ class TrainReport:
     parity: float | None  # ONNX vs torch max abs difference of the written model
     heldout_frames: int
     train_frames: int
+    work: Path  # where the run's state stays when the new model is not kept
 
     @property
     def steps_per_s(self) -> float:
@@ -416,7 +257,7 @@ class TrainReport:
         else:
             lines.append(
                 "kept the old model: the new one is not better on the held-out part "
-                f"(--resume --force keeps it anyway; its state is in {work_dir(self.name)})"
+                f"(--resume --force keeps it anyway; its state is in {self.work})"
             )
         return "\n".join(lines)
 
@@ -428,6 +269,7 @@ def _fmt(value: float | None, digits: int) -> str:
 def train_avatar(
     name: str,
     *,
+    home: Path,
     device: str = "auto",
     steps: int | None = None,
     resume: bool = False,
@@ -438,11 +280,11 @@ def train_avatar(
     """Fine-tune avatar ``name`` on its person's video, judge it on the held-out part, and
     replace the package's model when the new one is better (or ``force``)."""
     from models.person_eval import evaluate_generators
-    from models.train import generator_from_checkpoint, load_checkpoint, resolve_device
+    from models.train import resolve_device
 
     if name == DEFAULT_NAME:
         raise FinetuneError("the default avatar is trained by `python -m models.recipe`")
-    avatar = load_avatar(name)
+    avatar = load_avatar(name, home)
     base_path = avatar.path / CHECKPOINT_FILE
     if not base_path.is_file():
         raise FinetuneError(f"avatar {name!r} has no {CHECKPOINT_FILE} to start from: recreate it")
@@ -460,7 +302,7 @@ def train_avatar(
     data = load_person(avatar, cfg.holdout)
     base = load_checkpoint(base_path)
     base_sha = _sha256(base_path)
-    work = work_dir(name)
+    work = work_dir(name, home)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / STATE_FILE
     saved = load_checkpoint(state_path) if resume and state_path.is_file() else None
@@ -501,6 +343,7 @@ def train_avatar(
         parity=parity,
         heldout_frames=len(data.heldout),
         train_frames=len(data.train),
+        work=work,
     )
 
 
@@ -519,19 +362,10 @@ def _write_package(avatar: Avatar, checkpoint: dict[str, Any], tuner: Finetuner)
         torch.save(checkpoint, package / CHECKPOINT_FILE)
         model = cpu_copy(tuner.generator, tuner.model_cfg)
         diff = export_generator(model, tuner.model_cfg.generator, package / MODEL_FILE)
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(package, target)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_package(package, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return diff
-
-
-def cpu_copy(generator: nn.Module, model_cfg: ModelConfig) -> nn.Module:
-    copy = Generator(model_cfg.generator)
-    copy.load_state_dict({k: v.cpu() for k, v in generator.state_dict().items()})
-    return copy.eval()
 
 
 __all__ = [
@@ -539,9 +373,7 @@ __all__ = [
     "FinetuneError",
     "PersonData",
     "TrainReport",
-    "cpu_copy",
     "load_person",
-    "split_holdout",
     "train_avatar",
     "work_dir",
 ]

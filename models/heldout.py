@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,13 +22,6 @@ LEAD_SILENCE_S, TAIL_SILENCE_S = 0.4, 0.6
 def stderr_progress(message: str) -> None:
     """The eval's progress lines, on stderr."""
     print(f"eval: {message}", file=sys.stderr, flush=True)
-
-
-@dataclass(frozen=True)
-class Case:
-    index: int
-    text: str
-    voice: Any  # models.synth.speech.Voice
 
 
 def case_voices(n: int) -> list[Any]:

@@ -20,15 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.audio import FPS
+from models.lag import LAG_STEP_S, MAX_LAG_S
+from models.lag import lag_correlation as best_lag
 from models.synth.phonemes import BILABIALS, SILENCE, Phone
 
 Progress = Callable[[str], None]
 
-MAX_LAG_S = 0.2
-LAG_STEP_S = 0.005
 PAUSE_MIN_S = 0.2
 PAUSE_EDGE_S = 0.08
-MASK_REGION = 0.05
 # MediaPipe Face Mesh landmark indices: inner-lip midpoints and the outer eye corners. The eye
 # corners do not move with the jaw, so they normalise the gap for face size and distance.
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
@@ -88,15 +87,6 @@ class Track:
         return (np.arange(len(self.aperture)) + 0.5) / FPS
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson r over the frames where both are finite; NaN when it is undefined."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(x, y)[0, 1])
-
-
 def lag_correlation(
     tracks: Sequence[Track],
     target: Callable[[Sequence[Phone], np.ndarray], np.ndarray],
@@ -109,16 +99,12 @@ def lag_correlation(
     the measurement.
     """
     measured = np.concatenate([t.aperture for t in tracks])
-    best_r, best_lag = float("nan"), 0.0
-    steps = round(max_lag_s / step_s)
-    # Outwards from zero, replacing only on a strictly better r: ties keep the smaller lag.
-    for i in sorted(range(-steps, steps + 1), key=lambda j: (abs(j), j)):
-        lag = i * step_s
-        expected = np.concatenate([target(t.phones, t.times - lag) for t in tracks])
-        r = pearson(measured, expected)
-        if np.isfinite(r) and (not np.isfinite(best_r) or r > best_r):
-            best_r, best_lag = r, lag * 1000.0
-    return best_r, best_lag
+    return best_lag(
+        measured,
+        lambda lag: np.concatenate([target(t.phones, t.times - lag) for t in tracks]),
+        max_lag_s,
+        step_s,
+    )
 
 
 def _frames_overlapping(phone: Phone, n: int) -> np.ndarray:

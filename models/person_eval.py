@@ -27,12 +27,13 @@ import torch
 from torch import nn
 
 from models.audio import FPS
-from models.avatar import Avatar
-from models.finetune import PersonData
-from models.lipsync import MAX_LAG_S, ApertureMeter, pearson
+from models.avatar import Avatar, keep_mask
+from models.lag import MAX_LAG_S
+from models.lag import lag_correlation as best_lag
+from models.lipsync import ApertureMeter
+from models.person import PersonData
 from models.quality import region_quality
 
-LAG_STEP_S = 0.005
 BATCH = 16
 R_MARGIN = 0.02  # lip-sync differences smaller than this are noise on a short held-out part
 PSNR_MARGIN_DB = 0.5
@@ -90,16 +91,11 @@ def lag_correlation(
     generated: Sequence[np.ndarray], real: Sequence[np.ndarray], max_lag_s: float = MAX_LAG_S
 ) -> tuple[float, float]:
     """(best r, its lag in ms) of generated aperture at t against real aperture at t - lag."""
-    measured = np.concatenate(list(generated))
-    best_r, best_lag = float("nan"), 0.0
-    steps = round(max_lag_s / LAG_STEP_S)
-    for i in sorted(range(-steps, steps + 1), key=lambda j: (abs(j), j)):
-        lag = i * LAG_STEP_S
-        expected = np.concatenate([shifted(x, lag) for x in real])
-        r = pearson(measured, expected)
-        if np.isfinite(r) and (not np.isfinite(best_r) or r > best_r):
-            best_r, best_lag = r, lag * 1000.0
-    return best_r, best_lag
+    return best_lag(
+        np.concatenate(list(generated)),
+        lambda lag: np.concatenate([shifted(x, lag) for x in real]),
+        max_lag_s,
+    )
 
 
 class _Paster:
@@ -121,7 +117,7 @@ def _generate(
     model: nn.Module, data: PersonData, clip: np.ndarray, device: torch.device
 ) -> np.ndarray:
     """The generator's crops (n, S, S, 3) uint8 for one clip's indices."""
-    keep = (data.mask <= 0.05).astype(np.float32)
+    keep = keep_mask(data.mask)
     reference = np.ascontiguousarray(data.reference.transpose(2, 0, 1), np.float32) / 255.0
     out = []
     model.eval()

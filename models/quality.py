@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-MASK_REGION = 0.05  # the pixels the generator replaces
+from models.avatar import MASK_CUT
+
 SHARP_REGION = 0.5  # where the generated mouth is shown at full strength
 
 
@@ -23,10 +24,11 @@ def mouth_crop(frame: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
 def region_quality(
     generated: np.ndarray, teacher: np.ndarray, mask: np.ndarray
 ) -> tuple[float, float]:
-    """(PSNR dB, SSIM) of two (S, S, 3) uint8 crops over the pixels where ``mask`` > 0.05."""
+    """(PSNR dB, SSIM) of two (S, S, 3) uint8 crops over the pixels the generator
+    replaces (``mask`` > MASK_CUT)."""
     from skimage.metrics import structural_similarity
 
-    region = mask > MASK_REGION
+    region = mask > MASK_CUT
     a = generated.astype(np.float64)
     b = teacher.astype(np.float64)
     mse = float(np.mean((a - b)[region] ** 2))

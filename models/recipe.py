@@ -55,7 +55,7 @@ def _slim_checkpoint(checkpoint: Path, out: Path) -> Path:
     """Config and generator weights only: what export and fine-tuning need, ~5 MB."""
     import torch
 
-    from models.train import load_checkpoint
+    from models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     slim = {

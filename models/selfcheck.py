@@ -11,7 +11,6 @@ follow speech at all is refused.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,12 +76,12 @@ def install_checked(
 ) -> SelfCheck | None:
     """Self-check the package built at ``staged`` (when a ``check`` is given), then rename it
     to ``target``; a refused package is never installed (AvatarError naming ``source``)."""
-    from models.avatar import AvatarError, read_avatar
+    from models.avatar import AvatarError, read_avatar, replace_package
 
     verdict = check(read_avatar(staged)) if check is not None else None
     if verdict is not None and verdict.refused is not None:
         raise AvatarError(f"{source}: {verdict.refused}")
-    os.replace(staged, target)
+    replace_package(staged, target)
     return verdict
 
 

@@ -14,8 +14,6 @@ random states, so ``resume=True`` continues exactly where a run stopped.
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,31 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from models import losses
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import ModelConfig
 from models.data import FrameDataset
 from models.networks import Generator, PatchDiscriminator, SyncNet
+from models.step import Gan, LossWeights, cosine_lr, freeze, generator_step, set_lr, to_device
 
 STAGES = ("audio", "sync", "gen", "done")
 CHECKPOINT = "checkpoint.pt"
 
 
-def _cosine(step: int, total: int, base: float, warmup: int = 50) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
-
-
-def _to(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
-    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+WARMUP = 50  # steps of linear learning-rate warm-up at the start of each stage
 
 
 class Trainer:
@@ -73,6 +59,14 @@ class Trainer:
         )
         self.opt_disc = torch.optim.Adam(
             self.disc.parameters(), lr=cfg.train.disc_lr, betas=(0.5, 0.999)
+        )
+        self.gan = Gan(self.generator, self.opt_gen, self.syncnet, self.disc, self.opt_disc)
+        self.weights = LossWeights(
+            l1=cfg.train.w_l1,
+            edge=cfg.train.w_edge,
+            sync=cfg.train.w_sync,
+            adv=cfg.train.w_adv,
+            params=cfg.train.w_params,
         )
         self.stage = "audio"
         self.step = 0
@@ -101,9 +95,7 @@ class Trainer:
 
     def save(self) -> Path:
         path = self.out_dir / CHECKPOINT
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        save_checkpoint(self.state(), path)
         return path
 
     def load(self, ckpt: dict[str, Any]) -> None:
@@ -157,9 +149,9 @@ class Trainer:
 
     def _audio_step(self, data: FrameDataset, step: int, total: int) -> dict[str, float]:
         t = self.cfg.train
-        _set_lr(self.opt_audio, _cosine(step, total, t.audio_lr))
+        set_lr(self.opt_audio, cosine_lr(step, total, t.audio_lr, WARMUP))
         self.generator.train()
-        b = _to(data.audio_batch(self.rng, t.audio_batch), self.device)
+        b = to_device(data.audio_batch(self.rng, t.audio_batch), self.device)
         _, pred = self.generator.encode_audio(b["mel"])
         loss = losses.params_loss(pred, b["params"])
         self.opt_audio.zero_grad(set_to_none=True)
@@ -171,9 +163,9 @@ class Trainer:
         t = self.cfg.train
         if step == 0:
             self._warm_start_syncnet()
-        _set_lr(self.opt_sync, _cosine(step, total, t.sync_lr))
+        set_lr(self.opt_sync, cosine_lr(step, total, t.sync_lr, WARMUP))
         self.syncnet.train()
-        b = _to(data.sync_batch(self.rng, t.sync_batch), self.device)
+        b = to_device(data.sync_batch(self.rng, t.sync_batch), self.device)
         prob = self.syncnet(b["crop"], b["mel"])
         loss = losses.sync_bce(prob, b["label"])
         self.opt_sync.zero_grad(set_to_none=True)
@@ -189,47 +181,19 @@ class Trainer:
         if all(v.shape == dst.state_dict()[k].shape for k, v in src.items()):
             dst.load_state_dict(src)
 
-    def _freeze_syncnet(self) -> None:
-        self.syncnet.eval()
-        for p in self.syncnet.parameters():
-            p.requires_grad_(False)
-
     def _gen_step(self, data: FrameDataset, step: int, total: int) -> dict[str, float]:
         t = self.cfg.train
-        self._freeze_syncnet()
+        freeze(self.syncnet)
         frac = step / max(1, total)
-        _set_lr(self.opt_gen, _cosine(step, total, t.gen_lr))
-        b = _to(data.generator_batch(self.rng, t.gen_batch), self.device)
+        set_lr(self.opt_gen, cosine_lr(step, total, t.gen_lr, WARMUP))
+        b = to_device(data.generator_batch(self.rng, t.gen_batch), self.device)
         mask = torch.from_numpy(data.mask).to(self.device)[None, None]
         forcing = t.teacher_forcing * max(0.0, 1.0 - frac / max(1e-6, t.teacher_forcing_end))
         params = b["params"] if self.rng.random() < forcing else None
-        self.generator.train()
-        fake, pred = self.generator.forward_with_params(
-            b["reference"], b["masked"], b["mel"], params
-        )
-        l1 = losses.masked_l1(fake, b["target"], mask)
-        edge = losses.edge_loss(fake, b["target"], mask)
-        aux = losses.params_loss(pred, b["params"])
-        # What the compositor shows: the generated mouth inside the mask, the frame outside.
-        shown = fake * mask + b["target"] * (1.0 - mask)
-        sync = losses.sync_loss(self.syncnet(shown, b["mel"]))
-        loss = t.w_l1 * l1 + t.w_edge * edge + t.w_params * aux + t.w_sync * sync
         adversarial = frac >= t.adv_start and t.w_adv > 0
-        logs = {"l1": l1.item(), "params": aux.item(), "sync": sync.item()}
-        if adversarial:
-            adv = losses.lsgan_g(self.disc(shown))
-            loss = loss + t.w_adv * adv
-            logs["adv"] = adv.item()
-        self.opt_gen.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_gen.step()
-        if adversarial:
-            d_loss = losses.lsgan_d(self.disc(b["target"]), self.disc(shown.detach()))
-            self.opt_disc.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_disc.step()
-            logs["d"] = d_loss.item()
-        return logs
+        return generator_step(
+            self.gan, b, mask, self.weights, forcing=params, adversarial=adversarial
+        )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -238,12 +202,6 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("CUDA was requested but no CUDA device is available")
     return torch.device(device)
-
-
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
-    """A checkpoint as plain data (no classes unpickled)."""
-    ckpt: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
-    return ckpt
 
 
 def train(
@@ -285,11 +243,3 @@ def train(
     data = FrameDataset(cfg.train.data_dir, gain_db=cfg.train.gain_db)
     trainer.run(data, progress=progress)
     return path
-
-
-def generator_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    from models.config import GeneratorConfig, from_dict
-
-    g = Generator(from_dict(GeneratorConfig, ckpt["config"]["generator"]))
-    g.load_state_dict(ckpt["state"]["generator"])
-    return g.eval()

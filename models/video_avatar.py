@@ -29,7 +29,7 @@ from models.avatar import CHECKPOINT_FILE, MODEL_FILE, default_avatar_dir, write
 from models.create import CreateError, CreateReport, Progress
 from models.selfcheck import Checker, install_checked
 from models.tracking import FaceObservation, FaceTracker, Track, landmark_mask, smooth_track
-from models.videoio import CropWriter, VideoError, iter_frames, probe, scaled_size
+from models.videoio import CropWriter, VideoError, VideoInfo, iter_frames, probe, scaled_size
 
 MIN_SECONDS = 5.0
 MAX_SECONDS = 600.0  # longer videos: the first 10 minutes are used
@@ -117,7 +117,7 @@ def create_video_avatar(
     )
 
 
-def _probe(path: Path) -> tuple[Any, list[str]]:
+def _probe(path: Path) -> tuple[VideoInfo, list[str]]:
     """The video's streams, refused without audio or when too short; a warning when long."""
     try:
         info = probe(path)
@@ -225,7 +225,7 @@ def _adapt_to_video(
     with no steps, the default model stays."""
     from models.adapt import TrackedTeacher
     from models.avatar import TEACHER_LANDMARKS, TEACHER_PHOTO, read_avatar
-    from models.finetune import FinetuneError, load_person
+    from models.person import FinetuneError, load_person
 
     with FaceTracker(max_faces=1, video=False) as tracker:
         faces = tracker.landmarks(frame)
@@ -258,8 +258,8 @@ def _better_on_heldout(avatar: Any, real: Any, checkpoint: Path) -> bool:
     """Whether the adapted model beats the default on the held-out tail of the person's own
     video (the judge ``avatar train`` uses): a video unlike the teacher's animation of its
     first frame (light that changes, say) can make adaptation a loss, and then it is dropped."""
+    from models.checkpoint import generator_from_checkpoint, load_checkpoint
     from models.person_eval import evaluate_generators
-    from models.train import generator_from_checkpoint, load_checkpoint
 
     models = {
         "old": generator_from_checkpoint(load_checkpoint(default_avatar_dir() / CHECKPOINT_FILE)),

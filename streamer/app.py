@@ -66,7 +66,7 @@ class BuiltinSpeech:
 
 def default_loader(settings: Settings) -> EngineLoader:
     def load(name: str) -> tuple[Avatar, Backend]:
-        avatar = load_avatar(name)
+        avatar = load_avatar(name, settings.home)
         return avatar, make_backend(settings.backend, avatar, settings.threads)
 
     return load
@@ -197,7 +197,7 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    avatar = load_avatar(settings.avatar)
+    avatar = load_avatar(settings.avatar, settings.home)
     backend = make_backend(settings.backend, avatar, settings.threads)
     _check_port(settings.host, settings.port)
     log.info("avatar %r on backend %s", avatar.name, backend_key(backend))

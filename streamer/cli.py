@@ -72,6 +72,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return int(serve(settings) or 0)
 
 
+def _home() -> Path:
+    """The server's home (``Settings.home``): where the avatars other than default live."""
+    from streamer.config import Settings
+
+    return Settings.from_env().home
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from models.avatar import load_avatar
     from streamer.config import Settings
@@ -89,7 +96,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         from models.media import decode_audio
 
         next(iter(decode_audio(args.audio)), None)
-    avatar = load_avatar(settings.avatar)
+    avatar = load_avatar(settings.avatar, settings.home)
     backend = make_backend(settings.backend, avatar, threads=settings.threads)
     progress = _progress_bar()
     try:
@@ -135,7 +142,7 @@ def _progress_bar() -> _Progress | None:
 def cmd_avatar_list(args: argparse.Namespace) -> int:
     from models.avatar import list_avatars
 
-    for name in list_avatars():
+    for name in list_avatars(_home()):
         print(name)
     return 0
 
@@ -145,7 +152,7 @@ def cmd_avatar_show(args: argparse.Namespace) -> int:
 
     from models.avatar import load_avatar
 
-    avatar = load_avatar(args.name)
+    avatar = load_avatar(args.name, _home())
     info = avatar.manifest.to_json()
     info["path"] = str(avatar.path)
     info["base_frames"] = len(avatar.frames)
@@ -157,7 +164,7 @@ def cmd_avatar_show(args: argparse.Namespace) -> int:
 def cmd_avatar_delete(args: argparse.Namespace) -> int:
     from models.avatar import delete_avatar
 
-    delete_avatar(args.name)
+    delete_avatar(args.name, _home())
     print(f"deleted avatar {args.name}", file=sys.stderr)
     return 0
 
@@ -185,7 +192,7 @@ def cmd_avatar_create(args: argparse.Namespace) -> int:
         from streamer.measure.selfcheck import self_check
 
         check = self_check
-    create(args.name, video=args.video, image=args.image, adapt=adapt, check=check)
+    create(args.name, video=args.video, image=args.image, home=_home(), adapt=adapt, check=check)
     return 0
 
 
@@ -194,7 +201,7 @@ def cmd_avatar_train(args: argparse.Namespace) -> int:
 
     check_name(args.name)
     if args.name != DEFAULT_NAME:
-        if not (avatar_dir(args.name) / "manifest.json").is_file():
+        if not (avatar_dir(args.name, _home()) / "manifest.json").is_file():
             raise UserError(
                 f"no avatar named {args.name!r}: create it with `avatarcast avatar create`"
             )
@@ -213,6 +220,7 @@ def _train_person(args: argparse.Namespace) -> int:
     finetune = _import("models.finetune", "train")
     report = finetune.train_avatar(  # type: ignore[attr-defined]
         args.name,
+        home=_home(),
         device=args.device or "auto",
         steps=args.steps,
         resume=args.resume,
@@ -227,7 +235,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from models.avatar import avatar_dir, check_name
 
     check_name(args.name)
-    root = avatar_dir(args.name)
+    root = avatar_dir(args.name, _home())
     if args.to == "tensorrt":
         return _export_tensorrt(args.name)
     checkpoint = root / "checkpoint.pt"
@@ -247,7 +255,7 @@ def _export_tensorrt(name: str) -> int:
     from models.avatar import load_avatar
     from streamer.engine.tensorrt import build_engine, current_key
 
-    avatar = load_avatar(name)
+    avatar = load_avatar(name, _home())
     key = current_key(avatar.model_path)  # TensorRT and a GPU are here, or a clear error now
     print(
         f"building the TensorRT engine for {name!r} on {key.describe()} "

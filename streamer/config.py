@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from models.avatar import avatarcast_home
-
 # The INTERFACE names, then the device-pinned keys that `avatarcast bench` reports (onnx-int8
 # is the reduced CPU model, offered where it keeps the eval figures).
 BACKENDS = (
@@ -24,13 +22,18 @@ BACKENDS = (
 )
 
 
+def default_home() -> Path:
+    """``$AVATARCAST_HOME``, else ``~/.avatarcast``: where avatars, work and keys live."""
+    return Path(os.environ.get("AVATARCAST_HOME") or Path.home() / ".avatarcast").expanduser()
+
+
 class ConfigError(ValueError):
     """A bad setting from a flag or an environment variable."""
 
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = field(default_factory=avatarcast_home)
+    home: Path = field(default_factory=default_home)
     host: str = "127.0.0.1"
     port: int = 8080
     avatar: str = "default"

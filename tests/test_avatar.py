@@ -151,15 +151,15 @@ def test_bad_names_are_rejected(name: str) -> None:
 
 
 def test_list_load_delete(home: Path, tmp_path: Path) -> None:
-    make_stand_in_avatar(avatar_dir("alice"), "alice")
-    assert "alice" in list_avatars()
-    assert load_avatar("alice").name == "alice"
-    delete_avatar("alice")
-    assert "alice" not in list_avatars()
+    make_stand_in_avatar(avatar_dir("alice", home), "alice")
+    assert "alice" in list_avatars(home)
+    assert load_avatar("alice", home).name == "alice"
+    delete_avatar("alice", home)
+    assert "alice" not in list_avatars(home)
     with pytest.raises(AvatarError, match="no avatar named"):
-        load_avatar("alice")
+        load_avatar("alice", home)
     with pytest.raises(AvatarError, match="cannot be deleted"):
-        delete_avatar(DEFAULT_NAME)
+        delete_avatar(DEFAULT_NAME, home)
 
 
 @pytest.mark.parametrize("part", ["manifest.json", "mask.png", "boxes.npy", "generator.onnx"])

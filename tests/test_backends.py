@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from models.avatar import Avatar, load_avatar
+from streamer.config import default_home
 from streamer.engine import (
     KEYS,
     NAMES,
@@ -38,7 +39,7 @@ INT8_MEAN_TOLERANCE = 0.03
 
 @pytest.fixture(scope="module")
 def avatar() -> Avatar:
-    return load_avatar("default")
+    return load_avatar("default", default_home())
 
 
 def _inputs(avatar: Avatar, batch: int, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -285,7 +286,7 @@ def test_tensorrt_build_and_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     from streamer.engine.tensorrt import TensorRTBackend, build_engine, find_engine
 
     monkeypatch.setenv("AVATARCAST_CACHE", str(tmp_path))
-    avatar = load_avatar("default")
+    avatar = load_avatar("default", default_home())
     path = build_engine(avatar.model_path)
     assert find_engine(avatar.model_path, "default") == path
     backend = TensorRTBackend(path)

@@ -91,7 +91,7 @@ def standin_avatar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     yy, xx = np.mgrid[0:crop, 0:crop]
     mask = np.clip(1.2 - np.hypot(yy - 80, xx - 80) / 60, 0, 1).astype(np.float32)
     write_avatar(
-        avatars_root() / "standin",
+        avatars_root(tmp_path / "home") / "standin",
         name="standin",
         kind="photo",
         frames=[frame],

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AVATARCAST_HOME", str(tmp_path / "home"))
-    make_stand_in_avatar(avatar_dir("alice"), "alice")
+    make_stand_in_avatar(avatar_dir("alice", tmp_path / "home"), "alice")
     return tmp_path / "home"
 
 

@@ -193,7 +193,7 @@ def test_photo_avatar(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
         main(["avatar", "create", "me", "--image", str(photo), "--steps", "0", "--no-check"]) == 0
     )
     assert "face size" in capsys.readouterr().err
-    avatar = load_avatar("me")
+    avatar = load_avatar("me", home)
     assert avatar.manifest.kind == "photo" and avatar.manifest.frame_size == (512, 512)
     assert avatar.manifest.blink_frames == (1, 2, 3)
     # The blink frames differ from the neutral one at the eyes only, never in the mouth box.

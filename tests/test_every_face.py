@@ -88,14 +88,14 @@ def test_photo_with_teeth_showing(home: Path) -> None:
     from streamer.measure.selfcheck import self_check
 
     report = create_avatar(
-        "ouster", image=FACES / "ouster.png", quiet=True, adapt=SHORT, check=self_check
+        "ouster", home=home, image=FACES / "ouster.png", quiet=True, adapt=SHORT, check=self_check
     )
     assert report.check is not None
     figures = {**report.check["lipsync"], **report.check["image"]}
     assert figures["r"] >= 0.6, figures
     assert figures["bilabial_closed"] >= 0.7, figures
     assert figures["ssim"] >= 0.8, figures  # no patch, no smear against the teacher
-    avatar = load_avatar("ouster")
+    avatar = load_avatar("ouster", home)
     from models.lipsync import ApertureMeter
 
     with ApertureMeter() as meter:
@@ -108,7 +108,7 @@ def test_small_greyscale_face(home: Path) -> None:
     """Marie Curie: a 256 px greyscale scan, face about 90 px tall."""
     from models.create import create_avatar
 
-    report = create_avatar("curie", image=FACES / "curie.png", quiet=True, adapt=SHORT)
+    report = create_avatar("curie", home=home, image=FACES / "curie.png", quiet=True, adapt=SHORT)
     assert any("small" in w for w in report.warnings)
     figures = evaluate("curie")
     # The hardest held-out face (pale, low contrast, upscaled 2x): after a full create it
@@ -128,8 +128,8 @@ def test_landscape_photo_with_the_face_off_centre(home: Path, tmp_path: Path) ->
     cv2.putText(canvas, "On air soon", (60, 360), cv2.FONT_HERSHEY_SIMPLEX, 3, (255,) * 3, 6)
     path = tmp_path / "wide.webp"
     cv2.imwrite(str(path), canvas)
-    create_avatar("wide", image=path, quiet=True, adapt=SHORT)
-    avatar = load_avatar("wide")
+    create_avatar("wide", home=home, image=path, quiet=True, adapt=SHORT)
+    avatar = load_avatar("wide", home)
     assert avatar.manifest.frame_size == (512, 512)
     figures = evaluate("wide")
     assert figures["r"] >= 0.6, figures
@@ -147,7 +147,7 @@ def test_video_twin_of_a_new_face(home: Path, tmp_path: Path) -> None:
     from tests.talking_video import make_talking_video
 
     video = make_talking_video(tmp_path / "denis.mp4", 10.0, photo=FACES / "denis.png")
-    report = create_avatar("denis", video=video, quiet=True, adapt=SHORT)
+    report = create_avatar("denis", home=home, video=video, quiet=True, adapt=SHORT)
     assert report.kind == "video"
     figures = evaluate("denis")
     assert figures["r"] >= 0.6, figures
@@ -171,12 +171,12 @@ def test_a_cartoon_face_gives_a_clear_answer(home: Path, tmp_path: Path) -> None
     path = tmp_path / "cartoon.png"
     cv2.imwrite(str(path), img)
     try:
-        create_avatar("toon", image=path, quiet=True, adapt=AdaptConfig(steps=0))
+        create_avatar("toon", home=home, image=path, quiet=True, adapt=AdaptConfig(steps=0))
     except AvatarError as exc:
         assert "\n" not in str(exc) and "face" in str(exc)
         assert not (home / "avatars" / "toon").exists()
     else:
-        assert load_avatar("toon").manifest.kind == "photo"
+        assert load_avatar("toon", home).manifest.kind == "photo"
 
 
 @pytest.mark.slow
@@ -196,11 +196,13 @@ def test_a_face_that_leaves_the_frame_half_the_time(home: Path, tmp_path: Path) 
 
     video = write_video(tmp_path / "away.mp4", frame, 30 * 12)
     try:
-        report = create_avatar("away", video=video, quiet=True, adapt=AdaptConfig(steps=0))
+        report = create_avatar(
+            "away", home=home, video=video, quiet=True, adapt=AdaptConfig(steps=0)
+        )
     except AvatarError as exc:
         assert "\n" not in str(exc)
         assert not (home / "avatars" / "away").exists()
     else:
         assert report.left_out and any("face lost" in w for w in report.warnings)
         assert 0.4 < report.frames_used / report.frames_total < 0.6
-        assert load_avatar("away").manifest.kind == "video"
+        assert load_avatar("away", home).manifest.kind == "video"

@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.finetune import (
-    GAP_FRAMES,
-    STATE_FILE,
-    FinetuneConfig,
-    Finetuner,
-    load_person,
-    split_holdout,
-    work_dir,
-)
+from models.finetune import STATE_FILE, FinetuneConfig, Finetuner, work_dir
+from models.person import GAP_FRAMES, load_person, split_holdout
 from models.person_eval import PersonScore, lag_correlation, shifted
 from streamer.cli import main
 from tests.talking_video import make_talking_video
@@ -70,7 +63,7 @@ def test_train_created_avatar(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from models.avatar import load_avatar
-    from models.train import load_checkpoint
+    from models.checkpoint import load_checkpoint
 
     video = make_talking_video(tmp_path / "talk.mp4", seconds=10.0)
     assert (
@@ -82,7 +75,7 @@ def test_train_created_avatar(
     capsys.readouterr()
 
     # Resuming continues exactly: one step, saved, reloaded, one more == two steps at once.
-    avatar = load_avatar("twin")
+    avatar = load_avatar("twin", home)
     data = load_person(avatar)
     assert len(data.train) > 150 and len(data.heldout) >= 12
     base = load_checkpoint(package / "checkpoint.pt")
@@ -113,11 +106,11 @@ def test_train_created_avatar(
     assert max(float(r_row[1]), float(r_row[2])) >= 0.7, err
     after = _sha(package / "checkpoint.pt")
     if "kept the new model" in err:
-        assert after != before and not (work_dir("twin") / STATE_FILE).exists()
+        assert after != before and not (work_dir("twin", home) / STATE_FILE).exists()
         assert load_checkpoint(package / "checkpoint.pt")["step"] == 2
     else:
-        assert after == before and (work_dir("twin") / STATE_FILE).exists()
-    load_avatar("twin")  # still a whole package
+        assert after == before and (work_dir("twin", home) / STATE_FILE).exists()
+    load_avatar("twin", home)  # still a whole package
     assert not [p for p in (home / "avatars").iterdir() if p.name.startswith(".")]
 
     # Bad input: one line, exit 2.

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.checkpoint import load_checkpoint
 from models.config import ModelConfig, TrainConfig
 from models.data import BuildConfig, FrameDataset, StandInTeacher, build_dataset
-from models.train import load_checkpoint, train
+from models.train import train
 
 
 @pytest.fixture(scope="module")

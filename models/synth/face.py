@@ -96,13 +96,6 @@ def compute_landmarks(image: np.ndarray) -> np.ndarray:
     return np.array([[p.x * w, p.y * h, p.z * w] for p in points], dtype=np.float32)
 
 
-def build_assets() -> Path:
-    """Recompute the landmark asset from the photo (run once; needs mediapipe)."""
-    ASSETS.mkdir(parents=True, exist_ok=True)
-    np.save(LANDMARKS_FILE, compute_landmarks(load_photo()))
-    return LANDMARKS_FILE
-
-
 def face_scale(landmarks: np.ndarray) -> float:
     """The face's size relative to the default's, from the outer eye corners."""
     a, b = (np.asarray(landmarks, np.float64)[i, :2] for i in EYE_OUTER)

@@ -41,10 +41,7 @@ def torch_cuda_usable() -> tuple[bool, str]:
 def load_generator(checkpoint: Path | str) -> Any:
     """The generator module of a training checkpoint, on the CPU, in eval mode."""
     try:
-        import torch
-
-        from models.config import GeneratorConfig, from_dict
-        from models.networks import Generator
+        from models.checkpoint import generator_from_checkpoint, load_checkpoint
     except ImportError as exc:
         raise BackendError(
             f"the torch backend needs torch ({exc.name} is missing): "
@@ -54,19 +51,13 @@ def load_generator(checkpoint: Path | str) -> Any:
     if not path.is_file():
         raise BackendError(f"checkpoint {path} does not exist: use --backend onnx")
     try:
-        ckpt: Any = torch.load(path, map_location="cpu", weights_only=True)
-        config = ckpt["config"]
-        config = config.get("generator", config)
-        state = ckpt["state"]
-        state = state.get("generator", state)
-        model = Generator(from_dict(GeneratorConfig, config))
-        model.load_state_dict(state)
+        model = generator_from_checkpoint(load_checkpoint(path))
     except Exception as exc:  # torch's unpickler raises many types for a corrupt file
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise BackendError(
             f"{path} is not a generator checkpoint ({first}): use --backend onnx"
         ) from None
-    return model.eval()
+    return model
 
 
 class TorchBackend:

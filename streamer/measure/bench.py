@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from streamer.config import BACKENDS
+from streamer.config import BACKENDS, Settings
 from streamer.engine.base import backend_key, runs_on_cpu
 from streamer.measure.baseline_timing import time_baselines
 from streamer.measure.capacity import measure_generation
@@ -100,7 +100,7 @@ def run_bench(
     from streamer.engine.factory import make_backend
 
     plan = BenchPlan.for_mode(quick)
-    avatar = load_avatar(avatar_name)
+    avatar = load_avatar(avatar_name, Settings.from_env().home)
     results: dict[str, Any] = {}
     for name in backends or ("auto",):
         backend = make_backend(name, avatar, threads=plan.threads)

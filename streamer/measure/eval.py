@@ -43,6 +43,7 @@ from models.lipsync import (
     summarise,
 )
 from models.quality import detail_energy, mouth_crop, region_quality
+from streamer.config import Settings
 from streamer.engine.factory import make_backend
 from streamer.render import generate_frames
 
@@ -145,7 +146,7 @@ def run_eval(
     from models.synth.clip import avatar_teacher
 
     started = time.perf_counter()
-    avatar = avatar if avatar is not None else load_avatar(avatar_name)
+    avatar = avatar if avatar is not None else load_avatar(avatar_name, Settings.from_env().home)
     backend = make_backend(backend_name, avatar, model_path=model_path)
     face = avatar_teacher(avatar)
     # Only an avatar standing on one still frame matches the teacher pixel for pixel.

@@ -20,6 +20,7 @@ import numpy as np
 
 from models.avatar import load_avatar
 from models.quantize import INT8_FILE, quantize
+from streamer.config import Settings
 from streamer.engine.onnx import OnnxBackend
 from streamer.measure.eval import run_eval
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=12, help="eval cases (12 = avatarcast eval)")
     parser.add_argument("--out", default=None, help=f"default: the avatar's {INT8_FILE}")
     args = parser.parse_args(argv)
-    avatar = load_avatar(args.avatar)
+    avatar = load_avatar(args.avatar, Settings.from_env().home)
     out = Path(args.out) if args.out else avatar.path / INT8_FILE
     with tempfile.TemporaryDirectory() as tmp:
         candidate = quantize(avatar.model_path, Path(tmp) / INT8_FILE, args.mode, avatar)

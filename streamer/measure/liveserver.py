@@ -128,7 +128,7 @@ async def live_server(avatar_name: str, backend: str, threads: int) -> AsyncIter
                 raise RuntimeError("the server did not start within 120 s")
             await asyncio.sleep(0.05)
         base = f"http://127.0.0.1:{settings.port}"
-        region = MouthRegion.of(load_avatar(avatar_name))
+        region = MouthRegion.of(load_avatar(avatar_name, settings.home))
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             yield Live(base, app, http, region)
     finally:
