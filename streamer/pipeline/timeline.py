@@ -32,7 +32,7 @@ class TimelineFull(RuntimeError):
 
 @dataclass(frozen=True)
 class Span:
-    """Samples ``[start, end)`` of one utterance, written at ``arrived_at`` (loop.time())."""
+    """Samples ``[start, end)`` of one utterance, written at ``arrived_at`` (the clock's time)."""
 
     start: int
     end: int

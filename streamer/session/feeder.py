@@ -35,7 +35,8 @@ CATCHUP_RATE = 10  # a voice without pauses loses at most 1 sample in 10 (10 % f
 
 
 class Feeder:
-    """Writes utterances into ``timeline``; ``now_pos()`` is the sample playing now."""
+    """Writes utterances into ``timeline``; ``now_pos()`` is the sample playing now and
+    ``now()`` the session clock's time (when a live stream's piece arrived)."""
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class Feeder:
         *,
         config: SessionConfig,
         now_pos: Callable[[], int],
+        now: Callable[[], float],
         emit: Callable[[SessionEvent], None],
         speech: SpeechSource | None,
         speech_executor: Executor | None,
@@ -56,6 +58,7 @@ class Feeder:
         self._latency = int(config.latency_s * SAMPLE_RATE)
         self._limit = int(config.max_buffer_s * SAMPLE_RATE)
         self._now_pos = now_pos
+        self._now = now
         self._emit = emit
         self._speech = speech
         self._speech_executor = speech_executor
@@ -139,7 +142,7 @@ class Feeder:
             now_pos=self._now_pos(),
             latency=self._latency,
             utterance_id=utt.id,
-            arrived_at=asyncio.get_running_loop().time(),
+            arrived_at=self._now(),
             # A live stream's next piece joins the last one (jitter costs no gap)
             contiguous=utt.live and utt.written > 0,
         )

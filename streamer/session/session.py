@@ -33,7 +33,7 @@ from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from models.avatar import Avatar
 from streamer.engine.worker import InferenceWorker
 from streamer.metrics import Metrics
-from streamer.pipeline.clock import LiveClock
+from streamer.pipeline.clock import FrameClock, LiveClock
 from streamer.pipeline.encode import EncodedStream, EncodeStage, VideoCodec
 from streamer.pipeline.frames import AVFrame, FrameBus
 from streamer.pipeline.path import FramePath
@@ -52,6 +52,13 @@ MAX_TEXT_CHARS = 100_000
 
 
 class Session:
+    """One avatar's live session (see the module docstring for the data's path).
+
+    ``clock`` is the frame clock. By default the session makes a :class:`LiveClock` on its
+    worker's phase when it starts; a :class:`~streamer.pipeline.clock.VirtualClock` runs the
+    same frame path as fast as the machine allows, so tests can check pacing on its time.
+    """
+
     def __init__(
         self,
         avatar: Avatar,
@@ -65,6 +72,7 @@ class Session:
         options: SessionOptions | None = None,
         on_failure: Callable[[Session, BaseException], None] | None = None,
         session_id: str | None = None,
+        clock: FrameClock | None = None,
     ) -> None:
         self.id = session_id or secrets.token_hex(8)
         self.avatar = avatar
@@ -85,7 +93,7 @@ class Session:
         self._events = EventHub(self.config.event_queue)
         self._utterances = UtteranceQueue(self._events.emit)
         self._timeline = Timeline(self.config.max_buffer_s)
-        self._clock: LiveClock | None = None
+        self._clock = clock
         self._encode = EncodeStage(self.id, self.bus, lambda: self.options.video_codec)
         self._path = FramePath(
             self._prepare,
@@ -100,6 +108,7 @@ class Session:
             self._timeline,
             config=self.config,
             now_pos=self._now_pos,
+            now=self._now,
             emit=self._events.emit,
             speech=speech,
             speech_executor=speech_executor or executor,
@@ -141,9 +150,11 @@ class Session:
 
     async def _run_clock(self) -> None:
         config = self.config
-        self._clock = LiveClock(config.lead_s, config.start_delay_s, self._worker)
+        if self._clock is None:
+            self._clock = LiveClock(config.lead_s, config.start_delay_s, self._worker)
+        clock = self._clock
         while True:
-            await self._clock.tick(self._path)
+            await clock.tick(self._path)
 
     async def aclose(self) -> None:
         """Stop every stage, end every stream, listener and encoder. Idempotent."""
@@ -193,7 +204,7 @@ class Session:
     def _new(self, kind: Kind) -> Any:
         if self._closed:
             raise SpeechRejected("session_closed", f"session {self.id} is closed")
-        return self._utterances.new(kind, asyncio.get_running_loop().time())
+        return self._utterances.new(kind, self._now())
 
     def speak_text(self, text: str) -> str:
         if not isinstance(text, str) or not any(c.isalnum() for c in text):
@@ -277,6 +288,10 @@ class Session:
         return self._encode.running()
 
     # --- the frame path's two ends ---------------------------------------------------------
+
+    def _now(self) -> float:
+        """The clock's time: the event loop's until a live clock starts (they agree)."""
+        return asyncio.get_running_loop().time() if self._clock is None else self._clock.now()
 
     def _now_pos(self) -> int:
         return 0 if self._clock is None else self._clock.position(SAMPLE_RATE)

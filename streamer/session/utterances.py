@@ -36,7 +36,7 @@ class SpeechRejected(ValueError):
 class Utterance:
     id: str
     kind: Kind
-    requested_at: float = 0.0  # loop time of the speak_* call
+    requested_at: float = 0.0  # the session clock's time of the speak_* call
     text: str = ""
     samples: np.ndarray | None = None
     stream: LiveStream | None = None
