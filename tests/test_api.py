@@ -17,39 +17,10 @@ from fastapi import FastAPI
 
 from models.audio import SAMPLE_RATE
 from models.avatar import Avatar, AvatarError, read_avatar
-from streamer.api.state import AppState
 from streamer.app import create_app
 from streamer.config import Settings
 from streamer.engine.base import Backend
-from tests.serving import serving
-from tests.test_avatar import make_stand_in_avatar
-from tests.test_session import build_standin, fake_speech, tone
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Avatar, Backend]:
-    return build_standin(tmp_path_factory)
-
-
-def make_app(standin: tuple[Avatar, Backend], **settings: Any) -> FastAPI:
-    avatar, backend = standin
-
-    def loader(name: str) -> tuple[Avatar, Backend]:
-        if name not in ("default", avatar.name):
-            raise AvatarError(f"no avatar named {name!r}: see `avatarcast avatar list`")
-        return avatar, backend
-
-    return create_app(
-        Settings(**settings),
-        loader=loader,
-        speech=fake_speech,  # type: ignore[arg-type]
-    )
-
-
-def state_of(app: FastAPI) -> AppState:
-    state = app.state.avatarcast
-    assert isinstance(state, AppState)
-    return state
+from tests.conftest import fake_speech, make_app, make_stand_in_avatar, serving, state_of, tone
 
 
 @pytest.fixture()

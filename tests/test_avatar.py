@@ -1,18 +1,10 @@
-"""The avatar package format, with a stand-in package that the render and CLI tests share.
-
-The stand-in generator is a tiny torch module exported to ONNX with the real input and output
-names and shapes; its mouth brightness follows the audio energy, so tests can see the audio
-drive the picture.
-"""
+"""The avatar package format, on the stand-in package (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 
@@ -26,90 +18,8 @@ from models.avatar import (
     list_avatars,
     load_avatar,
     read_avatar,
-    write_avatar,
 )
-
-SIZE = 512
-CROP = 160
-BOX = (176, 300, 336, 460)
-
-
-def stand_in_generator(path: Path) -> Path:
-    """Export a tiny generator: brightness of the masked region rises with the mel energy."""
-    torch = pytest.importorskip("torch")
-    nn: Any = torch.nn
-
-    class Tiny(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(6, 3, 3, padding=1)
-            self.gain = nn.Linear(1, 3)
-
-        def forward(self, reference: Any, masked: Any, mel: Any) -> Any:
-            energy = (mel.mean(dim=(1, 2)).unsqueeze(1) + 5.0) / 5.0  # silence (-5) -> 0
-            bias = self.gain(energy).unsqueeze(-1).unsqueeze(-1)
-            return torch.sigmoid(self.conv(torch.cat([reference, masked], dim=1)) + bias)
-
-    torch.manual_seed(0)
-    model = Tiny().eval()
-    with torch.no_grad():
-        model.conv.weight.mul_(0.1)
-        model.gain.weight.fill_(2.0)
-        model.gain.bias.fill_(-1.0)
-    args = (torch.rand(1, 3, CROP, CROP), torch.rand(1, 3, CROP, CROP), torch.rand(1, 24, 80))
-    with warnings.catch_warnings():  # the legacy exporter needs no onnxscript; it warns
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            args,
-            str(path),
-            input_names=["reference", "masked", "mel"],
-            output_names=["mouth"],
-            dynamic_axes={n: {0: "batch"} for n in ("reference", "masked", "mel", "mouth")},
-            opset_version=17,
-            dynamo=False,
-        )
-    return path
-
-
-def stand_in_assets() -> dict[str, np.ndarray]:
-    """A smooth synthetic face-like picture, blink frames with darker eyes, a feather mask."""
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    base = np.stack(
-        [120 + 80 * np.sin(xx / 90.0), 100 + 60 * np.cos(yy / 70.0), 90 + 0.2 * xx], axis=-1
-    )
-    frame0 = np.clip(base, 0, 255).astype(np.uint8)
-    frames = [frame0]
-    for closed in (0.3, 0.6, 1.0):
-        blink = frame0.copy()
-        cv2.ellipse(blink, (200, 200), (30, 12), 0, 0, 360, (40, 30, 30), -1)
-        frames.append(cv2.addWeighted(frame0, 1 - closed, blink, closed, 0))
-    r = np.hypot(*np.mgrid[-1 : 1 : CROP * 1j, -1 : 1 : CROP * 1j])
-    mask = np.clip((0.8 - r) / 0.3, 0.0, 1.0).astype(np.float32)
-    x0, y0, x1, y1 = BOX
-    return {
-        "frames": np.stack(frames),
-        "boxes": np.array([BOX] * 4),
-        "mask": mask,
-        "reference": frame0[y0:y1, x0:x1].copy(),
-    }
-
-
-def make_stand_in_avatar(directory: Path, name: str = "standin") -> Path:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    model = stand_in_generator(directory.parent / f".{name}-generator.onnx")
-    assets = stand_in_assets()
-    return write_avatar(
-        directory,
-        name=name,
-        kind="photo",
-        frames=assets["frames"],
-        boxes=assets["boxes"],
-        mask=assets["mask"],
-        reference=assets["reference"],
-        model=model,
-        blink_frames=(1, 2, 3),
-    )
+from tests.conftest import CROP, SIZE, make_stand_in_avatar, stand_in_assets
 
 
 @pytest.fixture()

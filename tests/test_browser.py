@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,13 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_webrtc import FakeSession, fake_app, serving
-
 from models.audio import SAMPLE_RATE
 from models.avatar import DEFAULT_NAME, default_avatar_dir
 from streamer.app import create_app
 from streamer.config import Settings
 from streamer.measure.signals import wav_bytes
+from tests.conftest import serving
+from tests.webrtc_fakes import FakeSession, fake_app
 
 CHROMIUM = Path(os.environ.get("AVATARCAST_CHROMIUM", "/usr/bin/chromium"))
 ARGS = [

@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_avatar import make_stand_in_avatar
-
 from models.avatar import avatar_dir
 from streamer.cli import main
+from tests.conftest import make_stand_in_avatar
 
 ROOT = Path(__file__).resolve().parents[1]
 

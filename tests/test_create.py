@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -11,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from models.audio import SAMPLE_RATE
 from models.avatar import load_avatar, read_avatar
 from models.tracking import MAX_GAP_FRAMES, FaceObservation, landmark_mask, smooth_track
 from models.videoio import display_rotation, iter_frames, probe
 from streamer.cli import main
+from tests.conftest import write_video
 from tests.talking_video import HEIGHT, RATE, WIDTH, make_talking_video
 
 
@@ -23,44 +21,6 @@ from tests.talking_video import HEIGHT, RATE, WIDTH, make_talking_video
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AVATARCAST_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-def write_video(
-    path: Path,
-    frame: Callable[[int], np.ndarray],
-    n: int,
-    *,
-    times: list[float] | None = None,
-    audio: bool = True,
-    rate: int = 30,
-) -> Path:
-    """A small H.264 (+ AAC tone) MP4; ``times`` gives each frame's pts in seconds (VFR)."""
-    container = av.open(str(path), "w", format="mp4")
-    first = frame(0)
-    video = container.add_stream("libx264", rate=rate)
-    video.height, video.width = first.shape[:2]
-    video.pix_fmt = "yuv420p"
-    video.codec_context.time_base = Fraction(1, 1000)
-    # Every stream is added before the first packet is muxed (the header is written then).
-    stream = container.add_stream("aac", rate=SAMPLE_RATE) if audio else None
-    if stream is not None:
-        stream.layout = "mono"
-    for i in range(n):
-        vf = av.VideoFrame.from_ndarray(frame(i), format="rgb24")
-        vf.pts = round(1000 * (times[i] if times else i / rate))
-        vf.time_base = Fraction(1, 1000)
-        container.mux(video.encode(vf))
-    container.mux(video.encode(None))
-    if stream is not None:
-        seconds = (times[-1] if times else n / rate) + 0.1
-        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-        tone = (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-        af = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="flt", layout="mono")
-        af.sample_rate, af.pts, af.time_base = SAMPLE_RATE, 0, Fraction(1, SAMPLE_RATE)
-        container.mux(stream.encode(af))
-        container.mux(stream.encode(None))
-    container.close()
-    return path
 
 
 def numbered(i: int) -> np.ndarray:

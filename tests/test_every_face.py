@@ -186,7 +186,7 @@ def test_a_face_that_leaves_the_frame_half_the_time(home: Path, tmp_path: Path) 
     from models.avatar import AvatarError
     from models.create import create_avatar
     from models.photo_avatar import prepare_face
-    from tests.test_create import write_video
+    from tests.conftest import write_video
 
     aligned = prepare_face(FACES / "denis.png")[0]
     empty = np.full_like(aligned, 90)

@@ -13,9 +13,6 @@ import av
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_avatar import BOX, make_stand_in_avatar, stand_in_assets
-
 from models.audio import SAMPLE_RATE, MelWindower, WindowConfig, log_mel_padded, windows
 from models.avatar import Avatar, read_avatar, write_avatar
 from models.compositor import Compositor
@@ -23,6 +20,7 @@ from models.idle import IdleMotion
 from models.media import AudioDecodeError, decode_audio
 from streamer.engine import OnnxBackend, make_backend
 from streamer.render import RenderError, generate_frames, render, render_samples
+from tests.conftest import BOX, make_stand_in_avatar, stand_in_assets
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,22 @@
 """A live session with real parts: the ONNX stand-in generator, the compositor, the clock.
 
-Also the source of the helpers the API and WebSocket tests share (a stand-in avatar and
-backend, frame collection).
+The stand-in avatar, the ``standin`` and ``live`` fixtures and :class:`Live` are in
+tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from models.audio import SAMPLE_RATE
-from models.avatar import Avatar, read_avatar
-from streamer.engine import make_backend
+from models.avatar import Avatar
 from streamer.engine.base import Backend
 from streamer.engine.worker import InferenceWorker
-from streamer.metrics import Metrics
 from streamer.pipeline.frames import AVFrame
 from streamer.session import (
     Session,
@@ -29,66 +26,9 @@ from streamer.session import (
     SessionRegistry,
     SpeechRejected,
 )
-from tests.test_avatar import make_stand_in_avatar
+from tests.conftest import Live, tone
 
 FRAME = 640
-
-
-def build_standin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Avatar, Backend]:
-    """The stand-in avatar package and its real ONNX backend (one inference thread)."""
-    avatar = read_avatar(make_stand_in_avatar(tmp_path_factory.mktemp("live") / "standin"))
-    return avatar, make_backend("onnx", avatar, threads=1)
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Avatar, Backend]:
-    return build_standin(tmp_path_factory)
-
-
-def tone(seconds: float, freq: float = 220.0, amp: float = 0.3) -> np.ndarray:
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    return (amp * np.sin(2 * np.pi * freq * t + 0.3)).astype(np.float32)  # x[0] != 0
-
-
-def fake_speech(text: str) -> object:
-    """A deterministic TTS stand-in: 0.2 s of tone per word."""
-    return iter([tone(0.2 * len(text.split()), 300.0)])
-
-
-class Live:
-    """A session on a real worker, for one test."""
-
-    def __init__(
-        self,
-        avatar: Avatar,
-        backend: Backend,
-        config: SessionConfig | None = None,
-        worker: InferenceWorker | None = None,
-    ):
-        self.pool = ThreadPoolExecutor(2)
-        self.metrics = Metrics()
-        self.worker = worker or InferenceWorker(backend, 8, self.metrics.observe_batch)
-        self.session = Session(
-            avatar,
-            self.worker,
-            executor=self.pool,
-            speech=fake_speech,  # type: ignore[arg-type]
-            metrics=self.metrics,
-            config=config,
-        )
-
-    async def aclose(self) -> None:
-        await self.session.aclose()
-        await self.worker.aclose()
-        self.pool.shutdown()
-
-
-@pytest.fixture()
-async def live(standin: tuple[Avatar, Backend]) -> AsyncIterator[Live]:
-    made = Live(*standin)
-    await made.session.start()
-    yield made
-    await made.aclose()
 
 
 async def collect(session: Session, count: int) -> list[AVFrame]:
@@ -114,17 +54,17 @@ def speech_audio(frames: list[AVFrame]) -> np.ndarray:
     return np.concatenate([f.audio for f in frames])
 
 
-async def test_frames_are_paced_by_timestamps_and_carry_640_samples(live: Live) -> None:
-    frames = await collect(live.session, 50)
+async def test_frames_are_paced_by_timestamps_and_carry_640_samples(virtual: Live) -> None:
+    frames = await collect(virtual.session, 50)
     assert [f.index for f in frames] == list(range(frames[0].index, frames[0].index + 50))
     assert all(f.audio.shape == (FRAME,) and f.audio.dtype == np.int16 for f in frames)
-    # Published at t0 + k * 40 ms: the error against the ideal timestamps does not grow.
-    t = np.array([f.published_at for f in frames])
-    k = np.array([f.index for f in frames])
-    error = t - (t[0] + (k - k[0]) * 0.040)
-    assert abs(np.median(error)) < 0.010 and error.max() < 0.060
-    assert 38.0 < np.median(np.diff(t)) * 1000 < 42.0
-    assert live.session.ready and live.session.state == "idle"
+    # Frame k is published at its due time t0 + k * 40 ms on the session's clock.
+    clock = virtual.clock
+    assert clock is not None
+    t = [f.published_at for f in frames]
+    assert t == pytest.approx([clock.t0 + f.index * 0.040 for f in frames], abs=1e-9)
+    assert np.diff(t) == pytest.approx(np.full(49, 0.040), abs=1e-9)
+    assert virtual.session.ready and virtual.session.state == "idle"
 
 
 async def test_idle_reuses_the_cached_mouth(live: Live) -> None:
@@ -140,18 +80,9 @@ def generated(frames: list[AVFrame]) -> list[bool]:
     return [i > 0 and f.video is not frames[i - 1].video for i, f in enumerate(frames)]
 
 
-async def test_speech_plays_exactly_with_events(standin: tuple[Avatar, Backend]) -> None:
-    # A longer lead than the default gives each frame more time to render on a loaded
-    # machine; the timing itself is `avatarcast bench`'s business, not this test's.
-    live = Live(*standin, config=SessionConfig(lead_s=0.1))
-    await live.session.start()
-    try:
-        await _speech_plays_exactly_with_events(live)
-    finally:
-        await live.aclose()
-
-
-async def _speech_plays_exactly_with_events(live: Live) -> None:
+async def test_speech_plays_exactly_with_events(virtual: Live) -> None:
+    # On the virtual clock every frame is rendered for its own audio (none is ever late).
+    live = virtual
     events = live.session.subscribe_events()
     sub = live.session.bus.subscribe(video_depth=1000, audio_depth=1000)
     # Some idle frames first: the quiet side of the mouth comparison.
@@ -183,7 +114,8 @@ async def _speech_plays_exactly_with_events(live: Live) -> None:
     assert np.mean(loud) > np.mean(quiet) + 1.0
 
 
-async def test_utterances_play_in_order(live: Live) -> None:
+async def test_utterances_play_in_order(virtual: Live) -> None:
+    live = virtual
     events = live.session.subscribe_events()
     first = live.session.speak_audio(tone(0.3, 200))
     second = live.session.speak_text("one two")  # the stand-in TTS: 0.4 s
@@ -202,18 +134,21 @@ async def test_utterances_play_in_order(live: Live) -> None:
     assert positions == [0.3, 0.4, 0.2]
 
 
-async def test_interrupt_goes_idle_within_two_frames(live: Live) -> None:
-    session = live.session
+async def test_interrupt_goes_idle_within_two_frames(virtual: Live) -> None:
+    session, clock = virtual.session, virtual.clock
+    assert clock is not None
     events = session.subscribe_events()
     sub = session.bus.subscribe(video_depth=1000, audio_depth=1000)
     queued = session.speak_audio(tone(1.0, 300))
     playing = session.speak_audio(tone(3.0))
     ids = [queued, playing]
     await events_until(events, "speaking_started")
-    await asyncio.sleep(0.3)
+    spoken = 0
+    while spoken < 8:  # 0.3 s of the first utterance on the session's clock
+        spoken += (await sub.next_audio()).utterance_id == queued
     last_before = session.bus.last
     assert last_before is not None
-    t_interrupt = asyncio.get_running_loop().time()
+    t_interrupt = clock.now()
     assert sorted(session.interrupt()) == sorted(ids)
     assert session.state == "idle"
     finished = [
@@ -232,9 +167,8 @@ async def test_interrupt_goes_idle_within_two_frames(live: Live) -> None:
     assert all(
         not f.audio.any() and f.utterance_id is None for f in after if f.index >= first_idle.index
     )
-    ms = (first_idle.published_at - t_interrupt) * 1000
-    print(f"\ninterrupt to idle leaving the session: {ms:.1f} ms")
-    assert ms < 80
+    # On the clock's time: the next frame to leave the session is idle, two frames at most.
+    assert (first_idle.published_at - t_interrupt) * 1000 <= 80 + 1e-6
 
 
 class SlowBackend:

@@ -23,8 +23,8 @@ from models.avatar import read_avatar
 from streamer.app import create_app
 from streamer.config import Settings
 from streamer.pipeline.frames import AVFrame
-from tests.serving import serving
-from tests.test_avatar import make_stand_in_avatar
+from streamer.session import SessionEvent
+from tests.conftest import make_stand_in_avatar, serving
 from tests.webrtc_fakes import EnergyBackend, play
 
 KEY = "k3y"
@@ -65,10 +65,11 @@ def dominant_hz(pcm: np.ndarray, rate: int) -> float:
     return float(np.fft.rfftfreq(len(pcm), 1 / rate)[int(np.argmax(spectrum))])
 
 
-async def next_event(queue: asyncio.Queue[dict[str, Any]], kind: str) -> dict[str, Any]:
+async def next_event(queue: asyncio.Queue[SessionEvent], kind: str) -> dict[str, Any]:
+    """The next event of ``kind``, as the JSON the WebSocket sends."""
     async with asyncio.timeout(10):
         while True:
-            event = await queue.get()
+            event = (await queue.get()).to_json()
             if event["type"] == kind:
                 return event
 

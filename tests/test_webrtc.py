@@ -27,8 +27,7 @@ from streamer.outputs.webrtc import (
     PeerRegistry,
     add_loopback_candidates,
 )
-from tests.serving import serving
-from tests.test_avatar import make_stand_in_avatar
+from tests.conftest import make_stand_in_avatar, serving
 from tests.webrtc_fakes import (
     EnergyBackend,
     FakeSession,
@@ -37,9 +36,6 @@ from tests.webrtc_fakes import (
     play,
     whep_offer,
 )
-
-# test_browser.py imports these from here.
-__all__ = ["FakeSession", "fake_app", "serving"]
 
 
 @pytest.fixture

@@ -17,14 +17,7 @@ from models.avatar import Avatar
 from streamer.engine.base import Backend
 from streamer.pipeline.frames import AVFrame
 from streamer.session import Session
-from tests.serving import serving
-from tests.test_api import make_app, state_of
-from tests.test_session import build_standin
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Avatar, Backend]:
-    return build_standin(tmp_path_factory)
+from tests.conftest import make_app, serving, state_of
 
 
 def pcm(seconds: float, rate: int, freq: float = 300.0) -> bytes:
