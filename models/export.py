@@ -34,7 +34,9 @@ def _example(cfg: GeneratorConfig, batch: int, seed: int = 0) -> tuple[torch.Ten
     )
 
 
-def _session(path: Path, threads: int = 2) -> Any:
+def cpu_session(path: Path, threads: int = 2) -> Any:
+    """An ONNX Runtime CPU session on the exported ``path``: the one the parity check runs,
+    and how a caller reads the graph's input and output names."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -88,7 +90,7 @@ def _to_fp16(path: Path) -> None:
 
 def parity(model: nn.Module, cfg: GeneratorConfig, onnx_path: str | Path, fp16: bool) -> float:
     """Max abs difference between torch and ONNX Runtime at batch 1 and 3."""
-    sess = _session(Path(onnx_path))
+    sess = cpu_session(Path(onnx_path))
     worst = 0.0
     for batch, seed in ((1, 1), (3, 2)):
         inputs = _example(cfg, batch, seed)

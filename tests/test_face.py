@@ -40,9 +40,10 @@ def test_closed_mouth_hides_the_teeth(face: TeacherFace) -> None:
 
     def teeth_fraction(img: np.ndarray) -> float:
         """Share of bright, not pink pixels where the photo shows its teeth."""
-        cols = np.flatnonzero(face._gap_bot - face._gap_top > 6)
+        top, bottom = face.teeth_gap
+        cols = np.flatnonzero(bottom - top > 6)
         pix = np.concatenate(
-            [img[int(face._gap_top[i]) + 2 : int(face._gap_bot[i]) - 1, face.x0 + i] for i in cols]
+            [img[int(top[i]) + 2 : int(bottom[i]) - 1, face.x0 + i] for i in cols]
         ).astype(np.float32)
         bright = pix.mean(axis=1) > 190
         neutral = pix[:, 0] - pix[:, 2] < 30  # lips are pink, teeth are not

@@ -297,6 +297,12 @@ class TeacherFace:
         return out
 
     @property
+    def teeth_gap(self) -> tuple[np.ndarray, np.ndarray]:
+        """The photo's gap between the lips, for each column from ``x0`` on: its top and
+        bottom edges (y). Where it is open, the photo shows its own teeth."""
+        return self._gap_top, self._gap_bot
+
+    @property
     def box_side(self) -> int:
         """Side of the mouth box in photo pixels: the crop size at the default face's scale."""
         width, height = self.frame_size

@@ -96,6 +96,12 @@ class TorchBackend:
         # batch shapes -> (graph, its input tensors, its output tensor), or None: no graph
         self._graphs: dict[tuple[tuple[int, ...], ...], Any] = {}
 
+    @property
+    def captured_graphs(self) -> int:
+        """How many batch shapes replay a captured CUDA graph (those whose capture failed run
+        plain calls): what shows that graph capture works on this machine."""
+        return sum(graph is not None for graph in self._graphs.values())
+
     def _tensor(self, a: np.ndarray) -> Any:
         t = self._torch.from_numpy(np.ascontiguousarray(a, np.float32))
         return t.to(self._device, non_blocking=True).to(self._dtype)
