@@ -54,7 +54,7 @@ VOICE_S = 10  # the voice's pitch contour repeats every 10 s, so it loops withou
 class GenerationStep:
     sessions: int
     on_time: float  # share of frames whose picture was ready before they were due
-    margin_ms_p5: float  # 5th percentile of (due - ready); -1 when more than 5 % were late
+    margin_ms_p5: float  # 5th percentile of (due - ready), a frame without its picture as -1
     mean_batch: float
     held: bool
 
