@@ -216,6 +216,41 @@ async def test_outputs_are_not_implemented_yet(api: tuple[httpx.AsyncClient, Fas
     assert_error(r, 501, "not_implemented")
 
 
+class FakeOutput:
+    """An output as the session owns one: it describes itself and is stopped once."""
+
+    def __init__(self, output_id: str) -> None:
+        self.id, self.kind = output_id, "record"
+        self.stopped = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"state": "live", "last_error": None}
+
+    async def aclose(self) -> None:
+        self.stopped += 1
+
+
+async def test_a_session_owns_its_outputs(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    """GET lists what the session holds, DELETE stops one, deleting the session stops the rest."""
+    client, app = api
+    sid = (await client.post("/v1/sessions", json={})).json()["id"]
+    session = state_of(app).registry.get(sid)
+    assert session is not None
+    first, second = FakeOutput("o1"), FakeOutput("o2")
+    session.outputs.add(first)
+    session.outputs.add(second)
+    listed = (await client.get(f"/v1/sessions/{sid}")).json()["outputs"]
+    assert listed == [
+        {"id": "o1", "type": "record", "state": "live", "last_error": None},
+        {"id": "o2", "type": "record", "state": "live", "last_error": None},
+    ]
+    assert (await client.delete(f"/v1/sessions/{sid}/outputs/o1")).status_code == 204
+    assert first.stopped == 1
+    assert_error(await client.delete(f"/v1/sessions/{sid}/outputs/o1"), 404, "output_not_found")
+    assert (await client.delete(f"/v1/sessions/{sid}")).status_code == 204
+    assert second.stopped == 1 and first.stopped == 1
+
+
 async def test_health_metrics_and_openapi(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
     client, _ = api
     sid = (await client.post("/v1/sessions", json={})).json()["id"]

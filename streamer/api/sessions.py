@@ -243,6 +243,6 @@ async def add_output(request: Request, session_id: str) -> dict[str, str]:
 @router.delete("/{session_id}/outputs/{output_id}", status_code=204)
 async def delete_output(request: Request, session_id: str, output_id: str) -> Response:
     session = session_or_404(request, session_id)
-    if output_id not in session.outputs:
+    if not await session.outputs.remove(output_id):
         raise ApiError(404, "output_not_found", f"no output {output_id!r} in this session")
-    raise ApiError(501, "not_implemented", "outputs are not available yet")
+    return Response(status_code=204)

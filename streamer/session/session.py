@@ -43,6 +43,7 @@ from streamer.pipeline.timeline import Timeline
 from streamer.session.config import SessionConfig, SessionOptions, SpeechSource
 from streamer.session.events import AvatarChanged, EventHub, SessionClosed, SessionEvent
 from streamer.session.feeder import Feeder
+from streamer.session.outputs import SessionOutputs
 from streamer.session.stats import SessionStats
 from streamer.session.utterances import Kind, LiveStream, SpeechRejected, UtteranceQueue
 
@@ -81,7 +82,7 @@ class Session:
         self.options = options or SessionOptions()
         self.config = config or SessionConfig()
         self.bus: FrameBus[AVFrame] = FrameBus()
-        self.outputs: dict[str, dict[str, Any]] = {}  # output id -> description (outputs add)
+        self.outputs = SessionOutputs()  # RTMP, WHIP, recordings...: closed with the session
         self.viewers = 0
         self.stats = SessionStats()
         self.failure: BaseException | None = None
@@ -170,6 +171,7 @@ class Session:
             self._clock.close()
         self._utterances.drop_all()
         self._events.emit(SessionClosed(self.id))
+        await self.outputs.aclose()
         await self._encode.aclose()
         self.bus.close()
 
@@ -328,7 +330,7 @@ class Session:
             "state": self.state,
             "ready": self.ready,
             "viewers": self.viewers,
-            "outputs": [{"id": oid, **desc} for oid, desc in self.outputs.items()],
+            "outputs": self.outputs.describe(),
             "created": self.created,
             "video_codec": self.options.video_codec,
             **self.stats.figures(),
