@@ -39,7 +39,8 @@ run: apt-run install
 
 lint: install-dev
 	$(BIN)/ruff check streamer models tests
-	$(BIN)/ruff format --check streamer models tests || true
+	$(BIN)/ruff format --check streamer models tests
+	$(BIN)/lint-imports
 
 typecheck: install-dev
 	$(BIN)/mypy
@@ -49,6 +50,7 @@ unit: install-dev
 
 test: apt-test install-dev
 	$(BIN)/ruff check streamer models tests
+	$(BIN)/ruff format --check streamer models tests
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider

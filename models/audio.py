@@ -102,10 +102,6 @@ class MelStream:
         self._emitted = 0
         self._received = 0
 
-    @property
-    def frames_emitted(self) -> int:
-        return self._emitted
-
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Add samples; return the mel frames that became complete, (k, N_MELS)."""
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
@@ -128,9 +124,6 @@ class MelStream:
             return np.zeros((0, N_MELS), np.float32)
         pad = (total - 1) * HOP + WIN // 2 - self._received
         return self.push(np.zeros(max(0, pad)))
-
-    def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -184,19 +177,6 @@ def windows(mel: np.ndarray, n_video_frames: int, cfg: WindowConfig) -> np.ndarr
     )
 
 
-def to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
-    """Resample float mono audio to 16 kHz with a polyphase filter."""
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    x = np.asarray(samples, dtype=np.float32).reshape(-1)
-    if rate == SAMPLE_RATE:
-        return x
-    g = gcd(rate, SAMPLE_RATE)
-    return resample_poly(x, SAMPLE_RATE // g, rate // g).astype(np.float32)
-
-
 # --- streaming: per-frame windows from audio as it arrives ---------------------------------
 
 
@@ -232,14 +212,6 @@ class MelWindower:
         self._next = 0  # next video frame to emit
         self._samples = 0
         self._silence = silence_mel()
-
-    @property
-    def frames_emitted(self) -> int:
-        return self._next
-
-    @property
-    def samples_received(self) -> int:
-        return self._samples
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Windows (k, cfg.length, N_MELS) for the video frames that became complete."""

@@ -56,8 +56,3 @@ def test_windows_cover_each_video_frame() -> None:
     # Before the start and after the end the window is silence.
     assert np.array_equal(w[0, 0], audio.silence_mel())
     assert np.array_equal(w[9, -1], audio.silence_mel())
-
-
-def test_resample_to_16k_keeps_duration() -> None:
-    x = np.zeros(44100, np.float32)
-    assert len(audio.to_mono_16k(x, 44100)) == audio.SAMPLE_RATE

@@ -66,13 +66,6 @@ def require_api_key(request: Request) -> None:
     authorize(request)
 
 
-def controlled_session(request: Request, session_id: str) -> Session:
-    """The dependency of routes that act on a session (it must exist; the API key)."""
-    session = session_or_404(request, session_id)
-    authorize(request)
-    return session
-
-
 def viewed_session(request: Request, session_id: str) -> Session:
     """The dependency of viewer routes (it must exist; the API key or its view token)."""
     session = session_or_404(request, session_id)

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from models.audio import FPS, SAMPLES_PER_VIDEO_FRAME
 
 FRAME_SECONDS = 1.0 / FPS
 
@@ -46,8 +46,6 @@ class AVFrame:
         if self.audio.shape != (SAMPLES_PER_VIDEO_FRAME,) or self.audio.dtype != np.int16:
             raise ValueError("AVFrame audio must be 640 int16 samples (40 ms at 16 kHz)")
 
-
-AUDIO_RATE = SAMPLE_RATE
 
 # What a bus carries: the session's AV frames, or an encoder's packets made from them.
 T = TypeVar("T")

@@ -85,7 +85,6 @@ class Session:
         self.outputs = SessionOutputs()  # RTMP, WHIP, recordings...: closed with the session
         self.viewers = 0
         self.stats = SessionStats()
-        self.failure: BaseException | None = None
         self._worker = worker
         self._executor = executor
         self._speech = speech
@@ -144,7 +143,6 @@ class Session:
         exc = task.exception()
         if exc is None:
             return
-        self.failure = exc
         log.error("session %s failed in %s", self.id, task.get_name(), exc_info=exc)
         if self._on_failure is not None:
             self._on_failure(self, exc)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -55,7 +54,6 @@ class Peer:
         self.encoded: tuple[EncodedStream, Subscription[EncodedFrame]] | None = None
         self.video: AVVideoTrack | EncodedVideoTrack | None = None
         self.connected_at: float | None = None
-        self.created_at = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
         self._counted = False
         self._closed = False
