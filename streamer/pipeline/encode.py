@@ -112,6 +112,9 @@ class EncodedStream:
         self.request_keyframe()
         if self._task is None:
             log.info("session %s: encoding %s + Opus once", self.session_id, self.codec)
+            # Starting afresh: the first picture is a key frame, however recent the last one
+            # made for viewers who have since left.
+            self._last_keyframe = -1e9
             self._loop = asyncio.get_running_loop()
             self._input = self._source.subscribe(video_depth=1)
             self._task = asyncio.ensure_future(self._run(self._input))
