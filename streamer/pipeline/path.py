@@ -106,9 +106,12 @@ class FramePath:
         return task
 
     async def finish_head(self) -> None:
-        if self._flush is not None:
+        task = self._inflight[0].task
+        # An offline generator holds requests until a batch is full: run what it holds only
+        # when the frame to publish is still among them, so the others keep filling batches.
+        if not task.done() and self._flush is not None:
             self._flush()
-        await asyncio.wait((self._inflight[0].task,))
+        await asyncio.wait((task,))
 
     def _commit_ready(self, _: object = None) -> None:
         """Hand composited pictures to the encoders in frame order, ahead of their due time.
