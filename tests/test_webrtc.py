@@ -23,10 +23,14 @@ from streamer.app import create_app
 from streamer.config import Settings
 from streamer.outputs.webrtc import (
     AVVideoTrack,
+    EncodedAudioTrack,
     EncodedVideoTrack,
     PeerRegistry,
+    SharedStart,
     add_loopback_candidates,
 )
+from streamer.pipeline.codecs import EncodedFrame
+from streamer.pipeline.frames import Subscription
 from tests.conftest import make_stand_in_avatar, serving
 from tests.webrtc_fakes import (
     EnergyBackend,
@@ -48,6 +52,39 @@ async def live() -> AsyncIterator[tuple[str, FakeSession, PeerRegistry]]:
                 break
             await asyncio.sleep(0.01)
         yield base, session, app.state.avatarcast.webrtc
+
+
+def queued_audio(indices: range) -> Subscription[EncodedFrame]:
+    """A viewer's queues holding each frame's two Opus packets, as before its connection."""
+    sub: Subscription[EncodedFrame] = Subscription(video_depth=3)
+    for i in indices:
+        sub.offer(EncodedFrame(i, (b"a",), None, False), video=False)
+        sub.offer(EncodedFrame(i, (b"b",), None, False, 320), video=False)
+    return sub
+
+
+async def test_audio_only_viewer_starts_at_the_live_edge() -> None:
+    sub = queued_audio(range(20))  # 0.8 s queued while the connection was set up
+    track = EncodedAudioTrack(sub, SharedStart(video=False))
+    first = await track.recv()
+    assert (bytes(first), first.pts) == (b"b", 320)  # the newest: frame 19's second half
+    assert sub.stats.audio_skipped == 39 and sub.depth[1] == 0
+    sub.offer(EncodedFrame(20, (b"a",), None, False), video=False)
+    after = await track.recv()
+    assert after.pts == 640 and sub.stats.audio_dropped == 0  # then every packet, in order
+
+
+async def test_audio_starts_on_the_frame_the_video_started_on() -> None:
+    sub = queued_audio(range(10))
+    start = SharedStart(video=True)
+    track = EncodedAudioTrack(sub, start)
+    recv = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0)
+    assert not recv.done()  # the audio waits for the video's first key frame ...
+    assert start.offset(7) == 0  # ... here on frame 7
+    first = await recv
+    assert (bytes(first), first.pts) == (b"a", 0)
+    assert sub.stats.audio_skipped == 14 and sub.depth[1] == 5
 
 
 async def test_whep_viewer_gets_lipsynced_av(live: tuple[str, FakeSession, PeerRegistry]) -> None:

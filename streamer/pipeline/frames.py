@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -55,6 +56,7 @@ T = TypeVar("T")
 class SubscriptionStats:
     video_dropped: int = 0
     audio_dropped: int = 0
+    audio_skipped: int = 0  # queued before the consumer started reading: see skip_to_live
 
 
 @dataclass(eq=False)
@@ -106,6 +108,24 @@ class Subscription(Generic[T]):
             self._audio_ready.clear()
             await self._audio_ready.wait()
         return self._audio.popleft()
+
+    def skip_to_live(self, start: Callable[[T], bool] | None = None) -> int:
+        """Drop the queued audio before the first item ``start`` accepts (before the newest
+        item, which is always kept, when none is or ``start`` is ``None``); returns how many
+        items went.
+
+        A consumer calls this once, as it starts reading. What queued before then (a WebRTC
+        viewer subscribes when its offer is answered, and reads from when ICE and DTLS are
+        up, half a second or more later) is already late: sent at once, it would sit in the
+        receiver's jitter buffer, and everything after it would play that late until the
+        receiver caught up. From here on audio is kept in order and without gaps.
+        """
+        skipped = 0
+        while len(self._audio) > 1 and not (start is not None and start(self._audio[0])):
+            self._audio.popleft()
+            skipped += 1
+        self.stats.audio_skipped += skipped
+        return skipped
 
     @property
     def depth(self) -> tuple[int, int]:

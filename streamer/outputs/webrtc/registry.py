@@ -142,7 +142,7 @@ class PeerRegistry:
         session = peer.session
         kinds = offer.kinds & MEDIA
         shared = offer.shared(session.video_codec)
-        start = SharedStart()
+        start = SharedStart(video="video" in kinds)
         tracks: dict[str, MediaStreamTrack] = {}
         if shared:
             encoder = self._encoded(session)

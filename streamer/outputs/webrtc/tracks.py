@@ -8,6 +8,13 @@ RTCP-based lip sync lines them up. Because frames are sent when they are publish
 sender report maps both streams to the same wall clock. A slow viewer loses video frames (the
 subscription's short video queue), never audio.
 
+A viewer starts at the live edge. Its tracks subscribe when its offer is answered, but aiortc
+reads them only once ICE and DTLS are up, half a second or more later. The audio queued
+meanwhile is skipped (:meth:`SharedStart.skip_to_live`) rather than sent in one burst, which
+the receiver would hold in its jitter buffer and play that late for seconds. The audio starts
+on the video's first frame, a key frame made when sending starts (:class:`SharedStart`). Video
+needs no such step: its queue holds a few pictures at most.
+
 Two kinds of tracks: ``Encoded*`` forward the packets of the session's shared encoder (aiortc
 only packetises them); ``AV*`` forward raw frames for aiortc to encode for one viewer alone (a
 client whose offer lacks the session's codec).
@@ -15,7 +22,10 @@ client whose offer lacks the session's codec).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fractions
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -33,6 +43,13 @@ VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 VIDEO_TICKS_PER_FRAME = VIDEO_CLOCK // 25  # 3600
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 HALF = SAMPLES_PER_VIDEO_FRAME // 2  # 20 ms
+# How long a viewer's audio waits for its video's first key frame (normally a frame or two,
+# at most the encoder's minimum key frame gap) before it starts alone.
+VIDEO_START_WAIT_S = 1.0
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item", AVFrame, EncodedFrame)
 
 
 class EncodedStream(Protocol):
@@ -52,16 +69,41 @@ class EncodedStream(Protocol):
 
 
 class SharedStart:
-    """The frame index both tracks of one viewer count their pts from."""
+    """The frame index both tracks of one viewer count their pts from, and start on.
 
-    def __init__(self) -> None:
+    The video starts on a key frame, made when its sending starts. The audio waits for it
+    (``VIDEO_START_WAIT_S`` at most) and starts on that same frame, so both RTP streams begin
+    with one instant, at the live edge, rather than the audio running ahead of a picture the
+    viewer cannot show yet.
+    """
+
+    def __init__(self, video: bool = False) -> None:
         self.base: int | None = None
+        self._video = video  # a video track of this viewer fixes the start
+        self._fixed = asyncio.Event()
 
     def offset(self, index: int) -> int | None:
         """Frames since the first one either track forwarded; ``None`` for earlier frames."""
         if self.base is None:
             self.base = index
+            self._fixed.set()
         return index - self.base if index >= self.base else None
+
+    async def skip_to_live(self, subscription: Subscription[Item]) -> None:
+        """Drop the audio queued while the connection was set up, called as sending starts.
+
+        The audio then starts on the video's first frame (at most the video's short queue
+        old), or without video, on the newest frame queued: sent at once, the backlog would
+        sit in the receiver's jitter buffer and everything after it would play that late.
+        """
+        if self._video and self.base is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(VIDEO_START_WAIT_S):
+                    await self._fixed.wait()
+        base = self.base
+        skipped = subscription.skip_to_live(None if base is None else lambda f: f.index >= base)
+        if skipped:
+            log.debug("a viewer starts at the live edge: %d queued audio items skipped", skipped)
 
 
 class AVVideoTrack(MediaStreamTrack):
@@ -101,11 +143,15 @@ class AVAudioTrack(MediaStreamTrack):
         self._subscription = subscription
         self._start = start
         self._pending: av.AudioFrame | None = None
+        self._live = False
 
     async def recv(self) -> av.AudioFrame:
         if self._pending is not None:
             out, self._pending = self._pending, None
             return out
+        if not self._live:
+            self._live = True
+            await self._start.skip_to_live(self._subscription)
         while True:
             frame = await _next(self._subscription.next_audio, self)
             n = self._start.offset(frame.index)
@@ -184,8 +230,12 @@ class EncodedAudioTrack(MediaStreamTrack):
         self._subscription = subscription
         self._start = start
         self._pending: list[av.Packet] = []
+        self._live = False
 
     async def recv(self) -> av.Packet:
+        if not self._live:
+            self._live = True
+            await self._start.skip_to_live(self._subscription)
         while not self._pending:
             item = await _next(self._subscription.next_audio, self)
             n = self._start.offset(item.index)
@@ -197,9 +247,6 @@ class EncodedAudioTrack(MediaStreamTrack):
                 packet.time_base = AUDIO_TIME_BASE
                 self._pending.append(packet)
         return self._pending.pop(0)
-
-
-Item = TypeVar("Item", AVFrame, EncodedFrame)
 
 
 async def _next(read: Callable[[], Awaitable[Item]], track: MediaStreamTrack) -> Item:
