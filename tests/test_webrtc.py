@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import numpy as np
@@ -191,9 +192,11 @@ async def test_whep_http_contract(live: tuple[str, FakeSession, PeerRegistry]) -
         res = await http.post("/v1/sessions/nope/whep", content=offer, headers={**sdp, **token})
         assert res.status_code == 404
 
-        session.ready = False  # as before the first frame: 409 with Retry-After
-        res = await http.post(url, content=offer, headers={**sdp, **token})
-        session.ready = True
+        # As before the first frame: 409 with Retry-After. A data descriptor on the class
+        # wins over the attribute the fake's frame loop sets true at every frame.
+        not_ready = property(lambda _: False, lambda _, __: None)
+        with mock.patch.object(FakeSession, "ready", not_ready):
+            res = await http.post(url, content=offer, headers={**sdp, **token})
         assert res.status_code == 409 and int(res.headers["retry-after"]) >= 1
 
         res = await http.post(f"{url}?token={session.view_token}", content=offer, headers=sdp)
