@@ -116,7 +116,7 @@ def test_alpha_follows_the_idle_warp(tmp_path: Path) -> None:
         assert frame.shape == (SIZE, 2 * SIZE, 3)
         pose = compositor.pose(k)
         matrix = cv2.getRotationMatrix2D((SIZE / 2, SIZE / 2), pose.rotation_deg, pose.scale)
-        matrix[:, 2] += (pose.dx, pose.dy)
+        matrix[:, 2] += np.array([pose.dx, pose.dy])
         expected = matrix @ np.array([*start, 1.0])
         got = centroid(unpack(frame)[..., 3])
         assert np.abs(got - expected).max() < 0.1, (k, got, expected)
