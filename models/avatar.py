@@ -13,6 +13,7 @@ A package is a directory::
     person/            optional (video avatars): the person's own material for ``avatar train``
     teacher/           optional: photo.png (the person's own still, in frame coordinates) and
                        landmarks.npy, from which the teacher animates this face
+    matte/000000.png   optional: the person's alpha per base frame (see models.matte)
 
 ``default`` ships inside this package (``models/default``); all others live in
 ``HOME/avatars/NAME``, where ``HOME`` is the server's home (``Settings.home``: read once at the
@@ -37,6 +38,7 @@ import cv2
 import numpy as np
 
 from models.audio import FPS, WindowConfig
+from models.matte import Matte, write_matte
 
 FORMAT = 1
 DEFAULT_NAME = "default"
@@ -129,6 +131,7 @@ class Avatar:
     boxes: np.ndarray  # (N, 4) int64 (x0, y0, x1, y1)
     mask: np.ndarray  # (crop, crop) float32 in [0, 1]
     reference: np.ndarray  # (crop, crop, 3) uint8 RGB
+    matte: Matte | None = None  # the person's alpha, loaded on first use (transparent output)
 
     @property
     def name(self) -> str:
@@ -222,11 +225,10 @@ def read_avatar(path: Path | str) -> Avatar:
             f"avatar {manifest.name!r} has no {manifest.model}: "
             f"run `avatarcast avatar train {manifest.name}` and `avatarcast export`"
         )
-    for array in (frames, boxes, reference):
-        array.setflags(write=False)
     mask_f = mask.astype(np.float32) / 255.0
-    mask_f.setflags(write=False)
-    return Avatar(root, manifest, frames, boxes, mask_f, reference)
+    for array in (frames, boxes, reference, mask_f):
+        array.setflags(write=False)
+    return Avatar(root, manifest, frames, boxes, mask_f, reference, Matte(root, frames))
 
 
 def _read_frames(root: Path, manifest: Manifest) -> np.ndarray:
@@ -309,6 +311,7 @@ def write_avatar(
     fps: int = FPS,
     frame_format: Literal["png", "jpg"] = "png",
     extras: Mapping[str, Path | str] | None = None,
+    matte: np.ndarray | None = None,
 ) -> Path:
     """Write a package atomically: build it in a temporary sibling, then rename into place.
 
@@ -316,6 +319,7 @@ def write_avatar(
     path or its bytes.  An existing package at ``directory`` is replaced.  ``frame_format``
     "jpg" stores base frames as quality-95 JPEG (a video avatar's loop: ~10x smaller than PNG).
     ``extras`` maps relative names in the package to files copied there (e.g. ``person/``).
+    ``matte`` (N, H, W) uint8: the person's alpha per frame (:mod:`models.matte`).
     """
     check_name(name)
     target = Path(directory)
@@ -359,6 +363,8 @@ def write_avatar(
             shutil.copyfile(model, staging / MODEL_FILE)
         if checkpoint is not None:
             shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
+        if matte is not None:
+            write_matte(staging, matte)
         for relative, source in (extras or {}).items():
             destination = staging / relative
             if not destination.resolve().is_relative_to(staging.resolve()):
@@ -377,9 +383,8 @@ def write_avatar(
 
 
 def replace_package(staged: Path, target: Path) -> None:
-    """Put the package built at ``staged`` (a sibling of ``target``, on the same file system)
-    at ``target``, replacing any package there. Directories are swapped by rename, so a reader
-    sees either the old package or the new one, never half."""
+    """Put the package built at ``staged`` (a sibling of ``target`` on its file system) at
+    ``target`` by rename, so a reader sees the old package or the new one, never half."""
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -30,6 +30,7 @@ import numpy as np
 
 from models.adapt import AdaptConfig, adapt_note, adapted_model
 from models.avatar import TEACHER_LANDMARKS, TEACHER_PHOTO, AvatarError, write_avatar
+from models.matte import compute_matte
 from models.selfcheck import Checker, install_checked
 from models.synth.clip import BLINK_LEVELS, REFERENCE_PARAMS
 from models.synth.face import LANDMARKS_FILE, TeacherFace
@@ -114,6 +115,7 @@ def create_photo_avatar(
             checkpoint=checkpoint,
             blink_frames=tuple(range(1, len(frames))),
             extras={TEACHER_PHOTO: work / "photo.png", TEACHER_LANDMARKS: work / "landmarks.npy"},
+            matte=compute_matte(np.asarray(frames)),
         )
         notes = [adapt_note(figures)]
         verdict = install_checked(staged, target, check, path)

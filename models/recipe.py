@@ -102,6 +102,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
 
     from models.avatar import write_avatar
     from models.export import export_onnx
+    from models.matte import compute_matte
     from models.train import resolve_device, train
 
     device = resolve_device(recipe.device)
@@ -161,6 +162,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
         model=onnx_path,
         checkpoint=slim,
         blink_frames=assets["blink_frames"],
+        matte=compute_matte(np.asarray(assets["frames"])),
     )
     times["export"] = time.monotonic() - t0
     times["total"] = time.monotonic() - started

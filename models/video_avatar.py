@@ -27,6 +27,7 @@ from models.adapt import AdaptConfig, adapt_note, adapted_model
 from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from models.avatar import CHECKPOINT_FILE, MODEL_FILE, default_avatar_dir, write_avatar
 from models.create import CreateError, CreateReport, Progress
+from models.matte import compute_matte
 from models.selfcheck import Checker, install_checked
 from models.tracking import FaceObservation, FaceTracker, Track, landmark_mask, smooth_track
 from models.videoio import CropWriter, VideoError, VideoInfo, iter_frames, probe, scaled_size
@@ -93,6 +94,7 @@ def create_video_avatar(
             checkpoint=default / CHECKPOINT_FILE,
             frame_format="jpg",
             extras={f"person/{f}": person / f for f in ("crops.mp4", "audio.npy", "track.npz")},
+            matte=compute_matte(np.asarray(loop_frames)),
         )
         figures = _adapt_to_video(staged, loop_frames[0], person, adapt or AdaptConfig(), progress)
         notes = [adapt_note(figures)]

@@ -31,12 +31,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from models.avatar import AvatarError
+    from models.matte import MatteError
     from models.media import AudioDecodeError
     from streamer.config import ConfigError
     from streamer.engine.base import BackendError
     from streamer.render import RenderError
 
-    return (UserError, AvatarError, BackendError, AudioDecodeError, RenderError, ConfigError)
+    errors = (AvatarError, MatteError, BackendError, AudioDecodeError, RenderError, ConfigError)
+    return (UserError, *errors)
 
 
 def _require(module: str, extra: str) -> None:
@@ -89,8 +91,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.text is not None and not args.text.strip():
         raise UserError("--text is empty: give some words to say")
     out = Path(args.out)
-    if out.suffix.lower() != ".mp4":
-        raise UserError(f"--out {out} must be an .mp4 file")
+    transparent = args.transparent or out.suffix.lower() == ".webm"
+    if transparent and out.suffix.lower() != ".webm":
+        raise UserError(f"--out {out} must be a .webm file for --transparent (VP9 with alpha)")
+    if out.suffix.lower() not in (".mp4", ".webm"):
+        raise UserError(f"--out {out} must be an .mp4 file (or .webm for --transparent)")
     if args.audio is not None:
         # Fail on a bad input before the model loads.
         from models.media import decode_audio
@@ -108,6 +113,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             text=args.text,
             batch_size=settings.batch_size or BATCH,
             progress=progress.update if progress else None,
+            transparent=transparent,
         )
     finally:
         if progress is not None:
@@ -299,7 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio", help="audio file in any format PyAV decodes")
     source.add_argument("--text", help="text spoken by the built-in TTS")
-    p.add_argument("--out", required=True, help="output .mp4 file")
+    p.add_argument("--out", required=True, help="output .mp4 file (.webm: transparent)")
+    p.add_argument(
+        "--transparent",
+        action="store_true",
+        help="the person over a transparent background: WebM, VP9 with alpha (see docs/obs.md)",
+    )
     p.add_argument("--avatar", default=None, help="avatar name (default: default)")
     p.add_argument("--backend", choices=BACKENDS, default=None)
 

@@ -5,6 +5,9 @@ mel windows, generator in batches, compositor) -> encoder, so memory stays flat 
 long the audio is. The audio track is the decoded 16 kHz signal
 itself, zero-padded to the end of the last video frame, and both tracks start at pts 0:
 video frame k shows the mouth for samples [640k, 640k + 640).
+
+A transparent render (``transparent=True``, or an output ending in .webm) writes WebM with
+VP9 carrying the person's alpha (yuva420p, libvpx-vp9) and Opus audio.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 
 from models.audio import FPS, SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, window_range
 from models.avatar import Avatar
-from models.compositor import Compositor
+from models.compositor import Compositor, unpack
 from models.media import clean, decode_audio
 from streamer.engine.base import Backend
 from streamer.pipeline.clock import VirtualClock
@@ -66,10 +69,12 @@ def generate_frames(
     batch_size: int = BATCH,
     idle: bool = True,
     seed: int = 0,
+    transparent: bool = False,
 ) -> Iterator[np.ndarray]:
     """RGB frames (H, W, 3) uint8, one per 40 ms of ``samples`` (16 kHz mono float chunks),
     ceil(n / 640) in all; a bare array counts as one chunk. ``idle=False`` keeps the head
-    still and the eyes open (for eval).
+    still and the eyes open (for eval). ``transparent`` frames are colour and alpha side by
+    side (H, 2W, 3; see :mod:`models.compositor`).
 
     The frames come from the live session's frame path (timeline, frame preparation,
     rendering with the idle-mouth cache) on a virtual clock, so what eval measures is what
@@ -79,7 +84,8 @@ def generate_frames(
     if isinstance(samples, np.ndarray):  # one whole signal rather than chunks
         samples = [samples]
     loop = asyncio.new_event_loop()
-    run = _OfflineRun(avatar, backend, iter(samples), batch_size, idle, seed)
+    compositor = Compositor(avatar, idle=idle, seed=seed, transparent=transparent)
+    run = _OfflineRun(avatar, backend, iter(samples), batch_size, compositor)
     try:
         while (frame := loop.run_until_complete(run.next())) is not None:
             yield frame
@@ -157,8 +163,7 @@ class _OfflineRun:
         backend: Backend,
         source: Iterator[np.ndarray],
         batch_size: int,
-        idle: bool,
-        seed: int,
+        compositor: Compositor,
     ) -> None:
         self._source = source
         self._window = avatar.window
@@ -169,7 +174,6 @@ class _OfflineRun:
         self._ended = False
         self._published = 0
         batches = _Batches(backend, batch_size)
-        compositor = Compositor(avatar, idle=idle, seed=seed)
         renderer = FrameRenderer(avatar, batches, _Inline(), compositor)
         self._path = FramePath(self._prepare, renderer, FrameBus(), flush=batches.flush)
         self._clock = VirtualClock(lead_s=(batch_size - 1) * FRAME_SECONDS)
@@ -212,16 +216,26 @@ class _OfflineRun:
 
 
 class _Muxer:
-    """H.264 + AAC in MP4, both tracks stamped in their own sample counts from 0."""
+    """H.264 + AAC in MP4, both tracks stamped in their own sample counts from 0; with
+    ``alpha``, VP9 with alpha + Opus in WebM, from side-by-side colour and alpha pictures."""
 
-    def __init__(self, path: Path, width: int, height: int, crf: int, preset: str) -> None:
-        self._container = av.open(str(path), "w", format="mp4")
-        video = self._container.add_stream("libx264", rate=FPS)
+    def __init__(
+        self, path: Path, width: int, height: int, crf: int, preset: str, alpha: bool = False
+    ) -> None:
+        self._alpha = alpha
+        self._container = av.open(str(path), "w", format="webm" if alpha else "mp4")
+        video = self._container.add_stream("libvpx-vp9" if alpha else "libx264", rate=FPS)
         video.width, video.height = width, height
-        video.pix_fmt = "yuv420p"
+        video.pix_fmt = "yuva420p" if alpha else "yuv420p"
         video.codec_context.time_base = Fraction(1, FPS)
-        video.options = {"crf": str(crf), "preset": preset}
-        audio = self._container.add_stream("aac", rate=SAMPLE_RATE)
+        # VP9: constant quality (b=0), and libvpx's fast settings: a render, not an archive.
+        options: dict[str, object] = {"crf": str(crf), "preset": preset}
+        if alpha:  # VP9: constant quality (b=0) with libvpx's faster settings
+            options = {"crf": str(crf + 10), "b": "0", "deadline": "good", "cpu-used": "5"}
+        video.options = options
+        audio = self._container.add_stream(
+            "libopus" if alpha else "aac", rate=48_000 if alpha else SAMPLE_RATE
+        )
         audio.layout = "mono"
         audio.bit_rate = 64_000
         self._video, self._audio = video, audio
@@ -239,7 +253,10 @@ class _Muxer:
         self._container.mux(self._audio.encode(frame))
 
     def write_video(self, rgb: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        if self._alpha:
+            frame = av.VideoFrame.from_ndarray(unpack(rgb), format="rgba")
+        else:
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts = self.frames
         frame.time_base = Fraction(1, FPS)
         self.frames += 1
@@ -264,19 +281,24 @@ def render_samples(
     crf: int = 20,
     preset: str = "veryfast",
     progress: Callable[[int], None] | None = None,
+    transparent: bool = False,
 ) -> RenderResult:
     """Render 16 kHz mono float chunks to ``out_path`` (written to a temporary name first, so a
     failed render never leaves a half file behind). ``progress(frames_done)`` is called per frame.
+    ``transparent`` (implied by a .webm output) writes the person over a transparent background.
     """
     out = Path(out_path)
-    if out.suffix.lower() not in (".mp4", ".m4v", ".mov"):
-        raise RenderError(f"output {out} must end in .mp4")
+    transparent = transparent or out.suffix.lower() == ".webm"
+    if transparent and out.suffix.lower() != ".webm":
+        raise RenderError(f"output {out} must end in .webm for a transparent render (VP9+alpha)")
+    if out.suffix.lower() not in (".mp4", ".m4v", ".mov", ".webm"):
+        raise RenderError(f"output {out} must end in .mp4 (or .webm for a transparent render)")
     if not out.parent.is_dir():
         raise RenderError(f"output folder {out.parent} does not exist")
     started = time.perf_counter()
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
     width, height = avatar.manifest.frame_size
-    muxer = _Muxer(tmp, width, height, crf, preset)
+    muxer = _Muxer(tmp, width, height, crf, preset, alpha=transparent)
 
     def tee(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         # Audio goes to the encoder as it is read, a few frames ahead of the video it matches.
@@ -286,7 +308,10 @@ def render_samples(
             yield pcm
 
     try:
-        for rgb in generate_frames(avatar, backend, tee(samples), batch_size=batch_size):
+        frames = generate_frames(
+            avatar, backend, tee(samples), batch_size=batch_size, transparent=transparent
+        )
+        for rgb in frames:
             muxer.write_video(rgb)
             if progress is not None:
                 progress(muxer.frames)
@@ -326,11 +351,18 @@ def render(
     text: str | None = None,
     batch_size: int = BATCH,
     progress: Callable[[int], None] | None = None,
+    transparent: bool = False,
 ) -> RenderResult:
     """Render an audio file (any format PyAV decodes) or a text through the built-in TTS."""
     if (audio is None) == (text is None):
         raise RenderError("give exactly one of an audio file or a text")
     samples = decode_audio(audio) if audio is not None else text_samples(text or "")
     return render_samples(
-        samples, out_path, avatar, backend, batch_size=batch_size, progress=progress
+        samples,
+        out_path,
+        avatar,
+        backend,
+        batch_size=batch_size,
+        progress=progress,
+        transparent=transparent,
     )

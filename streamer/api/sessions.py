@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.audio import SAMPLE_RATE
 from models.avatar import Avatar, AvatarError
+from models.matte import Matte, MatteError
 from models.media import AudioDecodeError, decode_audio
 from streamer.api.auth import require_api_key, session_or_404
 from streamer.api.errors import ApiError
@@ -50,6 +51,20 @@ class CreateSession(BaseModel):
     video_codec: Literal["vp8", "h264"] = "vp8"
     width: int | None = Field(default=None, ge=16, le=4096, multiple_of=2)
     height: int | None = Field(default=None, ge=16, le=4096, multiple_of=2)
+    # "transparent": colour and the person's alpha side by side in one picture twice as wide
+    background: Literal["opaque", "transparent"] = "opaque"
+
+
+async def load_matte(request: Request, avatar: Avatar) -> None:
+    """Have ``avatar``'s alpha matte in memory before a transparent session composes with it:
+    read (or, for a package that predates mattes, computed and stored) off the event loop."""
+    matte = avatar.matte or Matte(avatar.path, avatar.frames)
+    if matte.loaded:
+        return
+    try:
+        await asyncio.get_running_loop().run_in_executor(app_state(request).decode_pool, matte.get)
+    except MatteError as exc:
+        raise ApiError(503, "matte_unavailable", f"no transparent background: {exc}") from None
 
 
 def check_size(avatar: Avatar, options: SessionOptions) -> None:
@@ -69,11 +84,14 @@ def check_size(avatar: Avatar, options: SessionOptions) -> None:
 def urls(request: Request, session: Session) -> dict[str, str]:
     base = str(request.base_url).rstrip("/")
     ws_base = "ws" + base[4:] if base.startswith("http") else base
-    token = session.view_token
+    # The pages learn from the URL that the picture is colour and alpha side by side.
+    query = f"token={session.view_token}"
+    if session.options.transparent:
+        query += "&background=transparent"
     return {
         "whep_url": f"{base}/v1/sessions/{session.id}/whep",
-        "view_url": f"{base}/view/{session.id}?token={token}",
-        "obs_url": f"{base}/obs/{session.id}?token={token}",
+        "view_url": f"{base}/view/{session.id}?{query}",
+        "obs_url": f"{base}/obs/{session.id}?{query}",
         "ws_url": f"{ws_base}/v1/sessions/{session.id}/ws?sample_rate={SAMPLE_RATE}",
     }
 
@@ -83,10 +101,17 @@ async def create_session(request: Request, body: CreateSession | None = None) ->
     state = app_state(request)
     spec = body or CreateSession()
     name = spec.avatar or state.settings.avatar
-    options = SessionOptions(video_codec=spec.video_codec, width=spec.width, height=spec.height)
+    options = SessionOptions(
+        video_codec=spec.video_codec,
+        width=spec.width,
+        height=spec.height,
+        background=spec.background,
+    )
     try:
         engine = await state.engines.get(name)
         check_size(engine.avatar, options)
+        if options.transparent:
+            await load_matte(request, engine.avatar)
         session = await state.registry.create(name, options)
     except AvatarError as exc:
         raise ApiError(400, "unknown_avatar", str(exc)) from None
@@ -130,6 +155,8 @@ async def update_session(request: Request, session_id: str, body: UpdateSession)
     except BackendError as exc:
         raise ApiError(503, "backend_unavailable", str(exc)) from None
     check_size(engine.avatar, session.options)
+    if session.options.transparent:
+        await load_matte(request, engine.avatar)
     session.switch_avatar(engine.avatar, engine.worker)
     return {**session.describe(), "view_token": session.view_token, **urls(request, session)}
 

@@ -5,6 +5,8 @@ A window of digital silence reuses the idle mouth of its base frame, generated o
 other window goes to the generator, which composites in the executor straight from its own
 thread (no hop through the event loop). A renderer belongs to one avatar: switching the
 avatar makes a new renderer, and frames in flight finish with the one they started with.
+A transparent renderer's pictures are colour and alpha side by side (twice as wide; see
+:mod:`models.compositor`).
 """
 
 from __future__ import annotations
@@ -46,17 +48,19 @@ class FrameRenderer:
         generator: Generator,
         executor: Executor,
         compositor: Compositor | None = None,
+        *,
+        transparent: bool = False,
     ) -> None:
         self.avatar = avatar
         self.generator = generator
-        self.compositor = compositor or Compositor(avatar)
+        self.compositor = compositor or Compositor(avatar, transparent=transparent)
         self._executor = executor
         self._silence = np.tile(silence_mel(), (avatar.window.length, 1))
         self._idle_mouths: dict[int, np.ndarray] = {}
 
     def still(self, k: int) -> np.ndarray:
         """Frame ``k``'s base frame as it is: the picture when none was ever rendered."""
-        return self.avatar.frames[self.compositor.base_index(k)]
+        return self.compositor.still(k)
 
     async def render(self, k: int, mel: np.ndarray | None, due: float) -> np.ndarray:
         compositor, generator = self.compositor, self.generator

@@ -27,3 +27,9 @@ class SessionOptions:
     video_codec: Literal["vp8", "h264"] = "vp8"
     width: int | None = None
     height: int | None = None
+    # "transparent": pictures carry the person's alpha beside the colour (twice as wide).
+    background: Literal["opaque", "transparent"] = "opaque"
+
+    @property
+    def transparent(self) -> bool:
+        return self.background == "transparent"

@@ -97,7 +97,7 @@ class Session:
         self._encode = EncodeStage(self.id, self.bus, lambda: self.options.video_codec)
         self._path = FramePath(
             self._prepare,
-            FrameRenderer(avatar, worker, executor),
+            FrameRenderer(avatar, worker, executor, transparent=self.options.transparent),
             self.bus,
             sinks=self._encode.running,
             on_published=self._published,
@@ -260,7 +260,10 @@ class Session:
         differs); frames already in flight finish with the avatar they started with."""
         self.avatar = avatar
         self._worker = worker
-        self._path.switch(FrameRenderer(avatar, worker, self._executor))
+        renderer = FrameRenderer(
+            avatar, worker, self._executor, transparent=self.options.transparent
+        )
+        self._path.switch(renderer)
         self._events.emit(AvatarChanged(avatar.name))
 
     def interrupt(self) -> list[str]:
@@ -331,6 +334,7 @@ class Session:
             "outputs": self.outputs.describe(),
             "created": self.created,
             "video_codec": self.options.video_codec,
+            "background": self.options.background,
             **self.stats.figures(),
             "queued_utterances": self.queued,
             "buffered_s": round(self.buffered_samples() / SAMPLE_RATE, 3),
