@@ -21,6 +21,8 @@ import pytest
 from fastapi import FastAPI
 
 from models.avatar import Avatar
+from streamer.app import output_specs
+from streamer.config import ConfigError, Settings
 from streamer.engine.base import Backend
 from streamer.outputs.base import MAX_OUTPUTS_PER_SESSION, OutputRejected
 from streamer.outputs.factory import attach_output
@@ -128,6 +130,7 @@ class Media:
     """What PyAV reads back: video packet times, decoded pictures, decoded audio spans."""
 
     video_s: list[float] = field(default_factory=list)
+    keyframes_s: list[float] = field(default_factory=list)
     pictures: int = 0
     audio: list[tuple[float, float]] = field(default_factory=list)  # (start s, length s)
     size: tuple[int, int] = (0, 0)
@@ -137,16 +140,19 @@ class Media:
         return self.video_s[-1] - self.video_s[1]
 
     def check_25_fps(self) -> None:
-        """Pictures on the 40 ms grid of the session clock, at most 5 % of them missing (the
-        shared encoder skips a picture when the machine stalls; a player holds the last).
+        """Pictures on the 40 ms grid of the session clock, in order, at most 10 % missing
+        (the shared encoder skips a picture when a loaded machine stalls it; a player holds
+        the last one).
 
         The first picture is left out: a fragmented MP4 starts each track at 0, so it is
         stretched over the AAC encoder's priming; every later one keeps its place."""
         times = self.video_s[1:]
         slots = [(t - times[0]) / 0.04 for t in times]
-        assert all(abs(s - round(s)) * 40 < 1.5 for s in slots), "off the 40 ms grid"
-        assert all(b > a for a, b in itertools.pairwise(slots)), "not monotonic"
-        assert len(slots) >= 0.95 * (round(slots[-1]) + 1), "pictures missing"
+        off = [s for s in slots if abs(s - round(s)) * 40 >= 1.5]
+        assert not off, f"pictures off the 40 ms grid at slots {off[:5]}"
+        assert all(b > a for a, b in itertools.pairwise(slots)), "timestamps not increasing"
+        expected = round(slots[-1]) + 1
+        assert len(slots) >= 0.9 * expected, f"{len(slots)} pictures of {expected} slots"
 
     @property
     def largest_audio_gap_s(self) -> float:
@@ -186,6 +192,8 @@ def _take(media: Media, packet: av.Packet) -> None:
     when = float(packet.pts * packet.time_base)
     if packet.stream.type == "video":
         media.video_s.append(when)
+        if packet.is_keyframe:
+            media.keyframes_s.append(when)
         media.pictures += len(packet.decode())
     elif packet.stream.type == "audio":
         for frame in packet.decode():
@@ -226,6 +234,8 @@ async def test_record_writes_a_playable_fragmented_mp4(live: Live, tmp_path: Pat
     assert media.size == (512, 512)
     assert media.span_s >= 3.0
     media.check_25_fps()
+    keys = media.keyframes_s
+    assert len(keys) >= 2 and max(b - a for a, b in itertools.pairwise(keys)) < 2.2  # 2 s GOP
     assert media.pictures == len(media.video_s)
     assert media.largest_audio_gap_s < 0.002
     assert media.audio_s == pytest.approx(media.span_s, abs=0.2)
@@ -331,3 +341,18 @@ async def test_outputs_api(api: tuple[httpx.AsyncClient, FastAPI], tmp_path: Pat
     left = (await client.get(outputs)).json()["outputs"]
     assert len(left) == MAX_OUTPUTS_PER_SESSION - 1 and made["id"] not in {o["id"] for o in left}
     assert (tmp_path / "recordings" / "show.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("ftp://example.com/x", "use an rtmp://"),
+        ("srt://example.com:9000", "not built yet"),
+        ("rtmp://example.com", "application and a stream key"),
+    ],
+)
+def test_serve_refuses_a_bad_output_before_starting(tmp_path: Path, url: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        output_specs(Settings(home=tmp_path, outputs=(url,)))
+    specs = output_specs(Settings(home=tmp_path, outputs=("rtmps://h/app/KEY",)))
+    assert [s.kind for s in specs] == ["rtmp"]

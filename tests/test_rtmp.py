@@ -121,6 +121,8 @@ async def test_rtmp_reconnects_after_nginx_restarts(
     await wait_for(lambda: output.state == "live", 5, "live again")  # the figure
     assert output.connections >= 2
     media = await asyncio.to_thread(pull, nginx.url("restart"), 2.0)
+    assert media.keyframes_s[0] == media.video_s[0]  # the new connection starts at a key frame
+    assert media.video_s[0] > 1.0  # on the same clock as the first: timestamps go on
     media.check_25_fps()
     seen = states(events)
     assert seen[:2] == ["connecting", "live"] and "retrying" in seen and seen[-1] == "live"

@@ -138,8 +138,7 @@ class Muxer:
 def describe_error(exc: BaseException) -> str:
     """FFmpeg's errors as a user reads them: the reason, without the C function names."""
     if isinstance(exc, av.FFmpegError):
-        reason = exc.strerror or str(exc)
-        return f"{reason} (errno {exc.errno})" if exc.errno else reason
+        return exc.strerror or str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
