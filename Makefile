@@ -7,9 +7,11 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 # Speech: espeak-ng is the built-in TTS; festival and its voices give training and eval more voices;
-# chromium is the real browser of the WebRTC tests (driven by playwright, no browser download).
+# chromium is the real browser of the WebRTC tests (driven by playwright, no browser download);
+# nginx with its RTMP module receives the RTMP outputs' pushes in their tests.
 RUN_APT := espeak-ng
-TEST_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium
+TEST_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium \
+	nginx libnginx-mod-rtmp
 
 .PHONY: run test install install-dev lint typecheck unit apt-run apt-test default-avatar eval bench clean
 

@@ -26,6 +26,9 @@ from streamer.engine.base import Backend, backend_key
 from streamer.engine.factory import make_backend
 from streamer.engine.pool import EngineLoader, EnginePool
 from streamer.metrics import Metrics
+from streamer.outputs.base import OutputRejected
+from streamer.outputs.factory import attach_output
+from streamer.outputs.spec import OutputSpec, specs_from_urls
 from streamer.outputs.webrtc import PeerRegistry
 from streamer.pipeline.encode import EncodedStream
 from streamer.session import (
@@ -129,6 +132,9 @@ def create_app(
             encoders=lambda: len(_encoders(registry)),
             video_encode_ms=lambda: _mean(e.encode_ms for e in _encoders(registry)),
             frames_given_up=lambda: engines.frames_given_up,
+            outputs=lambda: [
+                (o["type"], o["state"]) for s in registry.list() for o in s.outputs.describe()
+            ],
         )
         app.state.avatarcast = AppState(
             settings, metrics, engines, registry, webrtc, compose_pool, speech_pool, decode_pool
@@ -141,6 +147,11 @@ def create_app(
                 await engines.get(settings.avatar)
             except Exception as exc:
                 log.warning("avatar %r is not usable yet: %s", settings.avatar, exc)
+        if settings.outputs:  # serve --output: a headless stream that needs no API call
+            session = await registry.create(settings.avatar)
+            for spec in output_specs(settings):
+                output = attach_output(session, spec, metrics)
+                log.info("session %s: output %s to %s", session.id, output.id, spec.target)
         try:
             yield
         finally:
@@ -162,6 +173,14 @@ def create_app(
     for router in core_routers():
         app.include_router(router)
     return app
+
+
+def output_specs(settings: Settings) -> list[OutputSpec]:
+    """The ``--output`` URLs, validated (a :class:`ConfigError` says which is wrong)."""
+    try:
+        return specs_from_urls(settings.outputs, settings.recordings_dir)
+    except OutputRejected as exc:
+        raise ConfigError(exc.message) from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -197,6 +216,7 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    output_specs(settings)  # a bad --output is a clear error now, not a log line later
     avatar = load_avatar(settings.avatar, settings.home)
     backend = make_backend(settings.backend, avatar, settings.threads)
     _check_port(settings.host, settings.port)

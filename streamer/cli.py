@@ -69,7 +69,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from streamer.config import Settings
 
     settings = Settings.from_env(
-        host=args.host, port=args.port, avatar=args.avatar, backend=args.backend
+        host=args.host,
+        port=args.port,
+        avatar=args.avatar,
+        backend=args.backend,
+        outputs=tuple(args.output or ()),
     )
     return int(serve(settings) or 0)
 
@@ -300,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="port (default 8080)")
     p.add_argument("--avatar", default=None, help="avatar name (default: default)")
     p.add_argument("--backend", choices=BACKENDS, default=None)
+    p.add_argument(
+        "--output",
+        action="append",
+        metavar="URL",
+        help="also push the default session to URL (rtmp:// or rtmps://; repeatable)",
+    )
 
     p = command("render", cmd_render, "render a lip-synced MP4 from audio or text")
     source = p.add_mutually_exclusive_group(required=True)

@@ -42,6 +42,13 @@ class Settings:
     api_key: str | None = None
     batch_size: int | None = None  # frames per generator call at most: 8 on a CPU, 64 on a GPU
     max_sessions: int = 16
+    # Where `record` outputs write (INTERFACE.md: $AVATARCAST_RECORDINGS, else home/recordings).
+    recordings: Path | None = None
+    outputs: tuple[str, ...] = ()  # `serve --output URL`: pushes of the default session
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.recordings or self.home / "recordings"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -63,6 +70,8 @@ class Settings:
                     raise ConfigError(
                         f"AVATARCAST_{key.upper()}={raw!r} is not an integer"
                     ) from None
+        if env.get("AVATARCAST_RECORDINGS"):
+            values["recordings"] = Path(env["AVATARCAST_RECORDINGS"]).expanduser()
         if env.get("AVATARCAST_API_KEY"):
             values["api_key"] = env["AVATARCAST_API_KEY"]
         values.update({k: v for k, v in overrides.items() if v is not None})

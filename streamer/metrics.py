@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 MS_BUCKETS = (1, 2, 5, 10, 20, 30, 40, 50, 75, 100, 125, 150, 200, 300, 500, 1000, 2000)
 INTERVAL_BUCKETS = (10, 20, 30, 35, 38, 40, 42, 45, 50, 60, 80, 120, 200, 500)
+
+
+class OutputsByState(Collector):
+    """``avatarcast_outputs{type,state}``: the outputs of all sessions, counted at scrape
+    time from their live state (never kept in step by hand, so it cannot drift)."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "avatarcast_outputs",
+            "Outputs (RTMP, recordings...) by type and state",
+            labels=["type", "state"],
+        )
+        for (kind, state), count in sorted(collections.Counter(self.read()).items()):
+            family.add_metric([kind, state], count)
+        yield family
 
 
 class Metrics:
@@ -77,6 +98,14 @@ class Metrics:
             "Frames the inference worker gave up because they were due before it could finish",
             registry=r,
         )
+        self.outputs = OutputsByState()
+        r.register(self.outputs)
+        self.output_changes = Counter(
+            "avatarcast_output_state_changes",
+            "Outputs entering a state (retrying counts reconnections, failed lost outputs)",
+            ["type", "state"],
+            registry=r,
+        )
 
     def observe_batch(self, frames: int, ms: float) -> None:
         """The inference worker's hook (called from its thread: prometheus_client is safe)."""
@@ -109,8 +138,11 @@ class Metrics:
         encoders: Callable[[], float] = lambda: 0.0,
         video_encode_ms: Callable[[], float] = lambda: 0.0,
         frames_given_up: Callable[[], float] = lambda: 0.0,
+        outputs: Callable[[], Iterable[tuple[str, str]]] = lambda: (),
     ) -> None:
-        """Gauges read live state at scrape time instead of being kept in step by hand."""
+        """Gauges read live state at scrape time instead of being kept in step by hand;
+        ``outputs`` gives each output's (type, state)."""
+        self.outputs.read = outputs
         self.encoders.set_function(encoders)
         self.video_encode_ms.set_function(video_encode_ms)
         self.frames_given_up.set_function(frames_given_up)

@@ -20,6 +20,9 @@ from streamer.api.auth import require_api_key, session_or_404
 from streamer.api.errors import ApiError
 from streamer.api.state import app_state
 from streamer.engine.base import BackendError
+from streamer.outputs.base import OutputRejected
+from streamer.outputs.factory import attach_output
+from streamer.outputs.spec import parse_spec
 from streamer.session import Session, SessionOptions, SpeechRejected, TooManySessions
 
 router = APIRouter(
@@ -261,10 +264,42 @@ async def interrupt(request: Request, session_id: str) -> dict[str, list[str]]:
     return {"interrupted": session_or_404(request, session_id).interrupt()}
 
 
+class AddOutput(BaseModel):
+    """INTERFACE.md's output request; each type's own fields are checked by
+    :func:`streamer.outputs.spec.parse_spec` (URL scheme allowlist, recordings folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    url: str | None = None
+    name: str | None = None
+    token: str | None = None  # whip's Bearer token
+    video_bitrate_kbps: int | None = None
+
+
 @router.post("/{session_id}/outputs", status_code=201)
-async def add_output(request: Request, session_id: str) -> dict[str, str]:
-    session_or_404(request, session_id)
-    raise ApiError(501, "not_implemented", "RTMP, WHIP and record outputs are not available yet")
+async def add_output(request: Request, session_id: str, body: AddOutput) -> dict[str, str]:
+    """Push the session to a URL or record it: ``201 {"id", "type", "state"}``."""
+    session = session_or_404(request, session_id)
+    state = app_state(request)
+    try:
+        spec = parse_spec(
+            body.type,
+            recordings=state.settings.recordings_dir,
+            url=body.url,
+            name=body.name,
+            video_bitrate_kbps=body.video_bitrate_kbps,
+        )
+        output = attach_output(session, spec, state.metrics)
+    except OutputRejected as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    return {"id": output.id, "type": output.kind, "state": output.state}
+
+
+@router.get("/{session_id}/outputs")
+async def list_outputs(request: Request, session_id: str) -> dict[str, Any]:
+    """The session's outputs with their ``state`` and ``last_error``."""
+    return {"outputs": session_or_404(request, session_id).outputs.describe()}
 
 
 @router.delete("/{session_id}/outputs/{output_id}", status_code=204)

@@ -50,6 +50,18 @@ class AvatarChanged(SessionEvent):
 
 
 @dataclass(frozen=True)
+class OutputState(SessionEvent):
+    """An output (RTMP push, recording) changed state; ``error`` says why when it is
+    ``retrying`` or ``failed``."""
+
+    type: ClassVar[str] = "output_state"
+    output_id: str
+    output_type: str
+    state: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class SessionClosed(SessionEvent):
     type: ClassVar[str] = "session_closed"
     session_id: str

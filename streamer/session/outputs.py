@@ -9,7 +9,10 @@ set so that each output's state shows in the session's description and none outl
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
+
+from streamer.session.events import SessionEvent
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +31,16 @@ class Output(Protocol):
 
 
 class SessionOutputs:
-    """A session's outputs by id, closed with it."""
+    """A session's outputs by id, closed with it. ``emit`` sends their state changes to the
+    session's listeners, as session events."""
 
-    def __init__(self) -> None:
+    def __init__(self, emit: Callable[[SessionEvent], None] | None = None) -> None:
         self._outputs: dict[str, Output] = {}
+        self._emit = emit
+
+    def emit(self, event: SessionEvent) -> None:
+        if self._emit is not None:
+            self._emit(event)
 
     def add(self, output: Output) -> None:
         if output.id in self._outputs:

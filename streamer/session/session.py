@@ -82,7 +82,6 @@ class Session:
         self.options = options or SessionOptions()
         self.config = config or SessionConfig()
         self.bus: FrameBus[AVFrame] = FrameBus()
-        self.outputs = SessionOutputs()  # RTMP, WHIP, recordings...: closed with the session
         self.viewers = 0
         self.stats = SessionStats()
         self._worker = worker
@@ -91,6 +90,8 @@ class Session:
         self._metrics = metrics
         self._on_failure = on_failure
         self._events = EventHub(self.config.event_queue)
+        # RTMP, WHIP, recordings...: closed with the session, their states told as its events
+        self.outputs = SessionOutputs(self._events.emit)
         self._utterances = UtteranceQueue(self._events.emit)
         self._timeline = Timeline(self.config.max_buffer_s)
         self._clock = clock

@@ -1,0 +1,37 @@
+"""``record``: the session written to a fragmented MP4 in the server's recordings folder.
+
+Fragmented (``frag_keyframe+empty_moov+default_base_moof``): the header is written first and
+each 2 s GOP is appended as a self-contained fragment, so a file cut short by a crash or a
+kill plays up to its last whole fragment. Same muxing code as RTMP (:mod:`.mux`). A write
+error (a full disk) fails the output with the error; nothing is retried, so a recording is
+never silently overwritten, and the session goes on.
+"""
+
+from __future__ import annotations
+
+from streamer.outputs.base import Report
+from streamer.outputs.mux import FRAGMENTED_MP4, Target
+from streamer.outputs.muxed import MediaSource, MuxedOutput
+from streamer.outputs.spec import OutputSpec
+
+
+class RecordOutput(MuxedOutput):
+    """Record to ``spec.path`` until removed or failed."""
+
+    retry = False
+
+    def __init__(
+        self, output_id: str, spec: OutputSpec, source: MediaSource, report: Report
+    ) -> None:
+        if spec.path is None:
+            raise ValueError("a record output needs a path")
+        self.path = spec.path
+        target = Target(str(spec.path), "mp4", FRAGMENTED_MP4)
+        super().__init__(output_id, "record", spec, source, report, target)
+
+    def prepare(self) -> None:
+        """Claim the file: create the folder, then the file, failing if it exists (two
+        requests for one name race here, not in the muxer)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "xb"):
+            pass

@@ -1,0 +1,193 @@
+"""What a request for an output asks for, checked before anything is fetched or written.
+
+An output makes the server connect to a host or write a file on a user's word, so each type
+has an allowlist: ``rtmp`` takes only ``rtmp://`` and ``rtmps://`` URLs with an application
+and a stream key; ``record`` takes a bare file name that lands in the server's recordings
+folder and nowhere else (no separators, no ``..``, no hidden files, no overwriting).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from streamer.outputs.base import OutputRejected
+from streamer.pipeline.codecs import VIDEO_BITRATE
+
+BUILT = ("rtmp", "record")
+PLANNED = ("srt", "whip", "virtualcam")  # in INTERFACE.md, not built yet: 501, not 400
+RTMP_SCHEMES = ("rtmp", "rtmps")
+URL_SCHEMES = {"rtmp": "rtmp", "rtmps": "rtmp", "srt": "srt", "whip+https": "whip"}
+MAX_URL = 2048
+RECORD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# The shared H.264 encode's bit rate (encode once): an output can cap it, never lower it.
+SESSION_VIDEO_KBPS = VIDEO_BITRATE // 1000
+MAX_VIDEO_KBPS = 100_000
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """A validated output: ``url`` for a push, ``path`` for a recording."""
+
+    kind: str
+    url: str | None = None
+    path: Path | None = None
+    video_bitrate_kbps: int = SESSION_VIDEO_KBPS
+
+    @property
+    def target(self) -> str:
+        """Where it goes, safe to show: a stream key is a password and stays hidden."""
+        if self.url is not None:
+            return redact(self.url)
+        return self.path.name if self.path is not None else ""
+
+
+def parse_spec(
+    kind: object,
+    *,
+    recordings: Path,
+    url: object = None,
+    name: object = None,
+    video_bitrate_kbps: object = None,
+) -> OutputSpec:
+    """The validated spec of a request, or :class:`OutputRejected` saying what to fix."""
+    if kind in PLANNED:
+        raise OutputRejected(
+            501, "not_implemented", f"{kind} outputs are not built yet: use rtmp or record"
+        )
+    if kind not in BUILT:
+        known = ", ".join((*BUILT, *PLANNED))
+        raise OutputRejected(400, "unknown_output_type", f"type must be one of {known}")
+    kbps = check_bitrate(video_bitrate_kbps)
+    if kind == "rtmp":
+        if name is not None:
+            raise OutputRejected(400, "invalid_request", "an rtmp output takes a url, not a name")
+        return OutputSpec("rtmp", url=check_rtmp_url(url), video_bitrate_kbps=kbps)
+    if url is not None:
+        raise OutputRejected(
+            400, "invalid_request", "a record output takes a name (a file), not a url"
+        )
+    return OutputSpec("record", path=recording_path(recordings, name), video_bitrate_kbps=kbps)
+
+
+def check_bitrate(value: object) -> int:
+    """``video_bitrate_kbps`` is the most the destination may receive. The video is encoded
+    once per session at :data:`SESSION_VIDEO_KBPS` and only remuxed per output, so a
+    ceiling at or above it is honoured as is; a lower one would need a second encode."""
+    if value is None:
+        return SESSION_VIDEO_KBPS
+    if isinstance(value, bool) or not isinstance(value, int) or value > MAX_VIDEO_KBPS:
+        raise OutputRejected(
+            422, "invalid_bitrate", f"video_bitrate_kbps must be an integer up to {MAX_VIDEO_KBPS}"
+        )
+    if value < SESSION_VIDEO_KBPS:
+        raise OutputRejected(
+            422,
+            "bitrate_below_shared_encode",
+            f"the session's video is encoded once for all its outputs at {SESSION_VIDEO_KBPS} "
+            f"kbps; an output cannot get less ({value} kbps asked): leave video_bitrate_kbps "
+            f"out or give at least {SESSION_VIDEO_KBPS}",
+        )
+    return value
+
+
+def check_rtmp_url(url: object) -> str:
+    if not isinstance(url, str) or not url:
+        raise OutputRejected(400, "invalid_url", "an rtmp output needs a url: rtmp://host/app/KEY")
+    if len(url) > MAX_URL or any(c.isspace() or ord(c) < 32 for c in url):
+        raise OutputRejected(
+            400, "invalid_url", "the url is too long or has spaces or control characters"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise OutputRejected(400, "invalid_url", f"the url cannot be parsed: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in RTMP_SCHEMES:
+        raise OutputRejected(
+            400,
+            "unsupported_scheme",
+            f"an rtmp output takes rtmp:// or rtmps:// URLs, not {scheme or 'no scheme'}://",
+        )
+    if not parts.hostname:
+        raise OutputRejected(400, "invalid_url", "the url has no host: rtmp://host/app/KEY")
+    if port == 0:
+        raise OutputRejected(400, "invalid_url", "the url's port must be 1 to 65535")
+    if not parts.path.strip("/") or parts.fragment:
+        raise OutputRejected(
+            400,
+            "invalid_url",
+            "the url needs an application and a stream key, and no #fragment: rtmp://host/app/KEY",
+        )
+    return url
+
+
+def recording_path(recordings: Path, name: object) -> Path:
+    """``recordings/name`` (``.mp4`` added when absent); nothing else can be named."""
+    if not isinstance(name, str) or not RECORD_NAME.fullmatch(name) or ".." in name:
+        raise OutputRejected(
+            400,
+            "invalid_name",
+            "a record output needs a name of letters, digits, '.', '_' and '-' (at most 128, "
+            "starting with a letter or digit, no '..'): it is a file in the recordings folder",
+        )
+    suffix = Path(name).suffix.lower()
+    if suffix not in ("", ".mp4"):
+        raise OutputRejected(
+            400, "invalid_name", f"recordings are fragmented MP4: name {name!r} must end in .mp4"
+        )
+    folder = recordings.expanduser().resolve()
+    path = folder / (name if suffix else f"{name}.mp4")
+    if path.resolve().parent != folder:  # e.g. a symlink planted in the folder
+        raise OutputRejected(400, "invalid_name", f"{name!r} points outside the recordings folder")
+    if path.exists():
+        raise OutputRejected(
+            409, "recording_exists", f"a recording named {path.name!r} exists: choose another name"
+        )
+    return path
+
+
+def kind_of_url(url: str) -> str:
+    """The output type a ``serve --output`` URL asks for, by its scheme."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    kind = URL_SCHEMES.get(scheme)
+    if kind is None:
+        raise OutputRejected(
+            400,
+            "unsupported_scheme",
+            f"--output {redact(url)}: use an rtmp://, rtmps://, srt:// or whip+https:// URL",
+        )
+    return kind
+
+
+def redact(url: str) -> str:
+    """The URL with its stream key (the last path segment), password and query hidden."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(invalid url)"
+    netloc = f"{host}:{port}" if port else host
+    head, _, key = parts.path.rpartition("/")
+    path = f"{head}/****" if key and head else parts.path
+    return urlunsplit((parts.scheme, netloc, path, "", ""))
+
+
+def specs_from_urls(urls: tuple[str, ...], recordings: Path) -> list[OutputSpec]:
+    """``serve --output URL``...: one spec per URL, or :class:`OutputRejected` for the first
+    that cannot be served (a scheme not built yet says so)."""
+    specs = []
+    for url in urls:
+        kind = kind_of_url(url)
+        if kind in PLANNED:
+            raise OutputRejected(
+                501,
+                "not_implemented",
+                f"--output {redact(url)}: {kind} outputs are not built yet; use rtmp:// or rtmps://",
+            )
+        specs.append(parse_spec(kind, recordings=recordings, url=url))
+    return specs
