@@ -19,12 +19,16 @@ then made decisive by a smoothstep and re-aligned to the picture's own edges by 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -51,12 +55,41 @@ def segment(frames: np.ndarray) -> np.ndarray:
         ) from None
     out = np.zeros(frames.shape[:3], np.float32)
     for selection in (0, 1):  # general (256x256) and landscape (144x256)
-        with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=selection) as s:
+        with (
+            default_float_environment(),
+            mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=selection) as s,
+        ):
             for i, rgb in enumerate(frames):
                 out[i] += s.process(np.ascontiguousarray(rgb)).segmentation_mask
                 mirrored = np.ascontiguousarray(rgb[:, ::-1])
                 out[i] += s.process(mirrored).segmentation_mask[:, ::-1]
     return out / 4.0
+
+
+@contextlib.contextmanager
+def default_float_environment() -> Iterator[None]:
+    """The C default floating-point environment on this thread while the block runs.
+
+    The ONNX backend sets denormals-as-zero on the threads that create and run its sessions
+    (``session.set_denormal_as_zero``, for speed), and threads inherit it from their creator.
+    Under it MediaPipe's selfie segmentation graph fails to open (TFLite's AllocateTensors
+    fails), so the graph and its threads are made in the default environment, restored after.
+    Where the C library offers no ``fesetenv`` (not glibc), nothing changes.
+    """
+    name = ctypes.util.find_library("m")
+    libm = ctypes.CDLL(name) if name else None
+    if libm is None or not hasattr(libm, "fegetenv") or sys.platform != "linux":
+        yield
+        return
+    saved = ctypes.create_string_buffer(256)  # larger than any fenv_t
+    if libm.fegetenv(saved) != 0:
+        yield
+        return
+    libm.fesetenv(ctypes.c_void_p(-1))  # glibc's FE_DFL_ENV
+    try:
+        yield
+    finally:
+        libm.fesetenv(saved)
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:

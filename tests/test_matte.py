@@ -94,6 +94,27 @@ def test_a_package_without_a_matte_gets_one_on_first_use(tmp_path: Path) -> None
     assert both / either > 0.99
 
 
+@needs_default
+@needs_mediapipe
+def test_a_matte_is_computed_after_the_onnx_backend_ran_on_this_thread() -> None:
+    """The ONNX backend sets denormals-as-zero on the threads that use it; MediaPipe's
+    segmentation must still open (it failed to in the full suite, after backend tests)."""
+    from models.matte import compute_matte
+    from streamer.engine.onnx import OnnxBackend
+
+    avatar = read_avatar(default_avatar_dir())
+    backend = OnnxBackend(avatar.model_path, threads=1)
+    backend.infer(
+        *(
+            np.zeros((1, *backend.input_shapes[n]), np.float32)
+            for n in ("reference", "masked", "mel")
+        )
+    )
+    alpha = compute_matte(np.asarray(avatar.frames[:1]))
+    assert alpha.shape == (1, *avatar.frames.shape[1:3])
+    assert alpha[0, 0, 0] < 30 and alpha[0, alpha.shape[1] // 2, alpha.shape[2] // 2] > 200
+
+
 def centroid(alpha: np.ndarray) -> np.ndarray:
     weights = alpha.astype(np.float64)
     yy, xx = np.mgrid[0 : alpha.shape[0], 0 : alpha.shape[1]]
