@@ -296,3 +296,16 @@ def write_video(
         container.mux(stream.encode(None))
     container.close()
     return path
+
+
+@asynccontextmanager
+async def chromium(executable: Path, args: list[str]) -> AsyncIterator[Any]:
+    """Debian's chromium driven by playwright (no browser download), closed after the block."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(executable), args=args)
+        try:
+            yield browser
+        finally:
+            await browser.close()

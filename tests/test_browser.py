@@ -25,7 +25,7 @@ from models.avatar import DEFAULT_NAME, default_avatar_dir
 from streamer.app import create_app
 from streamer.config import Settings
 from streamer.measure.signals import wav_bytes
-from tests.conftest import serving
+from tests.conftest import chromium, serving
 from tests.webrtc_fakes import FakeSession, fake_app
 
 CHROMIUM = Path(os.environ.get("AVATARCAST_CHROMIUM", "/usr/bin/chromium"))
@@ -146,14 +146,8 @@ def silence_after(levels: list[list[float]], t: float, quiet: float, hold_ms: fl
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with chromium(CHROMIUM, ARGS) as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import serving
+from tests.conftest import chromium, serving
 from tests.test_browser import ARGS, CHROMIUM, KEY
 from tests.webrtc_fakes import FakeSession, fake_app
 
@@ -82,14 +82,8 @@ def jitter_after_start(samples: list[dict[str, float]], seconds: float) -> dict[
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with chromium(CHROMIUM, ARGS) as launched:
+        yield launched
 
 
 async def join(browser: Any, url: str) -> dict[str, float]:

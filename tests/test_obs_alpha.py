@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from models.avatar import DEFAULT_NAME, default_avatar_dir, read_avatar
 from streamer.app import create_app
 from streamer.config import Settings
-from tests.conftest import serving
+from tests.conftest import chromium, serving
 from tests.test_browser import ARGS, CHROMIUM, SHOTS
 
 KEY = "k3y"
@@ -55,14 +55,8 @@ READ_CANVAS = """() => {
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=WEBGL_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with chromium(CHROMIUM, WEBGL_ARGS) as launched:
+        yield launched
 
 
 @pytest.fixture
