@@ -133,6 +133,24 @@ async def test_hopeless_frames_fail_with_too_late_on_the_workers_clock() -> None
         await worker.aclose()
 
 
+async def test_one_slow_call_does_not_stop_the_worker_for_good() -> None:
+    clock = VirtualClock()
+    model = Model("cold", clock, fixed=0.0, per_frame=0.200)  # a cold start: 200 ms
+    worker = InferenceWorker(model, clock=clock)
+    try:
+        await worker.submit(*frame(1.0), clock() + 1.0)
+        model.per_frame = 0.005  # warm: 5 ms a frame, well within the 30 ms each is given
+        served = []
+        for k in range(20):
+            try:
+                served.append(await worker.submit(*frame(10.0 + k), clock() + 0.030))
+            except TooLate:
+                assert not served, "a frame that fits was given up after the worker recovered"
+        assert 10 <= len(served) < 20 and worker.stats.skipped == 20 - len(served)
+    finally:
+        await worker.aclose()
+
+
 async def test_phases_belong_to_the_device_not_to_the_model() -> None:
     clock = VirtualClock()
     cpu = DeviceWorker("cpu", clock=clock)

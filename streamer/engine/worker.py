@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 FRAME_PERIOD_S = 0.040
 CPU_MAX_BATCH, GPU_MAX_BATCH = 8, 64
 PHASE_SLOTS = 8  # a session's frames fall due at one of 8 points 5 ms apart (CPU backends)
+SKIP_DECAY = 0.7  # a frame given up as hopeless lowers its model's cost estimate this much
 
 Clock = Callable[[], float]
 
@@ -181,6 +182,10 @@ class DeviceWorker:
                 if r.deadline < now + self._frame_s.get(id(r.backend), 0.0):
                     self.stats.skipped += 1
                     _give_up(r)
+                    # Only a call corrects the estimate, so one slow call (a cold start, a
+                    # burst of load) must not stop every later call: each give-up lowers it
+                    # until a frame is tried again.
+                    self._frame_s[id(r.backend)] *= SKIP_DECAY
                 else:
                     live.append(r)
             live.sort(key=_by_due)
