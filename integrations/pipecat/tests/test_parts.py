@@ -12,7 +12,7 @@ from pipecat.pipeline.worker import PipelineWorker
 from pipecat.workers.runner import WorkerRunner
 
 from pipecat_avatarcast import AvatarcastVideoService
-from pipecat_avatarcast.playout import Playout, RtpTime
+from pipecat_avatarcast.playout import Flush, Playout, RtpTime
 from pipecat_avatarcast.uplink import PcmConverter, with_sample_rate
 from tests.conftest import Server, free_port
 from tests.probes import ErrorLog
@@ -53,6 +53,29 @@ async def test_playout_releases_by_time_pictures_first_and_clear_drops_the_waiti
     assert out == ["picture 0 ms", "audio 0 ms", "audio 20 ms"]
 
 
+def test_an_interrupt_flushes_the_speech_on_its_way_until_the_avatar_is_quiet() -> None:
+    flush = Flush(quiet_s=0.2, max_s=0.6)
+    assert not flush.audio(0.0, 0.02, loud=True, now=0.0) and not flush.video(0.0)
+    flush.start(now=1.0)
+    # Speech still arriving, a pause shorter than quiet_s, more speech: all flushed.
+    loud = [True] * 5 + [False] * 5 + [True] * 5 + [False] * 9
+    t = [1.0 + 0.02 * k for k in range(len(loud))]
+    assert all(
+        flush.audio(tk, 0.02, lk, now=1.0 + 0.02 * k)
+        for k, (tk, lk) in enumerate(zip(t, loud, strict=True))
+    )
+    assert flush.video(t[-1])
+    # The tenth quiet frame completes 0.2 s of quiet: the flush ends with it.
+    assert flush.audio(1.48, 0.02, loud=False, now=1.5)
+    assert not flush.audio(1.50, 0.02, loud=True, now=1.52)  # the avatar speaks again: kept
+    assert flush.video(1.49) and not flush.video(1.50)  # late pictures of the flushed time
+    # A flush never lasts longer than max_s, quiet or not.
+    flush.start(now=2.0)
+    assert flush.audio(2.0, 0.02, loud=True, now=2.59)
+    assert flush.audio(2.02, 0.02, loud=True, now=2.61)
+    assert not flush.audio(2.04, 0.02, loud=True, now=2.63)
+
+
 def test_pcm_converter_mixes_to_mono_and_resamples() -> None:
     stereo = np.zeros((4800, 2), "<i2")
     stereo[:, 0], stereo[:, 1] = 8000, -8000  # opposite channels cancel out
@@ -66,7 +89,9 @@ def test_pcm_converter_mixes_to_mono_and_resamples() -> None:
 
 def test_the_socket_url_carries_the_tts_rate() -> None:
     url = "ws://host:8080/v1/sessions/abc/ws?sample_rate=16000&x=1"
-    assert with_sample_rate(url, 24_000) == "ws://host:8080/v1/sessions/abc/ws?sample_rate=24000&x=1"
+    assert (
+        with_sample_rate(url, 24_000) == "ws://host:8080/v1/sessions/abc/ws?sample_rate=24000&x=1"
+    )
 
 
 async def run_until_end(avatar: AvatarcastVideoService, errors: ErrorLog) -> None:

@@ -96,3 +96,38 @@ class Playout(Generic[Item]):
                 self._anchor += -wait
                 self.reanchored += 1
             await self._emit(item)
+
+
+class Flush:
+    """After an interrupt, the frames already on their way (encoded, in the network, in the
+    jitter buffers) still carry the speech the user cut off. Like an output transport's
+    buffers on an interruption, they are flushed: the audio is replaced by silence and the
+    pictures are dropped (the last one stays on screen) until the avatar's own audio has been
+    quiet for ``quiet_s``, or ``max_s`` after the interrupt at most. Pictures from before
+    the end of the flush are dropped too, since video arrives a little after its audio.
+    """
+
+    def __init__(self, quiet_s: float = 0.2, max_s: float = 0.6) -> None:
+        self.quiet_s = quiet_s
+        self.max_s = max_s
+        self._since: float | None = None
+        self._quiet = 0.0
+        self._until_t = float("-inf")
+
+    def start(self, now: float) -> None:
+        self._since = now
+        self._quiet = 0.0
+
+    def audio(self, t: float, seconds: float, loud: bool, now: float) -> bool:
+        """Whether the audio frame at ``t`` is flushed (given ``now``, the wall clock)."""
+        if self._since is None:
+            return False
+        self._quiet = 0.0 if loud else self._quiet + seconds
+        if self._quiet >= self.quiet_s - 1e-9 or now - self._since >= self.max_s:
+            self._since = None
+            self._until_t = t + seconds
+        return True
+
+    def video(self, t: float) -> bool:
+        """Whether the picture at ``t`` is flushed."""
+        return self._since is not None or t < self._until_t

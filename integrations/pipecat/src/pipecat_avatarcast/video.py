@@ -13,7 +13,8 @@ Lifecycle, as pipecat's own video services (Tavus, HeyGen) have it:
   transport is ready (``OutputTransportReadyFrame``; ``wait_for_transport=False`` for a
   pipeline with no transport, such as one writing a file).
 - ``TTSStoppedFrame`` ends the utterance (``audio_end``); ``InterruptionFrame`` interrupts the
-  session (and drops the frames waiting to be played) before it is passed on.
+  session before it is passed on, and flushes the frames waiting to be played and those still
+  on their way, which carry the speech that was cut off (:class:`~.playout.Flush`).
 - ``EndFrame`` waits until the speech sent has been played and shown, then closes; a
   ``CancelFrame`` closes at once. Closing deletes the WHEP resource, closes the WebSocket and
   deletes the session, and is idempotent.
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 import av
 import httpx
+import numpy as np
 from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
@@ -48,12 +50,14 @@ from pipecat.services.ai_service import AIService
 from pipecat.services.settings import ServiceSettings
 
 from pipecat_avatarcast.api import AvatarcastApi, AvatarcastError, SessionInfo
-from pipecat_avatarcast.playout import Playout, RtpTime
+from pipecat_avatarcast.playout import Flush, Playout, RtpTime
 from pipecat_avatarcast.uplink import MAX_RATE, MIN_RATE, SpeechUplink
 from pipecat_avatarcast.viewer import WhepViewer
 
 IMAGE_FIRST, AUDIO_NEXT = 0, 1  # at one instant, the picture goes before its sound
+LOUD_RMS = 0.001  # of full scale (-60 dBFS): the avatar's idle audio is digital silence
 NS = 1_000_000_000
+EMPTY = np.zeros(0, np.int16)
 TAIL_S = 0.3  # after the last playback_finished, how long the last frames take to arrive
 
 
@@ -122,6 +126,7 @@ class AvatarcastVideoService(AIService):
         self._connect_timeout_s = connect_timeout_s
         self._end_margin_s = end_margin_s
         self._playout: Playout[Frame] = Playout(self._release, playout_delay_s)
+        self._flush = Flush()
         self._transport_ready = not wait_for_transport
         self._seen = asyncio.Event()
         self._info: SessionInfo | None = None
@@ -225,6 +230,7 @@ class AvatarcastVideoService(AIService):
 
     async def _interrupt(self) -> None:
         self._playout.clear()
+        self._flush.start(asyncio.get_running_loop().time())
         if self._uplink is not None:
             await self._uplink.interrupt()
 
@@ -243,11 +249,13 @@ class AvatarcastVideoService(AIService):
             return
         out: Frame | None
         if isinstance(frame, av.VideoFrame):
+            if self._flush.video(t):
+                return
             loop = asyncio.get_running_loop()
             out = await loop.run_in_executor(self._executor, self._image, frame)
             rank = IMAGE_FIRST
         else:
-            out = self._audio(frame)
+            out = self._audio(t, frame)
             rank = AUDIO_NEXT
         if out is not None:
             out.pts = int(t * NS)
@@ -259,14 +267,20 @@ class AvatarcastVideoService(AIService):
         image.sync_with_audio = self._sync_video
         return image
 
-    def _audio(self, frame: av.AudioFrame) -> SpeechOutputAudioRawFrame | None:
+    def _audio(self, t: float, frame: av.AudioFrame) -> SpeechOutputAudioRawFrame | None:
         rate = self._out_rate or frame.sample_rate
         if self._audio_out is None:
             self._audio_out = av.AudioResampler(format="s16", layout="mono", rate=rate)
-        pcm = b"".join(f.to_ndarray().tobytes() for f in self._audio_out.resample(frame))
-        if not pcm:
+        pcm = np.concatenate(
+            [f.to_ndarray().reshape(-1) for f in self._audio_out.resample(frame)] or [EMPTY]
+        ).astype("<i2")
+        if not len(pcm):
             return None
-        return SpeechOutputAudioRawFrame(audio=pcm, sample_rate=rate, num_channels=1)
+        loud = float(np.sqrt(np.mean((pcm / 32768.0) ** 2))) > LOUD_RMS
+        now = asyncio.get_running_loop().time()
+        if self._flush.audio(t, len(pcm) / rate, loud, now):
+            pcm = np.zeros_like(pcm)  # cut-off speech still on its way: silence instead
+        return SpeechOutputAudioRawFrame(audio=pcm.tobytes(), sample_rate=rate, num_channels=1)
 
     async def _release(self, frame: Frame) -> None:
         if not self._closed:
