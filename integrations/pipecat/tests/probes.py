@@ -31,8 +31,10 @@ LOUD = 0.01  # RMS (of full scale) above which audio counts as speech
 
 @dataclass(frozen=True)
 class MouthRegion:
-    """The lower-middle part of the default avatar's mouth box (models/default/boxes.npy),
-    where the lips open: its grey-level spread rises when they do."""
+    """Where the default avatar's lips are, in its generator's box (models/default/boxes.npy):
+    rows 15-50 % and the middle half of the columns. Open lips show dark and bright together,
+    so the grey-level spread there rises with the mouth's opening. On `avatarcast render`'s
+    own output (every frame generated) it follows the voice's loudness with r = 0.59."""
 
     rows: slice
     cols: slice
@@ -42,7 +44,7 @@ class MouthRegion:
         x0, y0, x1, y1 = (int(v) for v in np.load(REPO / "models/default/boxes.npy")[0])
         w, h = x1 - x0, y1 - y0
         return cls(
-            slice(y0 + int(0.45 * h), y0 + int(0.85 * h)),
+            slice(y0 + int(0.15 * h), y0 + int(0.50 * h)),
             slice(x0 + int(0.25 * w), x0 + int(0.75 * w)),
         )
 
@@ -130,12 +132,11 @@ def mean(x: np.ndarray) -> float:
 
 
 def lips_against_voice(record: Record, lo: float, hi: float) -> tuple[float, int]:
-    """Correlation of the mouth's movement with the voice's loudness over pts [lo, hi), at
+    """Correlation of the mouth's opening with the voice's loudness over pts [lo, hi), at
     the best shift of the mouth within ±4 frames; returns (r, shift in frames)."""
     images = [(pts, m) for _, pts, m in record.images if lo <= pts < hi]
     pts = np.array([p for p, _ in images])
-    mouth = np.array([m for _, m in images])
-    movement = np.abs(mouth - np.median(mouth))
+    movement = np.array([m for _, m in images])
     audio_pts = np.array([p for _, p, _, _ in record.audio])
     audio_rms = np.array([r for _, _, r, _ in record.audio])
     voice = np.array([mean(audio_rms[(audio_pts >= p) & (audio_pts < p + 0.04)]) for p in pts])

@@ -78,8 +78,12 @@ class WhepViewer:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            if isinstance(frame, av.VideoFrame | av.AudioFrame):
+            if not isinstance(frame, av.VideoFrame | av.AudioFrame):
+                continue
+            try:
                 await self._sink(track.kind, frame)
+            except Exception:  # one bad frame must not end the track for good
+                logger.exception(f"avatarcast: a {track.kind} frame from WHEP failed")
 
     async def aclose(self) -> None:
         """Delete the WHEP resource and close the peer connection. Idempotent."""
