@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import numpy as np
 from pipecat.frames.frames import EndFrame
 from pipecat.pipeline.pipeline import Pipeline
@@ -122,6 +123,27 @@ async def test_the_servers_refusal_reaches_the_pipeline_with_its_reason(server: 
     await run_until_end(avatar, errors)
     assert len(errors.errors) == 1
     assert "HTTP 400" in errors.errors[0] and "unknown_avatar" in errors.errors[0]
+
+
+async def test_cancel_frame_deletes_the_session(server: Server) -> None:
+    avatar = AvatarcastVideoService(
+        base_url=server.url, api_key=server.api_key, wait_for_transport=False
+    )
+    worker = PipelineWorker(Pipeline([avatar]), idle_timeout_secs=None, enable_rtvi=False)
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    running = asyncio.create_task(runner.run())
+    for _ in range(300):
+        if avatar.session is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert avatar.session is not None
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers) as http:
+        assert (await http.get(f"/v1/sessions/{avatar.session.id}")).status_code == 200
+        await worker.cancel()  # a CancelFrame
+        await asyncio.wait_for(running, 20)
+        assert (await http.get(f"/v1/sessions/{avatar.session.id}")).status_code == 404
 
 
 async def test_closing_before_starting_and_twice_is_harmless() -> None:

@@ -204,7 +204,12 @@ class AvatarcastVideoService(AIService):
                 await viewer.start(self._connect_timeout_s)
                 await self._seen.wait()
         except TimeoutError as exc:
-            await self._fail(f"no avatar frames within {self._connect_timeout_s:.0f} s", exc)
+            await self._fail(
+                f"no avatar frames from {self._api.base_url} within "
+                f"{self._connect_timeout_s:.0f} s: is UDP between this process and the server "
+                "open for WebRTC?",
+                exc,
+            )
             return
         except AvatarcastError as exc:
             await self._fail(str(exc), exc)
@@ -212,10 +217,8 @@ class AvatarcastVideoService(AIService):
         self._maybe_open_gate()
 
     async def _fail(self, message: str, exc: Exception) -> None:
-        url = self._api.base_url
         await self.push_error(
-            f"avatarcast at {url}: {message} (is `avatarcast serve` running there, and is UDP "
-            "between this process and the server open for WebRTC?)",
+            f"avatarcast: {message}",
             exception=exc,
             force_treat_as_permanent=True,
         )
