@@ -178,7 +178,7 @@ def create_app(
 def output_specs(settings: Settings) -> list[OutputSpec]:
     """The ``--output`` URLs, validated (a :class:`ConfigError` says which is wrong)."""
     try:
-        return specs_from_urls(settings.outputs, settings.recordings_dir)
+        return specs_from_urls(settings.outputs, settings.recordings_dir, settings.whip_token)
     except OutputRejected as exc:
         raise ConfigError(exc.message) from None
 
