@@ -51,7 +51,9 @@ TOKEN = "s3cr3t-T0ken.abc~+/="
         ({"url": "https://example.com/whip", "name": "x"}, "invalid_request"),
     ],
 )
-def test_bad_whip_requests_are_refused(tmp_path: Path, fields: dict[str, object], code: str) -> None:
+def test_bad_whip_requests_are_refused(
+    tmp_path: Path, fields: dict[str, object], code: str
+) -> None:
     with pytest.raises(OutputRejected) as caught:
         parse_spec("whip", recordings=tmp_path, **fields)
     assert caught.value.status == 400 and caught.value.code == code, caught.value.message
@@ -93,7 +95,7 @@ def test_serve_maps_whip_urls_to_their_endpoint(tmp_path: Path) -> None:
 @pytest.fixture()
 async def endpoint() -> AsyncIterator[tuple[Endpoint, str]]:
     made = Endpoint(token=TOKEN)
-    async with serving(whip_app(made)) as url:  # type: ignore[arg-type]
+    async with serving(whip_app(made)) as url:
         yield made, url
     await made.aclose()
 
@@ -165,10 +167,10 @@ async def test_refusals_fail_or_retry_and_harm_nothing_else(live: Live, tmp_path
     servers = {case: Endpoint(behaviour=case) for case in ("404", "500", "broken")}
     servers["401"] = Endpoint(token="the-right-one")
     async with (
-        serving(whip_app(servers["401"])) as u401,  # type: ignore[arg-type]
-        serving(whip_app(servers["404"])) as u404,  # type: ignore[arg-type]
-        serving(whip_app(servers["500"])) as u500,  # type: ignore[arg-type]
-        serving(whip_app(servers["broken"])) as ubroken,  # type: ignore[arg-type]
+        serving(whip_app(servers["401"])) as u401,
+        serving(whip_app(servers["404"])) as u404,
+        serving(whip_app(servers["500"])) as u500,
+        serving(whip_app(servers["broken"])) as ubroken,
     ):
         urls = {"401": u401, "404": u404, "500": u500, "broken": ubroken}
         outputs = {case: whip(live, tmp_path, f"{u}/whip/x") for case, u in urls.items()}

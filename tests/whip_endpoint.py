@@ -62,7 +62,8 @@ class Endpoint:
 
     async def kick(self) -> None:
         """Hang up on every publisher, as an SFU that restarts does."""
-        for pc in list(self.peers.values()):
+        while self.peers:
+            _, pc = self.peers.popitem()
             await pc.close()
 
     async def aclose(self) -> None:
@@ -98,7 +99,7 @@ def whip_app(endpoint: Endpoint) -> FastAPI:
     async def delete(resource: str) -> Response:
         endpoint.deletes.append(resource)
         pc = endpoint.peers.pop(resource, None)
-        if pc is None:
+        if pc is None:  # gone already (kicked)
             return Response(status_code=404)
         await pc.close()
         return Response(status_code=200)
@@ -118,11 +119,10 @@ async def _answer(endpoint: Endpoint, offer: str) -> tuple[str, str]:
         endpoint.tasks.add(task)
         task.add_done_callback(endpoint.tasks.discard)
 
+    if endpoint.video_codec is not None:  # preferences the offer's video section will take
+        video = pc.addTransceiver("video", direction="recvonly")
+        video.setCodecPreferences(codec_preferences("video", endpoint.video_codec))
     await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-    if endpoint.video_codec is not None:
-        for transceiver in pc.getTransceivers():
-            if transceiver.kind == "video":
-                transceiver.setCodecPreferences(codec_preferences("video", endpoint.video_codec))
     answer = await pc.createAnswer()
     await add_loopback_candidates(pc)
     await pc.setLocalDescription(answer)

@@ -74,9 +74,10 @@ def answered_codec(sdp: str) -> VideoCodec:
             f"the WHIP endpoint's SDP answer is broken: {exc or type(exc).__name__}", retry=True
         ) from None
     media = {m.kind: m for m in description.media}
-    if not all(m.ice and m.ice.usernameFragment and m.dtls for m in description.media):
+    if not media or not all(m.ice and m.ice.usernameFragment and m.dtls for m in description.media):
         raise WhipError(
-            "the WHIP endpoint's SDP answer is broken: no ICE credentials or DTLS fingerprint",
+            "the WHIP endpoint's SDP answer is broken: no media, ICE credentials or DTLS "
+            "fingerprint",
             retry=True,
         )
     video, audio = media.get("video"), media.get("audio")
