@@ -216,6 +216,8 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # httpx logs each request's URL at INFO: a WHIP output's URL may hold a stream key.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     output_specs(settings)  # a bad --output is a clear error now, not a log line later
     avatar = load_avatar(settings.avatar, settings.home)
     backend = make_backend(settings.backend, avatar, settings.threads)

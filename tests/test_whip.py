@@ -9,6 +9,7 @@ bounds are generous functional ones ("live within 15 s").
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -107,11 +108,15 @@ def whip(live: Live, tmp_path: Path, url: str, token: str | None = TOKEN) -> Whi
 
 
 async def test_publishes_the_sessions_media_and_deletes_on_stop(
-    live: Live, tmp_path: Path, endpoint: tuple[Endpoint, str]
+    live: Live,
+    tmp_path: Path,
+    endpoint: tuple[Endpoint, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Pictures of the avatar's size at 25 fps of stream time and a voice that is loud while
-    the session speaks, sent with the Bearer token; removing the output DELETEs the resource
-    (Location was relative, resolved against the request URL)."""
+    the session speaks, sent with the Bearer token (which no log line shows); removing the
+    output DELETEs the resource (Location was relative, resolved against the request URL)."""
+    caplog.set_level(logging.INFO)
     server, url = endpoint
     session = live.session
     events = session.subscribe_events()
@@ -134,6 +139,7 @@ async def test_publishes_the_sessions_media_and_deletes_on_stop(
     assert output.state == "stopped" and output.last_error is None
     assert states(events) == ["connecting", "live", "stopped"]
     assert not session.closed
+    assert f"output {output.id} (whip): live" in caplog.text and TOKEN not in caplog.text
 
 
 async def test_redirect_codec_choice_reconnect_and_close(
