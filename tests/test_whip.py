@@ -24,7 +24,7 @@ from streamer.outputs.base import OutputRejected
 from streamer.outputs.spec import parse_spec
 from streamer.outputs.whip import WhipOutput
 from tests.conftest import Live, make_app, serving, tone
-from tests.test_outputs import attach, error_code, states, wait_for
+from tests.test_outputs import attach, error_code, free_port, states, wait_for
 from tests.whip_endpoint import Endpoint, whip_app
 
 TOKEN = "s3cr3t-T0ken.abc~+/="
@@ -166,8 +166,9 @@ async def test_redirect_codec_choice_reconnect_and_close(
 
 
 async def test_refusals_fail_or_retry_and_harm_nothing_else(live: Live, tmp_path: Path) -> None:
-    """401 and 404 fail the output for good (the user must fix them); 500 and an answer that
-    is not SDP retry with backoff. A recording of the same session stays live throughout."""
+    """401 and 404 fail the output for good (the user must fix them); 500, an answer that is
+    not SDP and a refused connection retry with backoff. A recording of the same session
+    stays live throughout."""
     session = live.session
     record = attach(session, "record", tmp_path, name="alongside")
     servers = {case: Endpoint(behaviour=case) for case in ("404", "500", "broken")}
@@ -179,6 +180,7 @@ async def test_refusals_fail_or_retry_and_harm_nothing_else(live: Live, tmp_path
         serving(whip_app(servers["broken"])) as ubroken,
     ):
         urls = {"401": u401, "404": u404, "500": u500, "broken": ubroken}
+        urls["refused"] = f"http://127.0.0.1:{free_port()}"
         outputs = {case: whip(live, tmp_path, f"{u}/whip/x") for case, u in urls.items()}
         frames = session.stats.frames
         await wait_for(lambda: outputs["401"].state == "failed", 10, "401 failed")
@@ -190,6 +192,8 @@ async def test_refusals_fail_or_retry_and_harm_nothing_else(live: Live, tmp_path
         assert "500" in (outputs["500"].last_error or "")
         assert "not an answer" not in (outputs["broken"].last_error or "")
         assert "broken" in (outputs["broken"].last_error or "")
+        await wait_for(lambda: outputs["refused"].connections >= 2, 10, "refused retried")
+        assert "cannot reach" in (outputs["refused"].last_error or "")
         assert outputs["500"].state in ("retrying", "connecting")
         assert len(servers["401"].posts) == 1 and len(servers["404"].posts) == 1
         assert TOKEN not in str(session.outputs.describe())

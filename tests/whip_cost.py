@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import subprocess
@@ -28,13 +29,9 @@ from streamer.config import Settings
 from streamer.engine.factory import make_backend
 from streamer.outputs.factory import attach_output
 from streamer.outputs.spec import parse_spec
+from streamer.outputs.whip import WhipOutput
 from tests.conftest import Live, tone
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.test_outputs import free_port, wait_for
 
 
 def _endpoint(port: int) -> subprocess.Popen[bytes]:
@@ -66,6 +63,16 @@ async def _phase(live: Live, seconds: float) -> dict[str, float]:
     }
 
 
+async def _publish(live: Live, port: int) -> WhipOutput:
+    """One more WHIP output, once live and past its connection's set-up."""
+    url = f"http://127.0.0.1:{port}/whip/bench"
+    output = attach_output(live.session, parse_spec("whip", recordings=Path("."), url=url), None)
+    assert isinstance(output, WhipOutput)
+    await wait_for(lambda: output.state == "live", 15, "live")
+    await asyncio.sleep(1)
+    return output
+
+
 async def _drain(sub: object) -> None:
     while True:
         await sub.next_video()  # type: ignore[attr-defined]
@@ -75,7 +82,7 @@ async def measure(seconds: float) -> list[dict[str, float]]:
     settings = Settings.from_env()
     avatar = load_avatar(settings.avatar, settings.home)
     live = Live(avatar, make_backend(settings.backend, avatar, settings.threads))
-    port = _free_port()
+    port = free_port()
     endpoint = _endpoint(port)
     results = []
     try:
@@ -88,13 +95,7 @@ async def measure(seconds: float) -> list[dict[str, float]]:
             outputs = []
             for count in range(3):
                 if count:
-                    spec = parse_spec(
-                        "whip", recordings=Path("."), url=f"http://127.0.0.1:{port}/whip/b"
-                    )
-                    outputs.append(attach_output(live.session, spec, None))
-                    while outputs[-1].state != "live":
-                        await asyncio.sleep(0.1)
-                    await asyncio.sleep(1)  # past the connection's set-up
+                    outputs.append(await _publish(live, port))
                 results.append({"whip_outputs": count, **await _phase(live, seconds)})
                 print(json.dumps(results[-1]), file=sys.stderr)
             for output in outputs:
@@ -113,13 +114,14 @@ def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
     results = asyncio.run(measure(seconds))
     for count in (1, 2):
-        extra = [
-            b[key] - a[key]
-            for a, b in zip(results, results[1:], strict=False)
+        pairs = [
+            (a, b)
+            for a, b in itertools.pairwise(results)
             if b["whip_outputs"] == count and a["whip_outputs"] == count - 1
-            for key in ("loop_ms_per_frame",)
         ]
-        print(f"output {count}: loop thread +{', +'.join(f'{x:.2f}' for x in extra)} ms/frame")
+        for key in ("loop_ms_per_frame", "process_ms_per_frame"):
+            extra = ", ".join(f"{b[key] - a[key]:+.2f}" for a, b in pairs)
+            print(f"WHIP output {count}: {key} {extra}")
 
 
 if __name__ == "__main__":
