@@ -204,13 +204,15 @@ async def test_refusals_fail_or_retry_and_harm_nothing_else(live: Live, tmp_path
         assert record.state == "live"
 
 
-async def test_whip_over_the_api(
+async def test_whip_over_the_api_and_serve(
     standin: tuple[Avatar, Backend], tmp_path: Path, endpoint: tuple[Endpoint, str]
 ) -> None:
-    """POST answers 201, GET shows a redacted target and never the token, bad input is a 400
-    before anything is fetched, DELETE stops it and DELETEs the resource."""
+    """``serve --output whip+http://...`` publishes the default session with the token from
+    the environment. POST answers 201, GET shows a redacted target and never the token, bad
+    input is a 400 before anything is fetched, DELETE stops it and DELETEs the resource."""
     server, whip_url = endpoint
-    app = make_app(standin, recordings=tmp_path / "recordings")
+    headless = (f"whip+{whip_url}/whip/headless",)
+    app = make_app(standin, recordings=tmp_path / "recordings", outputs=headless, whip_token=TOKEN)
     async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
         sid = (await client.post("/v1/sessions", json={})).json()["id"]
         outputs = f"/v1/sessions/{sid}/outputs"
@@ -218,17 +220,19 @@ async def test_whip_over_the_api(
         assert error_code(await client.post(outputs, json=bad), 400) == "invalid_token"
         far = {"type": "whip", "url": "http://example.com/whip"}
         assert error_code(await client.post(outputs, json=far), 400) == "insecure_url"
-        assert not server.posts
+        assert "/whip/a" not in server.paths
         good = {"type": "whip", "url": f"{whip_url}/whip/a", "token": TOKEN}
         made = await client.post(outputs, json=good)
         assert made.status_code == 201, made.text
         oid = made.json()["id"]
         for _ in range(150):
-            listed = (await client.get(outputs)).text
-            if '"live"' in listed:
+            listed = (await client.get("/v1/sessions")).text
+            if listed.count('"live"') == 2:
                 break
             await asyncio.sleep(0.1)
-        assert '"live"' in listed and TOKEN not in listed and "/****" in listed
-        assert TOKEN not in (await client.get(f"/v1/sessions/{sid}")).text
+        assert listed.count('"live"') == 2, listed  # the headless output and this one
+        assert TOKEN not in listed and "/****" in listed
+        assert TOKEN not in (await client.get(outputs)).text
+        assert sorted(server.paths) == ["/whip/a", "/whip/headless"]
         assert (await client.delete(f"{outputs}/{oid}")).status_code == 204
         assert len(server.deletes) == 1

@@ -51,6 +51,7 @@ class Endpoint:
     behaviour: str = "answer"  # "answer", "broken", "redirect", or a status code
     video_codec: str | None = None  # the codec its answer picks (None: the offer's first)
     posts: list[dict[str, str]] = field(default_factory=list)  # headers of each POST
+    paths: list[str] = field(default_factory=list)  # and its path
     deletes: list[str] = field(default_factory=list)
     received: dict[str, Received] = field(default_factory=dict)
     peers: dict[str, RTCPeerConnection] = field(default_factory=dict)
@@ -79,6 +80,7 @@ def whip_app(endpoint: Endpoint) -> FastAPI:
     @app.post("/whip/{name}")
     async def publish(name: str, request: Request) -> Response:
         endpoint.posts.append(dict(request.headers))
+        endpoint.paths.append(request.url.path)
         if endpoint.token is not None and (
             request.headers.get("authorization") != f"Bearer {endpoint.token}"
         ):
