@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
 
 from models.avatar import Avatar
 from streamer.app import output_specs
@@ -22,7 +23,8 @@ from streamer.config import ConfigError, Settings
 from streamer.engine.base import Backend
 from streamer.outputs.base import OutputRejected
 from streamer.outputs.spec import parse_spec
-from streamer.outputs.whip import WhipOutput
+from streamer.outputs.webrtc.whip_http import WhipError
+from streamer.outputs.whip import WhipOutput, answered_codec, video_preferences
 from tests.conftest import Live, make_app, serving, tone
 from tests.test_outputs import attach, error_code, free_port, states, wait_for
 from tests.whip_endpoint import Endpoint, whip_app
@@ -88,6 +90,29 @@ def test_serve_maps_whip_urls_to_their_endpoint(tmp_path: Path) -> None:
     assert Settings.from_env({"AVATARCAST_WHIP_TOKEN": TOKEN}).whip_token == TOKEN
     with pytest.raises(ConfigError, match="must be https"):
         output_specs(Settings(home=tmp_path, outputs=("whip+http://example.com/whip",)))
+
+
+async def test_what_an_answer_must_hold() -> None:
+    """The codec an answer picks is read from its video section; an answer without DTLS
+    fingerprints, without audio or that is not SDP at all is a broken answer, to retry."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    video = pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    video.setCodecPreferences(video_preferences("h264"))
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    assert answered_codec(sdp) == "h264"
+    lines = sdp.splitlines()
+    broken = {
+        "no fingerprint": [x for x in lines if not x.startswith("a=fingerprint")],
+        "no audio": lines[: next(i for i, x in enumerate(lines) if x.startswith("m=audio"))],
+        "not sdp": ["v=0", "hello"],
+    }
+    for what, text in broken.items():
+        with pytest.raises(WhipError) as caught:
+            answered_codec("\r\n".join(text) + "\r\n")
+        assert caught.value.retry, what
 
 
 # --- publishing into a real endpoint ---------------------------------------------------------

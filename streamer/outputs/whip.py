@@ -30,6 +30,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription
 
@@ -74,7 +75,10 @@ def answered_codec(sdp: str) -> VideoCodec:
             f"the WHIP endpoint's SDP answer is broken: {exc or type(exc).__name__}", retry=True
         ) from None
     media = {m.kind: m for m in description.media}
-    if not media or not all(m.ice and m.ice.usernameFragment and m.dtls for m in description.media):
+    if not media or not all(
+        m.ice and m.ice.usernameFragment and m.dtls and m.dtls.fingerprints
+        for m in description.media
+    ):
         raise WhipError(
             "the WHIP endpoint's SDP answer is broken: no media, ICE credentials or DTLS "
             "fingerprint",
@@ -184,7 +188,7 @@ class WhipOutput:
         self._send(video, audio, answered_codec(answer.sdp))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-        except PARSE_ERRORS as exc:
+        except (*PARSE_ERRORS, InvalidAccessError, InvalidStateError, OperationError) as exc:
             raise WhipError(
                 f"the WHIP endpoint's SDP answer cannot be used: {exc or type(exc).__name__}",
                 retry=True,
