@@ -192,19 +192,20 @@ async def test_redirect_codec_choice_reconnect_and_close(
 
 async def test_refusals_fail_or_retry_and_harm_nothing_else(live: Live, tmp_path: Path) -> None:
     """401 and 404 fail the output for good (the user must fix them); 500, an answer that is
-    not SDP and a refused connection retry with backoff. A recording of the same session
+    not SDP or too big, and a refused connection retry with backoff. A recording of the same session
     stays live throughout."""
     session = live.session
     record = attach(session, "record", tmp_path, name="alongside")
-    servers = {case: Endpoint(behaviour=case) for case in ("404", "500", "broken")}
+    servers = {case: Endpoint(behaviour=case) for case in ("404", "500", "broken", "huge")}
     servers["401"] = Endpoint(token="the-right-one")
     async with (
         serving(whip_app(servers["401"])) as u401,
         serving(whip_app(servers["404"])) as u404,
         serving(whip_app(servers["500"])) as u500,
         serving(whip_app(servers["broken"])) as ubroken,
+        serving(whip_app(servers["huge"])) as uhuge,
     ):
-        urls = {"401": u401, "404": u404, "500": u500, "broken": ubroken}
+        urls = {"401": u401, "404": u404, "500": u500, "broken": ubroken, "huge": uhuge}
         urls["refused"] = f"http://127.0.0.1:{free_port()}"
         outputs = {case: whip(live, tmp_path, f"{u}/whip/x") for case, u in urls.items()}
         frames = session.stats.frames
@@ -218,6 +219,8 @@ async def test_refusals_fail_or_retry_and_harm_nothing_else(live: Live, tmp_path
         assert "not an answer" not in (outputs["broken"].last_error or "")
         assert "broken" in (outputs["broken"].last_error or "")
         await wait_for(lambda: outputs["refused"].connections >= 2, 10, "refused retried")
+        await wait_for(lambda: outputs["huge"].connections >= 2, 10, "huge retried")
+        assert "kB" in (outputs["huge"].last_error or "")
         assert "cannot reach" in (outputs["refused"].last_error or "")
         assert outputs["500"].state in ("retrying", "connecting")
         assert len(servers["401"].posts) == 1 and len(servers["404"].posts) == 1

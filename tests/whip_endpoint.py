@@ -48,7 +48,7 @@ class Endpoint:
     """The endpoint's state, read by the tests."""
 
     token: str | None = None
-    behaviour: str = "answer"  # "answer", "broken", "redirect", or a status code
+    behaviour: str = "answer"  # "answer", "broken", "huge", "redirect", or a status code
     video_codec: str | None = None  # the codec its answer picks (None: the offer's first)
     posts: list[dict[str, str]] = field(default_factory=list)  # headers of each POST
     paths: list[str] = field(default_factory=list)  # and its path
@@ -89,6 +89,8 @@ def whip_app(endpoint: Endpoint) -> FastAPI:
             return Response(status_code=307, headers={"Location": "real"})
         if endpoint.behaviour.isdigit():
             return Response(status_code=int(endpoint.behaviour))
+        if endpoint.behaviour == "huge":  # 1 MB of "SDP"
+            return Response("v=0\r\n" + "a=x\r\n" * 200_000, 201, media_type="application/sdp")
         if endpoint.behaviour == "broken":
             return Response("v=0\r\nthis is not an answer\r\n", 201, media_type="application/sdp")
         offer = (await request.body()).decode()

@@ -74,19 +74,19 @@ class WhipClient:
         url = self._url
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                response = await self._http.post(
-                    url, content=offer.encode(), headers=self._headers("application/sdp")
-                )
+                async with self._http.stream(
+                    "POST", url, content=offer.encode(), headers=self._headers("application/sdp")
+                ) as response:
+                    if response.status_code in (307, 308):
+                        url = _redirect(url, response.headers.get("location"))
+                        continue
+                    if response.status_code in (200, 201):
+                        return _answer(response, await _body(response))
+                    raise _refusal(response)
             except httpx.HTTPError as exc:
                 raise WhipError(
                     f"cannot reach the WHIP endpoint: {_network(exc)}", retry=True
                 ) from None
-            if response.status_code in (307, 308):
-                url = _redirect(url, response.headers.get("location"))
-                continue
-            if response.status_code in (200, 201):
-                return _answer(response)
-            raise _refusal(response)
         raise WhipError(
             f"the WHIP endpoint redirected more than {MAX_REDIRECTS} times", retry=False
         )
@@ -136,9 +136,23 @@ def _redirect(current: str, location: str | None) -> str:
     return target
 
 
-def _answer(response: httpx.Response) -> Answer:
+async def _body(response: httpx.Response) -> str:
+    """The answer's text, read no further than :data:`MAX_ANSWER` (an endpoint that sends
+    more is not answering with SDP, and must not fill the server's memory)."""
+    chunks = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise WhipError(
+                f"the WHIP endpoint's answer is over {MAX_ANSWER // 1024} kB: not SDP", retry=True
+            )
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _answer(response: httpx.Response, text: str) -> Answer:
     kind = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    text = response.text if len(response.content) <= MAX_ANSWER else ""
     if kind != "application/sdp" or not text.lstrip().startswith("v=0"):
         raise WhipError(
             f"the WHIP endpoint's answer is not SDP (Content-Type {kind or 'none'!r})",
