@@ -178,7 +178,7 @@ def create_app(
 def output_specs(settings: Settings) -> list[OutputSpec]:
     """The ``--output`` URLs, validated (a :class:`ConfigError` says which is wrong)."""
     try:
-        return specs_from_urls(settings.outputs, settings.recordings_dir)
+        return specs_from_urls(settings.outputs, settings.recordings_dir, settings.whip_token)
     except OutputRejected as exc:
         raise ConfigError(exc.message) from None
 
@@ -216,6 +216,8 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # httpx logs each request's URL at INFO: a WHIP output's URL may hold a stream key.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     output_specs(settings)  # a bad --output is a clear error now, not a log line later
     avatar = load_avatar(settings.avatar, settings.home)
     backend = make_backend(settings.backend, avatar, settings.threads)

@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         action="append",
         metavar="URL",
-        help="also push the default session to URL (rtmp:// or rtmps://; repeatable)",
+        help="also push the default session to URL (rtmp://, rtmps://, whip+https://; "
+        "repeatable; a WHIP token comes from $AVATARCAST_WHIP_TOKEN)",
     )
 
     p = command("render", cmd_render, "render a lip-synced MP4 from audio or text")

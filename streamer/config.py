@@ -45,6 +45,8 @@ class Settings:
     # Where `record` outputs write (INTERFACE.md: $AVATARCAST_RECORDINGS, else home/recordings).
     recordings: Path | None = None
     outputs: tuple[str, ...] = ()  # `serve --output URL`: pushes of the default session
+    # The Bearer token of `--output whip+https://...` (a secret: from the environment only).
+    whip_token: str | None = field(default=None, repr=False)
 
     @property
     def recordings_dir(self) -> Path:
@@ -74,6 +76,8 @@ class Settings:
             values["recordings"] = Path(env["AVATARCAST_RECORDINGS"]).expanduser()
         if env.get("AVATARCAST_API_KEY"):
             values["api_key"] = env["AVATARCAST_API_KEY"]
+        if env.get("AVATARCAST_WHIP_TOKEN"):
+            values["whip_token"] = env["AVATARCAST_WHIP_TOKEN"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(settings, **values)  # type: ignore[arg-type]
         if settings.backend not in BACKENDS:

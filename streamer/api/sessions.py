@@ -289,6 +289,7 @@ async def add_output(request: Request, session_id: str, body: AddOutput) -> dict
             url=body.url,
             name=body.name,
             video_bitrate_kbps=body.video_bitrate_kbps,
+            token=body.token,
         )
         output = attach_output(session, spec, state.metrics)
     except OutputRejected as exc:

@@ -11,16 +11,20 @@ from streamer.outputs.muxed import MuxedOutput
 from streamer.outputs.record import RecordOutput
 from streamer.outputs.rtmp import RtmpOutput
 from streamer.outputs.spec import OutputSpec
+from streamer.outputs.whip import WhipOutput
 from streamer.session import Session
 from streamer.session.events import OutputState
 
-KINDS: dict[str, type[RtmpOutput] | type[RecordOutput]] = {
+KINDS: dict[str, type[RtmpOutput] | type[RecordOutput] | type[WhipOutput]] = {
     "rtmp": RtmpOutput,
     "record": RecordOutput,
+    "whip": WhipOutput,
 }
 
 
-def attach_output(session: Session, spec: OutputSpec, metrics: Metrics | None) -> MuxedOutput:
+def attach_output(
+    session: Session, spec: OutputSpec, metrics: Metrics | None
+) -> MuxedOutput | WhipOutput:
     """Start an output of ``spec`` on ``session`` and hand it to the session, which lists
     it and stops it when it closes (call on the event loop)."""
     if session.closed:
