@@ -32,6 +32,7 @@ from streamer.keys import KeyFile, Keyring
 from tests.conftest import fake_speech, serving, state_of
 
 SDP = {"Content-Type": "application/sdp"}
+SDPFRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
 GARBAGE_SDP = "v=0\r\nnonsense\r\n"
 
 
@@ -96,7 +97,11 @@ def control_routes(sid: str) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", f"/v1/sessions/{sid}/outputs", {"json": {"type": "nope"}}),
         ("DELETE", f"/v1/sessions/{sid}/outputs/none", {}),
         ("GET", f"/v1/sessions/{sid}/view_tokens", {}),
+        ("POST", f"/v1/sessions/{sid}/view_tokens", {"json": {}}),
+        ("DELETE", f"/v1/sessions/{sid}/view_tokens/t-none", {}),
         ("POST", f"/v1/sessions/{sid}/mic", {"content": GARBAGE_SDP, "headers": SDP}),
+        ("PATCH", f"/v1/sessions/{sid}/mic/r-none", {"content": "", "headers": SDPFRAG}),
+        ("DELETE", f"/v1/sessions/{sid}/mic/r-none", {}),
     ]
 
 
@@ -105,7 +110,29 @@ def viewer_routes(sid: str) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", f"/view/{sid}", {}),
         ("GET", f"/obs/{sid}", {}),
         ("POST", f"/v1/sessions/{sid}/whep", {"content": GARBAGE_SDP, "headers": SDP}),
+        ("PATCH", f"/v1/sessions/{sid}/whep/r-none", {"content": "", "headers": SDPFRAG}),
+        ("DELETE", f"/v1/sessions/{sid}/whep/r-none", {}),
     ]
+
+
+def test_the_tables_cover_every_route(standin: tuple[Avatar, Backend], tmp_path: Path) -> None:
+    """A new route must be put in one of the tables above (and so be checked) to pass."""
+    tabled = {(m, p) for m, p, _ in control_routes("{session_id}") + viewer_routes("{session_id}")}
+    tabled |= {
+        ("GET", "/v1/sessions"),
+        ("POST", "/v1/sessions"),
+        ("DELETE", "/v1/sessions/{session_id}"),
+    }
+    tabled |= {("GET", "/v1/sessions/{session_id}/ws")}  # the WebSocket: its own test below
+    routes = set()
+    for route in keyed_app(standin, tmp_path).routes:
+        path = getattr(route, "path", "")
+        path = path.replace("{resource_id}", "r-none").replace("{output_id}", "none")
+        path = path.replace("{token_id}", "t-none")
+        for method in getattr(route, "methods", None) or {"GET"}:
+            if method not in ("OPTIONS", "HEAD") and path.startswith(("/v1/", "/view/", "/obs/")):
+                routes.add((method, path))
+    assert len(routes) >= 20 and routes - tabled == set()
 
 
 async def outcome(
