@@ -103,7 +103,12 @@ def test_create_needs_consent(
     # A publisher key cannot create avatars at all.
     _, token = KeyFile(tmp_path).create("publisher", ("me",))
     monkeypatch.setenv("AVATARCAST_KEY", token)
-    assert main(["avatar", "create", "me", "--image", str(photo), "--consent", CONSENT]) == 2
+    statement = tmp_path / "consent.txt"
+    statement.write_text(CONSENT + "\n")  # read, and found explicit: then the key is refused
+    assert (
+        main(["avatar", "create", "me", "--image", str(photo), "--consent-file", str(statement)])
+        == 2
+    )
     assert "creator key" in capsys.readouterr().err
 
 

@@ -32,6 +32,7 @@ def test_wheel_carries_default_avatar_pages_and_assets(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in (
         "models/default/manifest.json",
+        "models/default/ownership.json",  # whose face it is (docs/security.md)
         "models/default/generator.onnx",
         "models/default/mask.png",
         "models/default/reference.png",
