@@ -256,6 +256,23 @@ def read_ownership(package: Path, home: Path) -> Ownership | None:
     return record
 
 
+def summary(package: Path, home: Path) -> dict[str, Any]:
+    """What ``avatar show`` and ``GET /v1/avatars/{name}`` say: the verified record, or why
+    there is none (``valid`` false, with an ``error``)."""
+    try:
+        record = read_ownership(package, home)
+    except OwnershipError as exc:
+        return {"valid": False, "error": str(exc)}
+    if record is None:
+        return {
+            "valid": False,
+            "owner": LOCAL_OWNER,
+            "error": "no ownership record (made before avatarcast kept them): "
+            "only the local user and admin keys may use it",
+        }
+    return {"valid": True, **record.describe()}
+
+
 def owner_of(record: Ownership | None) -> str:
     """The owner; a package without a record belongs to the local user (admin keys only)."""
     return LOCAL_OWNER if record is None else record.owner
@@ -275,4 +292,5 @@ __all__ = [
     "read_ownership",
     "seal",
     "signing_key",
+    "summary",
 ]

@@ -145,13 +145,14 @@ def cmd_avatar_show(args: argparse.Namespace) -> int:
     import json
 
     from models.avatar import load_avatar
+    from models.ownership import summary
 
     avatar = load_avatar(args.name, _home())
     info = avatar.manifest.to_json()
     info["path"] = str(avatar.path)
     info["base_frames"] = len(avatar.frames)
     info["checkpoint"] = avatar.checkpoint_path is not None
-    info["ownership"] = cli_access.describe_ownership(avatar.path, _home())
+    info["ownership"] = summary(avatar.path, _home())  # whose face: models/ownership.py
     print(json.dumps(info, indent=2))
     return 0
 

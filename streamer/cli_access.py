@@ -16,7 +16,6 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from streamer.keys import LOCAL, SCOPES, KeyFile, Keyring, Principal
 
@@ -172,21 +171,3 @@ def _check_create(args: argparse.Namespace) -> None:
             f"a publisher key ({who.key_id}) cannot create avatars: use a creator key"
         )
     args.owner = who.key_id
-
-
-def describe_ownership(package: Path, home: Path) -> dict[str, Any]:
-    """The ``ownership`` part of ``avatar show``: the verified record, or why there is none."""
-    from models.ownership import OwnershipError, read_ownership
-
-    try:
-        record = read_ownership(package, home)
-    except OwnershipError as exc:
-        return {"valid": False, "error": str(exc)}
-    if record is None:
-        return {
-            "valid": False,
-            "owner": "local",
-            "error": "no ownership record (made before "
-            "avatarcast kept them): only the local user and admin keys may use it",
-        }
-    return {"valid": True, **record.describe()}

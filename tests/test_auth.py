@@ -120,6 +120,7 @@ def test_the_tables_cover_every_route() -> None:
         ("DELETE", "/v1/sessions/{session_id}"),
     }
     tabled |= {("GET", "/v1/sessions/{session_id}/ws")}  # the WebSocket: its own test below
+    tabled |= {("GET", "/v1/avatars"), ("GET", "/v1/avatars/{name}")}
     routes = set()
     for route in (r for router in core_routers() for r in router.routes):
         path = getattr(route, "path", "")
@@ -189,13 +190,16 @@ async def test_every_route_class_with_every_credential(
             {await outcome(client, m, p, token, x) for m, p, x in control_routes(own_sid)},
         )
         assert got == tuple({e} for e in expected[name]), name
-    # The collection: who may list, and create sessions of "default".
+    # The collections: who may list, create sessions of "default" and see it.
     for name, token in tokens.items():
         listed = await outcome(client, "GET", "/v1/sessions", token, {})
         made_one = await outcome(client, "POST", "/v1/sessions", token, {"json": {}})
-        may_create = name in ("admin", "pub_default")
+        avatars = await outcome(client, "GET", "/v1/avatars", token, {})
+        shown = await outcome(client, "GET", "/v1/avatars/default", token, {})
+        may_use = name in ("admin", "pub_default")
         may_list = name in ("admin", "pub_default", "pub_other", "creator")
-        assert (listed == "ok", made_one == "ok") == (may_list, may_create), name
+        verdicts = (listed == "ok", avatars == "ok", made_one == "ok", shown == "ok")
+        assert verdicts == (may_list, may_list, may_use, may_use), name
     assert view  # pub_default's own session has its own token
     # Deleting: never with someone else's key; always by the session's own.
     for token in (k.pub_other, k.creator, view, None):

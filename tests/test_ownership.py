@@ -28,7 +28,8 @@ def fake_package(home: Path, name: str) -> Path:
     """Just enough of a package for its record: the manifest, signed over."""
     package = home / "avatars" / name
     package.mkdir(parents=True)
-    (package / "manifest.json").write_text(json.dumps({"name": name, "format": 1}))
+    manifest = {"name": name, "format": 1, "kind": "photo", "frame_size": [64, 64]}
+    (package / "manifest.json").write_text(json.dumps(manifest))
     return package
 
 
@@ -65,7 +66,7 @@ def test_the_record_is_signed_and_tampering_is_detected(tmp_path: Path) -> None:
     with pytest.raises(OwnershipError, match="unsigned"):
         read_ownership(package, tmp_path)
     (package / "ownership.json").write_text(original)
-    edit(package / "manifest.json", {"name": "anna", "kind": "photo"})
+    edit(package / "manifest.json", {"kind": "video"})
     with pytest.raises(OwnershipError, match=r"manifest\.json changed"):
         read_ownership(package, tmp_path)
     # Another installation's secret does not verify it either.
@@ -197,8 +198,30 @@ async def test_only_the_owners_keys_use_an_avatar(
             assert r.json()["error"]["code"] == "avatar_not_allowed"
         else:
             await client.delete(f"/v1/sessions/{r.json()['id']}", headers=bearer(tokens[who]))
+    # GET /v1/avatars lists what a key may use, with whose face each is.
+    for who, names in (
+        ("owner", ["mine"]),
+        ("publisher", ["mine"]),
+        ("stranger", []),
+        ("admin", ["default", "mine"]),
+    ):
+        r = await client.get("/v1/avatars", headers=bearer(tokens[who]))
+        assert [a["name"] for a in r.json()["avatars"]] == names, who
+    r = await client.get("/v1/avatars/mine", headers=bearer(tokens["owner"]))
+    assert (
+        r.json()["ownership"]["valid"] and r.json()["ownership"]["consent"]["statement"] == CONSENT
+    )
+    r = await client.get("/v1/avatars/mine", headers=bearer(tokens["stranger"]))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "avatar_not_allowed"
+    r = await client.get("/v1/avatars/nobody", headers=bearer(tokens["stranger"]))
+    assert r.status_code == 403  # a key learns nothing of avatars it may not use
     # A changed record makes the avatar unusable for everyone, admin included.
     edit(tmp_path / "avatars" / "mine" / "ownership.json", {"owner": "someone-else"})
     for who in ("owner", "admin"):
         r = await start(who)
         assert r.status_code == 403 and r.json()["error"]["code"] == "avatar_tampered"
+    r = await client.get("/v1/avatars/mine", headers=bearer(tokens["admin"]))
+    assert (
+        r.json()["ownership"]["valid"] is False
+        and "bad signature" in r.json()["ownership"]["error"]
+    )

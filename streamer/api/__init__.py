@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from streamer.api import apidocs, health, pages, sessions, tokens, whep, ws
+from streamer.api import apidocs, avatars, health, pages, sessions, tokens, whep, ws
 
 
 def core_routers() -> list[APIRouter]:
     return [
         sessions.router,
+        avatars.router,
         tokens.router,
         ws.router,
         whep.router,

@@ -149,7 +149,7 @@ async def check_avatar_use(conn: HTTPConnection, who: Principal, name: str) -> N
     it names, a creator key those it owns (403 ``avatar_not_allowed``). An avatar whose
     ownership record fails its signature is refused to everyone (403 ``avatar_tampered``)."""
     if who.scope == "publisher" and name not in who.avatars:
-        raise _not_allowed(who, name)
+        raise not_allowed(who, name)
     home = app_state(conn).settings.home
     try:
         record = await asyncio.to_thread(read_ownership, avatar_dir(name, home), home)
@@ -157,11 +157,18 @@ async def check_avatar_use(conn: HTTPConnection, who: Principal, name: str) -> N
         raise ApiError(403, "avatar_tampered", str(exc)) from None
     except AvatarError as exc:
         raise ApiError(400, "unknown_avatar", str(exc)) from None
-    if who.scope == "creator" and owner_of(record) != who.key_id:
-        raise _not_allowed(who, name)
+    if not may_use(who, name, owner_of(record)):
+        raise not_allowed(who, name)
 
 
-def _not_allowed(who: Principal, name: str) -> ApiError:
+def may_use(who: Principal, name: str, owner: str) -> bool:
+    """The scope rule for avatars, given the avatar's owner (``models.ownership.owner_of``)."""
+    if who.scope == "publisher":
+        return name in who.avatars
+    return who.admin or owner == who.key_id
+
+
+def not_allowed(who: Principal, name: str) -> ApiError:
     what = (
         f"names only {', '.join(who.avatars)}"
         if who.scope == "publisher"
