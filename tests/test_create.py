@@ -152,22 +152,10 @@ def test_photo_avatar(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     photo = tmp_path / "me.jpg"
     big = cv2.copyMakeBorder(load_photo(), 100, 300, 200, 50, cv2.BORDER_REPLICATE)
     cv2.imwrite(str(photo), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
-    assert (
-        main(
-            [
-                "avatar",
-                "create",
-                "me",
-                "--image",
-                str(photo),
-                "--steps",
-                "0",
-                "--no-check",
-                *CONSENT,
-            ]
-        )
-        == 0
+    made = main(
+        ["avatar", "create", "me", "--image", str(photo), "--steps", "0", "--no-check", *CONSENT]
     )
+    assert made == 0
     assert "face size" in capsys.readouterr().err
     avatar = load_avatar("me", home)
     assert avatar.manifest.kind == "photo" and avatar.manifest.frame_size == (512, 512)
@@ -196,22 +184,9 @@ def test_create_then_render(
 ) -> None:
     info = probe(talking)
     assert (info.width, info.height, round(info.source_fps)) == (WIDTH, HEIGHT, RATE)
-    assert (
-        main(
-            [
-                "avatar",
-                "create",
-                "twin",
-                "--video",
-                str(talking),
-                "--steps",
-                "0",
-                "--no-check",
-                *CONSENT,
-            ]
-        )
-        == 0
-    )
+    args = ["twin", "--video", str(talking), "--steps", "0", "--no-check", *CONSENT]
+    made = main(["avatar", "create", *args])
+    assert made == 0
     summary = capsys.readouterr().err
     assert "frames used" in summary and "face size" in summary
     avatar = read_avatar(home / "avatars" / "twin")

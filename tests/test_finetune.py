@@ -67,22 +67,10 @@ def test_train_created_avatar(
     from models.checkpoint import load_checkpoint
 
     video = make_talking_video(tmp_path / "talk.mp4", seconds=10.0)
-    assert (
-        main(
-            [
-                "avatar",
-                "create",
-                "twin",
-                "--video",
-                str(video),
-                "--steps",
-                "60",
-                "--no-check",
-                *CONSENT,
-            ]
-        )
-        == 0
+    made = main(
+        ["avatar", "create", "twin", "--video", str(video), "--steps", "60", "--no-check", *CONSENT]
     )
+    assert made == 0
     package = home / "avatars" / "twin"
     before = _sha(package / "checkpoint.pt")
     capsys.readouterr()
