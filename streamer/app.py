@@ -18,13 +18,15 @@ import numpy as np
 from fastapi import FastAPI
 
 from models.avatar import Avatar, load_avatar
-from streamer.api import core_routers
+from streamer.api import core_routers, redact
+from streamer.api.cors import ApiCors
 from streamer.api.errors import install_error_handlers
 from streamer.api.state import AppState
 from streamer.config import ConfigError, Settings
 from streamer.engine.base import Backend, backend_key
 from streamer.engine.factory import make_backend
 from streamer.engine.pool import EngineLoader, EnginePool
+from streamer.keys import Keyring
 from streamer.metrics import Metrics
 from streamer.outputs.base import OutputRejected
 from streamer.outputs.factory import attach_output
@@ -170,6 +172,7 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(ApiCors, origins=settings.cors_origins)
     for router in core_routers():
         app.include_router(router)
     return app
@@ -207,8 +210,8 @@ def _check_port(host: str, port: int) -> None:
 
 def serve(settings: Settings) -> int:
     """Run the server until interrupted (Ctrl-C). Binds where ``settings.host`` says: the
-    loopback by default; a public address without an API key is allowed (the user asked for
-    it) but warned about.
+    loopback by default; a public address only when API keys exist, or with ``--insecure``
+    (then warned about): an open server elsewhere lets anyone make a face speak.
 
     The avatar, the backend and the port are checked before the server starts, so a missing
     model or an absent backend is a clear error now, not a failure at a session's first frame.
@@ -218,16 +221,19 @@ def serve(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # httpx logs each request's URL at INFO: a WHIP output's URL may hold a stream key.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    keyed = Keyring(settings.home, settings.api_key).has_keys()
+    if not keyed and not settings.insecure and not _is_loopback(settings.host):
+        raise ConfigError(
+            f"refusing to serve on {settings.host} with no API key: anyone who can reach it "
+            "could use it. Create one (avatarcast keys create --scope admin) or pass --insecure"
+        )
     output_specs(settings)  # a bad --output is a clear error now, not a log line later
     avatar = load_avatar(settings.avatar, settings.home)
     backend = make_backend(settings.backend, avatar, settings.threads)
     _check_port(settings.host, settings.port)
     log.info("avatar %r on backend %s", avatar.name, backend_key(backend))
-    if not settings.api_key and not _is_loopback(settings.host):
-        log.warning(
-            "serving on %s with no AVATARCAST_API_KEY: anyone who can reach it can use it",
-            settings.host,
-        )
+    if not keyed and not _is_loopback(settings.host):
+        log.warning("serving on %s with no API key (--insecure): anyone can use it", settings.host)
     fallback = default_loader(settings)
 
     def loader(name: str) -> tuple[Avatar, Backend]:
@@ -240,6 +246,7 @@ def serve(settings: Settings) -> int:
         log_level="info",
         **UVICORN_OPTIONS,
     )
+    redact.install()  # uvicorn configured its loggers above: keep tokens out of them
     uvicorn.Server(config).run()
     return 0
 

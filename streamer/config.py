@@ -47,6 +47,11 @@ class Settings:
     outputs: tuple[str, ...] = ()  # `serve --output URL`: pushes of the default session
     # The Bearer token of `--output whip+https://...` (a secret: from the environment only).
     whip_token: str | None = field(default=None, repr=False)
+    insecure: bool = False  # `serve --insecure`: a public address even with no API key
+    # Origins whose pages may call the API (AVATARCAST_CORS_ORIGINS, comma-separated; "*" for
+    # any). Empty: same-origin only. WHEP answers every origin regardless (docs/security.md).
+    cors_origins: tuple[str, ...] = ()
+    view_token_ttl_s: int = 12 * 3600  # AVATARCAST_VIEW_TOKEN_TTL: a session's first view token
 
     @property
     def recordings_dir(self) -> Path:
@@ -74,6 +79,7 @@ class Settings:
                     ) from None
         if env.get("AVATARCAST_RECORDINGS"):
             values["recordings"] = Path(env["AVATARCAST_RECORDINGS"]).expanduser()
+        values.update(_access_env(env))
         if env.get("AVATARCAST_API_KEY"):
             values["api_key"] = env["AVATARCAST_API_KEY"]
         if env.get("AVATARCAST_WHIP_TOKEN"):
@@ -87,3 +93,17 @@ class Settings:
         if settings.threads < 1 or (settings.batch_size or 1) < 1 or settings.max_sessions < 1:
             raise ConfigError("threads, batch size and max sessions must be at least 1")
         return settings
+
+
+def _access_env(env: Mapping[str, str]) -> dict[str, object]:
+    """The access settings' variables (see docs/security.md)."""
+    values: dict[str, object] = {}
+    if env.get("AVATARCAST_CORS_ORIGINS"):
+        origins = env["AVATARCAST_CORS_ORIGINS"].split(",")
+        values["cors_origins"] = tuple(o.strip().rstrip("/") for o in origins if o.strip())
+    raw = env.get("AVATARCAST_VIEW_TOKEN_TTL")
+    if raw:
+        if not raw.isdigit() or int(raw) < 60:
+            raise ConfigError(f"AVATARCAST_VIEW_TOKEN_TTL={raw!r}: give seconds, at least 60")
+        values["view_token_ttl_s"] = int(raw)
+    return values

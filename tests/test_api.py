@@ -286,9 +286,9 @@ async def test_api_key(standin: tuple[Avatar, Backend]) -> None:
         good = {"Authorization": "Bearer s3cret"}
         r = await client.post("/v1/sessions", json={}, headers=good)
         assert r.status_code == 201
-        # The view token is for viewers, not for control.
+        # The view token is for viewers, not for control (tests/test_auth.py: every route).
         viewer = {"Authorization": f"Bearer {r.json()['view_token']}"}
-        assert_error(await client.get("/v1/sessions", headers=viewer), 401)
+        assert_error(await client.get("/v1/sessions", headers=viewer), 403)
         assert (await client.get("/healthz")).status_code == 200
 
 

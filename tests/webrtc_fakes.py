@@ -56,6 +56,8 @@ class FakeSession:
 
     id: str = field(default_factory=lambda: secrets.token_hex(4))
     view_token: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    created: float = field(default_factory=time.time)  # the view token's lifetime runs from it
+    options: SessionOptions = field(default_factory=SessionOptions)  # who created it (key_id)
     bus: FrameBus[AVFrame] = field(default_factory=FrameBus)
     video_codec: Literal["vp8", "h264"] = "vp8"
     viewers: int = 0

@@ -21,7 +21,7 @@ import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from models.audio import SAMPLE_RATE
-from streamer.api.auth import authorize, session_or_404
+from streamer.api.auth import controlled_session
 from streamer.api.errors import ApiError
 from streamer.session import LiveStream, Session, SessionClosed, SessionEvent, SpeechRejected
 
@@ -181,8 +181,8 @@ class _Connection:
 @router.websocket("/v1/sessions/{session_id}/ws")
 async def session_ws(websocket: WebSocket, session_id: str) -> None:
     try:
-        authorize(websocket)  # the API key: the socket makes the avatar speak
-        session = session_or_404(websocket, session_id)
+        # A key that controls the session (never a view token): the socket makes it speak.
+        session = controlled_session(websocket, session_id)
         rate = _sample_rate(websocket)
     except ApiError as exc:
         await _deny(websocket, exc)

@@ -29,6 +29,8 @@ class SessionOptions:
     height: int | None = None
     # "transparent": pictures carry the person's alpha beside the colour (twice as wide).
     background: Literal["opaque", "transparent"] = "opaque"
+    # The API key that created the session (streamer.keys): only it, or an admin, controls it.
+    key_id: str = "local"
 
     @property
     def transparent(self) -> bool:
