@@ -53,7 +53,13 @@ def test_viewer_counts_are_checked() -> None:
             parser.parse_args(["--viewers", bad])
 
 
-def test_three_viewers_of_a_real_session(capsys: pytest.CaptureFixture[str]) -> None:
+def test_three_viewers_of_a_real_session(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def short(quick: bool, per_process: int, decode: bool) -> viewers.AudiencePlan:
+        return viewers.AudiencePlan(0.5, 1.5, per_process, decode)
+
+    monkeypatch.setattr(viewers.AudiencePlan, "for_mode", short)
     assert bench.main(["--viewers", "3", "--viewers-per-process", "2", "--quick", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["avatar"] == "default" and result["machine"]["cores"] >= 1

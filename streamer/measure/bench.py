@@ -232,6 +232,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--viewers-decode", action="store_true", help="the viewers also decode, as players do"
     )
+    parser.add_argument(
+        "--rtmp-soak",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="only this: one session speaking over RTMP into a local nginx-rtmp that long, "
+        "played back, nginx restarted half-way (see streamer/measure/rtmpsoak.py)",
+    )
     parser.add_argument("--avatar", default="default")
     return parser
 
@@ -240,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.viewers is not None:
         return _print(_viewers(args), args.json)
+    if args.rtmp_soak is not None:
+        return _print(_rtmp_soak(args), args.json)
     result = run_bench(
         args.quick,
         args.backend,
@@ -259,6 +269,14 @@ def _viewers(args: argparse.Namespace) -> dict[str, Any]:
     backend = (args.backend or ["auto"])[0]
     plan = AudiencePlan.for_mode(args.quick, args.viewers_per_process, args.viewers_decode)
     figures = run_viewers(args.avatar, backend, args.viewers, plan, progress=_stderr)
+    return {"machine": machine_info(), "avatar": args.avatar, "backend": backend, **figures}
+
+
+def _rtmp_soak(args: argparse.Namespace) -> dict[str, Any]:
+    from streamer.measure.rtmpsoak import run_rtmp_soak
+
+    backend = (args.backend or ["auto"])[0]
+    figures = run_rtmp_soak(args.avatar, backend, args.rtmp_soak, progress=_stderr)
     return {"machine": machine_info(), "avatar": args.avatar, "backend": backend, **figures}
 
 
