@@ -39,6 +39,7 @@ def test_step_figures_from_known_arrivals() -> None:
     assert step["frame_interval_ms_p95"] == pytest.approx(40.0, abs=0.5)
     assert step["frame_interval_ms_p95_worst"] > 40.0  # the receiver that got 4 frames late
     assert step["audio_packets_lost_ratio"] == pytest.approx(1 / 100, abs=1e-3)
+    assert step["audio_received_ratio"] == pytest.approx(99 / 100, abs=1e-3)
     assert step["audio_gap_ms_max"] == pytest.approx(40.0, abs=0.5)  # where one was lost
     assert viewers.held(step | {"viewers": 2})
     assert not viewers.held(step | {"viewers": 3})  # one viewer never connected
@@ -68,6 +69,6 @@ def test_three_viewers_of_a_real_session(
     assert step["viewers"] == 3 and step["connected"] == 3 and step["processes"] == 2
     assert step["shared_encoders"] == 1  # every viewer reads the session's one encoder
     assert step["frames_received_ratio"] > 0 and step["frame_interval_ms_p95"] is not None
-    assert 0 <= step["audio_packets_lost_ratio"] <= 1
+    assert 0 <= step["audio_packets_lost_ratio"] <= 1 and step["audio_received_ratio"] > 0
     assert step["receivers_cpu_percent"] > 0 and step["loop_cpu_percent"] > 0
     assert result["viewers_held"] in (0, 3)

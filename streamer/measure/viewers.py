@@ -10,9 +10,10 @@ connected:
 - ``frame_interval_ms_p95``: intervals between video frames wholly arrived (each frame's last
   RTP packet), all receivers pooled; ``_worst``: the worst receiver's own p95.
 - ``frames_received_ratio``: video frames arrived over the 25 fps expected, all receivers.
-- ``audio_packets_lost_ratio`` (from the RTP sequence numbers) and ``audio_gap_ms_max``, the
-  longest wait between two audio packets at any receiver (a jitter buffer hides up to its
-  depth; a gap much over 20 ms is the sender stalling).
+- ``audio_received_ratio``: audio packets arrived over the one per 20 ms expected;
+  ``audio_packets_lost_ratio``: lost on the way (gaps in the RTP sequence numbers);
+  ``audio_gap_ms_max``: the longest wait between two audio packets at any receiver (a jitter
+  buffer hides up to its depth; a gap much over 20 ms is the sender stalling).
 - ``server_cpu_percent``: this process's CPU (every thread: inference, compositing, encoding,
   the event loop) over the window, in percent of one core; ``loop_cpu_percent``: the event
   loop's thread alone, where each viewer's packetising, SRTP and sending run;
@@ -92,21 +93,26 @@ class CpuMeter:
         }
 
 
-def _audio_figures(packets: list[list[Any]], lo: float, hi: float) -> tuple[float, float | None]:
-    """(share of audio packets lost, longest wait between two in ms) over all receivers."""
-    expected = received = 0
+def _audio_figures(packets: list[list[Any]], lo: float, hi: float) -> dict[str, Any]:
+    """Audio at all receivers: packets arrived over the one per 20 ms the window holds, the
+    share lost on the way (gaps in the sequence numbers) and the longest wait between two."""
+    sent = received = arrived = 0
     gaps: list[float] = []
     for viewer in packets:
         got = [(t, seq) for t, seq, _ in viewer if lo <= t < hi]
+        arrived += len(got)
         if len(got) < 2:
-            expected += round((hi - lo) / AUDIO_PACKET_S)
             continue
         seqs = np.unwrap(np.asarray([s for _, s in got], float), period=1 << 16)
-        expected += int(seqs.max() - seqs.min()) + 1
+        sent += int(seqs.max() - seqs.min()) + 1
         received += len(set(seqs.tolist()))
         gaps.append(float(np.diff([t for t, _ in got]).max()) * 1000.0)
-    lost = 1.0 - received / expected if expected else 1.0
-    return round(max(0.0, lost), 4), rounded(max(gaps, default=None), 1)
+    expected = len(packets) * (hi - lo) / AUDIO_PACKET_S
+    return {
+        "audio_received_ratio": round(arrived / expected, 4) if expected else None,
+        "audio_packets_lost_ratio": round(max(0.0, 1.0 - received / sent), 4) if sent else None,
+        "audio_gap_ms_max": rounded(max(gaps, default=None), 1),
+    }
 
 
 def step_figures(n: int, reports: list[dict[str, Any]], lo: float, hi: float) -> dict[str, Any]:
@@ -117,7 +123,6 @@ def step_figures(n: int, reports: list[dict[str, Any]], lo: float, hi: float) ->
     pooled = np.concatenate(intervals) if intervals else np.zeros(0)
     worst = max((float(np.percentile(i, 95)) for i in intervals), default=None)
     expected = n * (hi - lo) * FPS
-    lost, gap = _audio_figures([a for r in reports for a in r["audio"]], lo, hi)
     lags = [r["loop_lag_ms_p95"] for r in reports if r["loop_lag_ms_p95"] is not None]
     return {
         "viewers": n,
@@ -125,8 +130,7 @@ def step_figures(n: int, reports: list[dict[str, Any]], lo: float, hi: float) ->
         "frame_interval_ms_p95": rounded(p95(list(pooled)), 2),
         "frame_interval_ms_p95_worst": rounded(worst, 2),
         "frames_received_ratio": round(sum(len(a) for a in arrivals) / expected, 4),
-        "audio_packets_lost_ratio": lost,
-        "audio_gap_ms_max": gap,
+        **_audio_figures([a for r in reports for a in r["audio"]], lo, hi),
         "receivers_cpu_percent": round(sum(r["cpu_percent"] for r in reports), 1),
         "receivers_loop_lag_ms_p95": max(lags, default=None),
     }
