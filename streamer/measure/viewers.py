@@ -72,8 +72,7 @@ class CpuMeter:
 
     @staticmethod
     def _read() -> tuple[float, float, float, float, float]:
-        machine_busy = machine_total = 0.0
-        with open("/proc/stat") as stat:
+        with open("/proc/stat") as stat:  # the first line: every core's time, by kind
             fields = [float(x) for x in stat.readline().split()[1:]]
         machine_total = sum(fields)
         machine_busy = machine_total - fields[3] - (fields[4] if len(fields) > 4 else 0.0)
