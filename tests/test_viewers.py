@@ -71,4 +71,5 @@ def test_three_viewers_of_a_real_session(
     assert step["frames_received_ratio"] > 0 and step["frame_interval_ms_p95"] is not None
     assert 0 <= step["audio_packets_lost_ratio"] <= 1 and step["audio_received_ratio"] > 0
     assert step["receivers_cpu_percent"] > 0 and step["loop_cpu_percent"] > 0
+    assert step["server_loop_lag_ms_max_connecting"] >= 0 and step["server_loop_lag_ms_p99"] >= 0
     assert result["viewers_held"] in (0, 3)

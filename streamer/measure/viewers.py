@@ -20,6 +20,9 @@ connected:
   ``receivers_cpu_percent``: the audience processes'; ``machine_busy_percent``: the whole
   machine (all cores = 100), from /proc/stat.
 - ``shared_encoders``: the encoders viewers read from (1: every viewer shares the session's).
+- ``server_loop_lag_ms_max_connecting``: the server's event loop at its latest while the
+  step's viewers connected (the first step has the process's first WHEP POST);
+  ``server_loop_lag_ms_p99``: over the window.
 
 A step holds when all N connected, the pooled p95 is within ``FRAME_LIMIT_MS`` and at least
 ``RECEIVED_LIMIT`` of the frames arrived. Steps run in the order given and stop at the first
@@ -92,6 +95,34 @@ class CpuMeter:
         }
 
 
+class LoopLag:
+    """The server's event-loop lag: how late a 5 ms sleep wakes, sampled all along.
+
+    A step reports the worst while its viewers connect (a WHEP POST that holds the loop shows
+    here) and the p99 over its window."""
+
+    PERIOD_S = 0.005
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []  # when, lag in ms
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(self.PERIOD_S)
+            now = loop.time()
+            self.samples.append((now, (now - asked - self.PERIOD_S) * 1000.0))
+
+    def between(self, lo: float, hi: float) -> list[float]:
+        return [lag for t, lag in self.samples if lo <= t < hi]
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
 def _audio_figures(packets: list[list[Any]], lo: float, hi: float) -> dict[str, Any]:
     """Audio at all receivers: packets arrived over the one per 20 ms the window holds, the
     share lost on the way (gaps in the sequence numbers) and the longest wait between two."""
@@ -146,10 +177,11 @@ def held(step: dict[str, Any]) -> bool:
 
 
 async def measure_step(
-    live: Live, sid: str, token: str, n: int, plan: AudiencePlan
+    live: Live, sid: str, token: str, n: int, plan: AudiencePlan, lag: LoopLag
 ) -> dict[str, Any]:
     """N viewers of the speaking session ``sid``, spread over audience processes."""
     sizes = _spread(n, plan.per_process)
+    connecting = asyncio.get_running_loop().time()
     request = {"base": live.base, "session": sid, "token": token, "decode": plan.decode}
     processes: list[ClientProcess] = []
     try:
@@ -182,12 +214,20 @@ async def measure_step(
         step = step_figures(n, reports, lo, hi)
         step.update(cpu)
         step["processes"] = len(processes)
+        step["server_loop_lag_ms_max_connecting"] = rounded(
+            max(lag.between(connecting, lo - plan.settle_s), default=None), 1
+        )
+        step["server_loop_lag_ms_p99"] = rounded(_p99(lag.between(lo, hi)), 1)
         step["shared_encoders"] = encoders
         step["held"] = held(step)
         return step
     finally:
         for process in processes:
             await process.aclose()
+
+
+def _p99(values: list[float]) -> float | None:
+    return float(np.percentile(values, 99)) if values else None
 
 
 def _spread(n: int, per_process: int) -> list[int]:
@@ -209,13 +249,14 @@ async def measure_viewers(
     """One speaking session; the steps of ``counts`` viewers until one does not hold."""
     sid, token, session = await live.create()
     speaker = await ClientProcess.start(live.base, "speakers", [[sid, token]], 24 * 3600.0)
+    lag = LoopLag()
     try:
         await asyncio.sleep(plan.settle_s)
         steps = [await _baseline(live, plan)]
         progress(f"viewers: none, the session speaking: {steps[0]}")
         for n in counts:
             frames, dropped = session.stats.frames, session.stats.dropped
-            step = await measure_step(live, sid, token, n, plan)
+            step = await measure_step(live, sid, token, n, plan, lag)
             frames, dropped = session.stats.frames - frames, session.stats.dropped - dropped
             step["frames_dropped_ratio"] = round(dropped / max(1, frames), 4)
             steps.append(step)
@@ -225,6 +266,7 @@ async def measure_viewers(
             if not step["held"]:
                 break
     finally:
+        await lag.aclose()
         await speaker.aclose()
         await live.http.delete(f"/v1/sessions/{sid}")
     ok = [s["viewers"] for s in steps[1:] if s["held"]]
