@@ -31,7 +31,7 @@ from streamer.metrics import Metrics
 from streamer.outputs.base import OutputRejected
 from streamer.outputs.factory import attach_output
 from streamer.outputs.spec import OutputSpec, specs_from_urls
-from streamer.outputs.webrtc import PeerRegistry
+from streamer.outputs.webrtc import PeerRegistry, warm_up
 from streamer.pipeline.encode import EncodedStream
 from streamer.session import (
     Session,
@@ -141,14 +141,24 @@ def create_app(
         app.state.avatarcast = AppState(
             settings, metrics, engines, registry, webrtc, compose_pool, speech_pool, decode_pool
         )
+        tts_warm = None
         if warm_avatar and isinstance(text_to_speech, BuiltinSpeech):
-            # In the background: a TTS that cannot load says so on the first speak instead.
-            speech_pool.submit(text_to_speech.warm)
+            tts_warm = asyncio.wrap_future(speech_pool.submit(text_to_speech.warm))
+        # The first viewer's WHEP POST must not hold the loop for DTLS's first-time set-up.
+        await asyncio.get_running_loop().run_in_executor(decode_pool, warm_up)
         if warm_avatar:  # the first session should not wait for the model to load
             try:
                 await engines.get(settings.avatar)
             except Exception as exc:
                 log.warning("avatar %r is not usable yet: %s", settings.avatar, exc)
+        if tts_warm is not None:
+            # Awaited before the first request: its imports (scipy's, hundreds of modules)
+            # hold the GIL and stalled the loop for a viewer connecting in the first seconds.
+            # A TTS that cannot load says so on the first speak instead.
+            try:
+                await tts_warm
+            except Exception as exc:
+                log.warning("the built-in TTS is not usable yet: %s", exc)
         if settings.outputs:  # serve --output: a headless stream that needs no API call
             session = await registry.create(settings.avatar)
             for spec in output_specs(settings):

@@ -56,6 +56,7 @@ async def test_session_lifecycle(api: tuple[httpx.AsyncClient, FastAPI]) -> None
     made = r.json()
     assert set(made) == {"id", "avatar", "view_token", "whep_url", "view_url", "obs_url", "ws_url"}
     sid = made["id"]
+    assert r.headers["location"] == f"/v1/sessions/{sid}"  # what a sticky proxy learns from
     assert made["whep_url"].endswith(f"/v1/sessions/{sid}/whep")
     assert made["ws_url"].startswith("ws://") and f"/v1/sessions/{sid}/ws" in made["ws_url"]
     assert made["view_token"] in made["view_url"] and made["view_token"] in made["obs_url"]

@@ -101,7 +101,9 @@ def urls(request: Request, session: Session, view_token: str | None = None) -> d
 
 
 @router.post("", status_code=201)
-async def create_session(request: Request, body: CreateSession | None = None) -> dict[str, Any]:
+async def create_session(
+    request: Request, response: Response, body: CreateSession | None = None
+) -> dict[str, Any]:
     state = app_state(request)
     spec = body or CreateSession()
     name = spec.avatar or state.settings.avatar
@@ -126,6 +128,9 @@ async def create_session(request: Request, body: CreateSession | None = None) ->
         raise ApiError(503, "backend_unavailable", str(exc)) from None
     except TooManySessions as exc:
         raise ApiError(429, "too_many_sessions", str(exc)) from None
+    # 201's Location: a proxy in front of several servers learns from it which one holds
+    # the session (docs/scaling.md).
+    response.headers["Location"] = f"/v1/sessions/{session.id}"
     return {
         "id": session.id,
         "avatar": session.avatar.name,
