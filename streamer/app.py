@@ -12,6 +12,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from fastapi import FastAPI
 from models.avatar import Avatar, load_avatar
 from streamer.api import core_routers
 from streamer.api.errors import install_error_handlers
+from streamer.api.limits import BodyLimit
 from streamer.api.state import AppState
 from streamer.config import ConfigError, Settings
 from streamer.engine.base import Backend, backend_key
@@ -88,7 +90,12 @@ def create_app(
     chunks; blocking) and ``session_config`` are injectable for tests and bench."""
     load = loader or default_loader(settings)
     text_to_speech: SpeechSource = speech or BuiltinSpeech()
-    config = session_config or SessionConfig()
+    limits = settings.limits
+    config = replace(
+        session_config or SessionConfig(),
+        max_text_chars=limits.max_text_chars,
+        max_queued_utterances=limits.max_queued_utterances,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,6 +129,7 @@ def create_app(
             make_session,
             max_sessions or settings.max_sessions,
             lambda session: webrtc.remove_session(session.id),  # hang up its viewers
+            per_key=limits.sessions_per_key,
         )
         metrics.bind(
             sessions=lambda: len(registry),
@@ -152,9 +160,14 @@ def create_app(
             for spec in output_specs(settings):
                 output = attach_output(session, spec, metrics)
                 log.info("session %s: output %s to %s", session.id, output.id, spec.target)
+        reaper = None
+        if limits.idle_session_s > 0:
+            reaper = asyncio.create_task(registry.reap_idle(limits.idle_session_s))
         try:
             yield
         finally:
+            if reaper is not None:
+                reaper.cancel()
             await webrtc.aclose()
             await registry.aclose()
             await engines.aclose()
@@ -170,6 +183,7 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit)
     for router in core_routers():
         app.include_router(router)
     return app
@@ -215,6 +229,8 @@ def serve(settings: Settings) -> int:
     """
     import uvicorn
 
+    from streamer.shutdown import DrainingServer
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     output_specs(settings)  # a bad --output is a clear error now, not a log line later
     avatar = load_avatar(settings.avatar, settings.home)
@@ -236,9 +252,9 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level="info",
-        **UVICORN_OPTIONS,
+        **{**UVICORN_OPTIONS, "ws_max_size": 2 * settings.limits.ws_max_message_bytes},
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config).run()  # SIGTERM: sessions told, recordings finalised, then exit
     return 0
 
 
@@ -248,6 +264,8 @@ UVICORN_OPTIONS: dict[str, Any] = {
     # PCM does not compress: deflating every 20 ms message would only cost CPU on both ends.
     "ws_per_message_deflate": False,
     "lifespan": "on",
+    # After draining the sessions, a connection still open is closed after this long.
+    "timeout_graceful_shutdown": 10,
 }
 
 

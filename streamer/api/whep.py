@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 
 from streamer.api.auth import require_api_key, session_or_404, viewed_session
 from streamer.api.errors import ApiError
+from streamer.api.limits import check_viewers
 from streamer.api.state import app_state
 from streamer.outputs.uplink import forward_microphone
 from streamer.outputs.webrtc import Peer, SdpError
@@ -136,6 +137,7 @@ async def resource_options(session_id: str, resource_id: str) -> Response:
 async def whep_post(request: Request, session: Viewed) -> Response:
     offer = await _body(request, SDP)
     _ready(session)
+    check_viewers(request, session)
     try:
         peer, answer = await app_state(request).webrtc.add_viewer(session, offer)
     except SdpError as exc:
