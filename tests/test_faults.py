@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +27,13 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from models.audio import SAMPLES_PER_VIDEO_FRAME
-from models.avatar import Avatar, AvatarError
+from models.avatar import Avatar, AvatarError, read_avatar, write_avatar
 from streamer.app import create_app
 from streamer.config import Settings
 from streamer.engine.base import Backend
 from streamer.pipeline.frames import AVFrame
 from streamer.session import Session, SessionEvent
-from tests.conftest import serving, state_of, tone
+from tests.conftest import serving, stand_in_assets, state_of, tone
 from tests.test_api import wav_bytes
 from tests.webrtc_fakes import whep_offer
 
@@ -189,7 +192,9 @@ async def test_a_viewer_that_vanishes_is_hung_up_after_consent_expires(
             await speak_tone(pair, pair.b, 3.0)
             # The viewer's machine goes away: its sockets close, no DTLS close, no DELETE.
             ice = pc.getTransceivers()[0].receiver.transport.transport
-            ice._connection._query_consent_task.cancel()
+            consent = ice._connection._query_consent_task
+            assert consent is not None
+            consent.cancel()  # the client's own checks stop with it
             for protocol in ice._connection._protocols:
                 protocol.transport.close()
             await until(lambda: peers(pair, pair.a) == 0)
@@ -305,3 +310,37 @@ async def test_a_backend_error_drops_those_frames_and_streaming_goes_on(pair: Pa
     b.assert_streaming(1.5)
     a.assert_streaming(1.5)
     assert not pair.a.closed and not pair.b.closed
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+def test_a_full_disk_while_writing_an_avatar_keeps_the_old_one(
+    standin: tuple[Avatar, Backend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    avatar, _ = standin
+    target = tmp_path / "avatars" / avatar.name
+    shutil.copytree(avatar.path, target)
+    before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+
+    def full(path: object, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(np, "save", full)  # the package writer's boxes.npy: the disk is full
+    a = stand_in_assets()
+    with pytest.raises(AvatarError, match="No space left on device") as refused:
+        write_avatar(
+            target,
+            name=avatar.name,
+            kind="photo",
+            frames=a["frames"],
+            boxes=a["boxes"],
+            mask=a["mask"],
+            reference=a["reference"],
+            model=avatar.model_path,
+        )
+    assert "nothing changed" in str(refused.value)  # the CLI prints it and exits 2
+    after = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    assert after == before  # the old package, whole
+    assert [p.name for p in target.parent.iterdir()] == [avatar.name]  # no staging left
+    assert read_avatar(target).frames.shape == avatar.frames.shape
