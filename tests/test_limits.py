@@ -116,12 +116,18 @@ async def test_body_upload_and_text_sizes_are_413(server: Any) -> None:
 
 @pytest.mark.parametrize("server", [(Limits(max_queued_utterances=3), 4)], indirect=True)
 async def test_utterances_queued_per_session_429(server: Any) -> None:
-    app, _, client = server
+    app, url, client = server
     sid = (await client.post("/v1/sessions", json={})).json()["id"]
     speak = f"/v1/sessions/{sid}/speak"
     ids = [(await client.post(speak, json={"text": "one two three"})).json() for _ in range(3)]
     assert all("utterance_id" in i for i in ids)
     refused(await client.post(speak, json={"text": "four"}), 429, "too_many_utterances")
+    async with connect(f"ws{url[4:]}/v1/sessions/{sid}/ws") as ws:  # a stream is one too
+        await ws.send(b"\0" * 640)
+        assert json.loads(await ws.recv())["code"] == "too_many_utterances"
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     interrupted = (await client.post(f"/v1/sessions/{sid}/interrupt")).json()["interrupted"]
     assert sorted(interrupted) == sorted(i["utterance_id"] for i in ids)
     assert (await client.post(speak, json={"text": "again"})).status_code == 202

@@ -111,7 +111,7 @@ class FakeSession:
             self.ready = True
             self.frames = k = k + 1
 
-    async def aclose(self) -> None:
+    async def aclose(self, reason: str = "deleted") -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -167,9 +167,9 @@ class _Connection:
     async def on_audio(self, data: bytes) -> bool:
         """Returns False when the connection must close."""
         samples = self.resampler.feed(data)
-        if self.stream is None or self.stream.dropped:
-            self.stream = self.session.open_stream()
         try:
+            if self.stream is None or self.stream.dropped:
+                self.stream = self.session.open_stream()
             self.stream.push(samples)
         except SpeechRejected as exc:
             return await self.refuse(exc.code, str(exc), CLOSE_POLICY)
