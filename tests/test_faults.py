@@ -307,6 +307,7 @@ async def test_a_backend_error_drops_those_frames_and_streaming_goes_on(pair: Pa
         pair.backend.failing = False
         calls = pair.backend.calls
         await until(lambda: pair.backend.calls > calls + 3)  # the worker generates again
+        await asyncio.sleep(0.5)
     b.assert_streaming(1.5)
     a.assert_streaming(1.5)
     assert not pair.a.closed and not pair.b.closed
