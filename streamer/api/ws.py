@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["websocket"])
 
 MIN_RATE, MAX_RATE = 8_000, 48_000
-MAX_MESSAGE_BYTES = Limits.ws_max_message_bytes  # the default: ~11 s at 48 kHz
 CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_GOING_AWAY = 1008, 1009, 1001
 
 

@@ -145,7 +145,10 @@ class SessionRegistry:
             await asyncio.sleep(min(5.0, idle_s / 4))
             for session_id in self.idle(idle_s):
                 log.info("session %s: idle for %.0f s, closing it", session_id, idle_s)
-                await self.delete(session_id, "idle")
+                try:
+                    await self.delete(session_id, "idle")
+                except Exception:  # one that fails to close does not stop the reaping
+                    log.exception("session %s: closing it failed", session_id)
 
     async def aclose(self, reason: str = "shutdown") -> None:
         """Close every session, telling each ``reason``. Idempotent."""
