@@ -165,13 +165,11 @@ async def test_bad_speak_requests_get_clean_errors(
     assert session is not None and not session.closed and session.queued == 0
 
 
-async def test_too_large_body_is_413(
-    api: tuple[httpx.AsyncClient, FastAPI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import streamer.api.sessions as sessions
-
-    monkeypatch.setattr(sessions, "MAX_AUDIO_BYTES", 10_000)
-    client, _ = api
+async def test_too_large_body_is_413(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    client, app = api
+    state = state_of(app)
+    limits = dataclasses.replace(state.settings.limits, max_upload_bytes=10_000)
+    state.settings = dataclasses.replace(state.settings, limits=limits)
     sid = (await client.post("/v1/sessions", json={})).json()["id"]
     r = await client.post(
         f"/v1/sessions/{sid}/speak",

@@ -18,6 +18,7 @@ from models.matte import Matte, MatteError
 from models.media import AudioDecodeError, decode_audio
 from streamer.api.auth import check_avatar_use, controlled_session, may_control, require_api_key
 from streamer.api.errors import ApiError
+from streamer.api.limits import RETRY_AFTER, too_large
 from streamer.api.state import app_state
 from streamer.engine.base import BackendError
 from streamer.outputs.base import OutputRejected
@@ -29,8 +30,6 @@ router = APIRouter(
     prefix="/v1/sessions", tags=["sessions"], dependencies=[Depends(require_api_key)]
 )
 
-MAX_JSON_BYTES = 1 << 20
-MAX_AUDIO_BYTES = 50 << 20
 AUDIO_TYPES = ("audio/", "video/")
 AUDIO_EXTRA = ("application/ogg", "application/octet-stream")
 REJECTED_STATUS = {
@@ -40,6 +39,7 @@ REJECTED_STATUS = {
     "empty_text": 400,
     "empty_audio": 400,
     "session_closed": 409,
+    "too_many_utterances": 429,
     "tts_unavailable": 503,
 }
 
@@ -121,13 +121,14 @@ async def create_session(
         check_size(engine.avatar, options)
         if options.transparent:
             await load_matte(request, engine.avatar)
-        session = await state.registry.create(name, options)
+        session = await state.registry.create(name, options, key=who.key_id)
     except AvatarError as exc:
         raise ApiError(400, "unknown_avatar", str(exc)) from None
     except BackendError as exc:
         raise ApiError(503, "backend_unavailable", str(exc)) from None
     except TooManySessions as exc:
-        raise ApiError(429, "too_many_sessions", str(exc)) from None
+        headers = RETRY_AFTER if exc.status == 503 else None
+        raise ApiError(exc.status, exc.code, str(exc), headers) from None
     # 201's Location: a proxy in front of several servers learns from it which one holds
     # the session (docs/scaling.md).
     response.headers["Location"] = f"/v1/sessions/{session.id}"
@@ -194,13 +195,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"the body is larger than {limit >> 20} MiB")
+        raise ApiError(413, "too_large", too_large(limit))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "too_large", f"the body is larger than {limit >> 20} MiB")
+            raise ApiError(413, "too_large", too_large(limit))
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -233,9 +234,10 @@ def _rejected(exc: SpeechRejected) -> ApiError:
 @router.post("/{session_id}/speak", status_code=202)
 async def speak(request: Request, session_id: str) -> dict[str, str]:
     session = controlled_session(request, session_id)
+    limits = app_state(request).settings.limits
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" or content_type.endswith("+json"):
-        text = _text_of(await read_body(request, MAX_JSON_BYTES))
+        text = _text_of(await read_body(request, limits.max_body_bytes))
         try:
             return {"utterance_id": session.speak_text(text)}
         except SpeechRejected as exc:
@@ -247,7 +249,7 @@ async def speak(request: Request, session_id: str) -> dict[str, str]:
             f"Content-Type {content_type or '(none)'} is not accepted: send application/json "
             '{"text": ...} or the bytes of an audio file (audio/wav, audio/mpeg, audio/ogg, ...)',
         )
-    data = await read_body(request, MAX_AUDIO_BYTES)
+    data = await read_body(request, limits.max_upload_bytes)
     if not data:
         raise ApiError(400, "empty_audio", "the request body is empty: send an audio file")
     subtype = content_type.split("/")[-1]
@@ -310,7 +312,8 @@ async def add_output(request: Request, session_id: str, body: AddOutput) -> dict
             video_bitrate_kbps=body.video_bitrate_kbps,
             token=body.token,
         )
-        output = attach_output(session, spec, state.metrics)
+        most = state.settings.limits.max_outputs_per_session
+        output = attach_output(session, spec, state.metrics, most=most)
     except OutputRejected as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     return {"id": output.id, "type": output.kind, "state": output.state}

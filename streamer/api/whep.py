@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 
 from streamer.api.auth import controlled_session, require_api_key, viewed_session
 from streamer.api.errors import ApiError
+from streamer.api.limits import check_viewers
 from streamer.api.state import app_state
 from streamer.outputs.uplink import forward_microphone
 from streamer.outputs.webrtc import Peer, SdpError
@@ -138,6 +139,7 @@ async def whep_post(request: Request, session: Viewed) -> Response:
     offer = await _body(request, SDP)
     _ready(session)
     state = app_state(request)
+    check_viewers(request, session)
     try:
         peer, answer = await state.webrtc.add_viewer(session, offer)
     except SdpError as exc:
