@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from models.avatar import Avatar
 from streamer.config import ConfigError, Limits, Settings
 from streamer.engine.base import Backend
+from streamer.keys import KeyFile
 from streamer.session import Session, SessionOptions
 from streamer.session.events import PlaybackFinished, SessionEvent
 from streamer.session.registry import SessionRegistry
@@ -71,20 +72,21 @@ def test_limits_are_read_from_the_environment() -> None:
 @pytest.mark.parametrize("server", [(Limits(sessions_per_key=2), 3)], indirect=True)
 async def test_sessions_per_key_429_and_in_total_503(server: Any) -> None:
     app, _, client = server
+    keys = KeyFile(state_of(app).settings.home)
+    a, b, *burst_keys = (keys.create("admin")[1] for _ in range(42))
     for _ in range(2):
-        assert (await client.post("/v1/sessions", json={}, headers=bearer("a"))).status_code == 201
-    refused(
-        await client.post("/v1/sessions", json={}, headers=bearer("a")), 429, "too_many_sessions"
-    )
-    assert (await client.post("/v1/sessions", json={}, headers=bearer("b"))).status_code == 201
-    full = await client.post("/v1/sessions", json={}, headers=bearer("b"))
+        assert (await client.post("/v1/sessions", json={}, headers=bearer(a))).status_code == 201
+    refused(await client.post("/v1/sessions", json={}, headers=bearer(a)), 429, "too_many_sessions")
+    assert (await client.post("/v1/sessions", json={}, headers=bearer(b))).status_code == 201
+    full = await client.post("/v1/sessions", json={}, headers=bearer(b))
     refused(full, 503, "server_full")
     assert full.headers["retry-after"]
     # Many at once, after one is deleted: exactly one more is made, the rest refused.
     first = state_of(app).registry.list()[0]
-    assert (await client.delete(f"/v1/sessions/{first.id}")).status_code == 204
+    deleted = await client.delete(f"/v1/sessions/{first.id}", headers=bearer(a))
+    assert deleted.status_code == 204
     burst = await asyncio.gather(
-        *(client.post("/v1/sessions", json={}, headers=bearer(f"k{i}")) for i in range(40))
+        *(client.post("/v1/sessions", json={}, headers=bearer(key)) for key in burst_keys)
     )
     codes = sorted(r.status_code for r in burst)
     assert codes == [201] + [503] * 39
