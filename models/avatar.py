@@ -16,9 +16,8 @@ A package is a directory::
     matte/000000.png   optional: the person's alpha per base frame (see models.matte)
 
 ``default`` ships inside this package (``models/default``); all others live in
-``HOME/avatars/NAME``, where ``HOME`` is the server's home (``Settings.home``: read once at the
-edge from ``$AVATARCAST_HOME``, default ``~/.avatarcast``) and is passed in, never looked up
-here. Loading never needs torch or mediapipe.
+``HOME/avatars/NAME``; ``HOME`` (``Settings.home``, from ``$AVATARCAST_HOME``, default
+``~/.avatarcast``) is passed in, never looked up here. Loading needs no torch nor mediapipe.
 """
 
 from __future__ import annotations
@@ -39,6 +38,8 @@ import numpy as np
 
 from models.audio import FPS, WindowConfig
 from models.matte import Matte, write_matte
+from models.package_io import replace_package as replace_package
+from models.package_io import write_image as _write_png
 
 FORMAT = 1
 DEFAULT_NAME = "default"
@@ -376,25 +377,10 @@ def write_avatar(
         )
         os.chmod(staging, 0o755)
         replace_package(staging, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a read-only home: the user's to fix
+            why = f"{exc.strerror or exc} ({target.parent})"
+            raise AvatarError(f"cannot write avatar {name!r}: {why}; nothing changed") from exc
         raise
     return target
-
-
-def replace_package(staged: Path, target: Path) -> None:
-    """Put the package built at ``staged`` (a sibling of ``target`` on its file system) at
-    ``target`` by rename, so a reader sees the old package or the new one, never half."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staged, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix == ".jpg" else []
-    if not cv2.imwrite(str(path), image, params):
-        raise AvatarError(f"cannot write {path}")

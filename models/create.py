@@ -9,6 +9,7 @@ worked: a failure leaves nothing behind.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from models.avatar import (
     avatar_dir,
     check_name,
 )
+from models.ownership import LOCAL_OWNER, check_statement, seal
 from models.selfcheck import Checker
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -80,13 +82,19 @@ def create_avatar(
     quiet: bool = False,
     adapt: AdaptConfig | None = None,
     check: Checker | None = None,
+    consent: str | None = None,
+    owner: str = LOCAL_OWNER,
 ) -> CreateReport:
     """Build avatar ``name`` from a video or a photo under the server's ``home``; prints a
     summary unless ``quiet``.
 
     ``check`` measures the built package before it is installed (the CLI passes
-    :func:`streamer.measure.selfcheck.self_check`); without one nothing is measured."""
+    :func:`streamer.measure.selfcheck.self_check`); without one nothing is measured.
+    ``consent`` (the person's statement) and ``owner`` (an API key's id, or ``local``) are
+    signed into the package (:mod:`models.ownership`); the CLI always gives a consent. A
+    package made without one has no record, and only admin keys may use it."""
     check_name(name)
+    statement = None if consent is None else check_statement(consent)
     if name == DEFAULT_NAME:
         raise CreateError("'default' is the built-in avatar: choose another name")
     target = avatar_dir(name, home)
@@ -111,9 +119,20 @@ def create_avatar(
     finally:
         if bar is not None:
             bar.close()
+    if statement is not None:
+        _seal(target, owner, Path(video or image or ""), statement, home)
     if not quiet:
         print(report.summary(), file=sys.stderr)
     return report
+
+
+def _seal(package: Path, owner: str, source: Path, statement: str, home: Path) -> None:
+    """Sign the record in; a package whose record cannot be written is not left behind."""
+    try:
+        seal(package, owner=owner, source=source, statement=statement, home=home)
+    except BaseException:
+        shutil.rmtree(package, ignore_errors=True)
+        raise
 
 
 # --- photo ----------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ frame, which is compared with the phoneme-derived openness
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -48,9 +47,9 @@ class ApertureMeter:
     """MediaPipe Face Mesh in tracking mode over one video; NaN where no face is found."""
 
     def __init__(self) -> None:
-        # Quiet the TFLite/absl start-up chatter on stderr.
-        os.environ.setdefault("GLOG_minloglevel", "2")
-        import mediapipe as mp
+        from models.mediapipe_compat import import_mediapipe
+
+        mp = import_mediapipe()
 
         self._mesh = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=False, refine_landmarks=True, max_num_faces=1

@@ -44,10 +44,10 @@ class MatteError(ValueError):
 
 def segment(frames: np.ndarray) -> np.ndarray:
     """Raw person probability (N, H, W) float32 in [0, 1] of RGB frames (N, H, W, 3)."""
-    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ info lines
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import mediapipe as mp
+        from models.mediapipe_compat import import_mediapipe
+
+        mp = import_mediapipe()
     except ImportError as exc:
         raise MatteError(
             f"computing an alpha matte needs mediapipe ({exc}): "

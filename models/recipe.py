@@ -103,6 +103,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     from models.avatar import write_avatar
     from models.export import export_onnx
     from models.matte import compute_matte
+    from models.ownership import bundled_record
     from models.train import resolve_device, train
 
     device = resolve_device(recipe.device)
@@ -164,6 +165,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
         blink_frames=assets["blink_frames"],
         matte=compute_matte(np.asarray(assets["frames"])),
     )
+    bundled_record(package)  # whose face it is: shipped with the package (models.ownership)
     times["export"] = time.monotonic() - t0
     times["total"] = time.monotonic() - started
 

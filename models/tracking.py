@@ -12,7 +12,6 @@ of them below the eyes' midpoint, so the default generator sees crops framed as 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,9 +72,9 @@ class FaceTracker:
     models ship inside the mediapipe wheel."""
 
     def __init__(self, max_faces: int = 3, video: bool = True) -> None:
-        os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ info lines
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import mediapipe as mp
+        from models.mediapipe_compat import import_mediapipe
+
+        mp = import_mediapipe()
 
         self._mesh: Any = mp.solutions.face_mesh.FaceMesh(
             static_image_mode=not video,

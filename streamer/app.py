@@ -12,24 +12,28 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
 
 from models.avatar import Avatar, load_avatar
-from streamer.api import core_routers
+from streamer.api import core_routers, redact
+from streamer.api.cors import ApiCors
 from streamer.api.errors import install_error_handlers
+from streamer.api.limits import BodyLimit
 from streamer.api.state import AppState
 from streamer.config import ConfigError, Settings
 from streamer.engine.base import Backend, backend_key
 from streamer.engine.factory import make_backend
 from streamer.engine.pool import EngineLoader, EnginePool
+from streamer.keys import Keyring
 from streamer.metrics import Metrics
 from streamer.outputs.base import OutputRejected
 from streamer.outputs.factory import attach_output
 from streamer.outputs.spec import OutputSpec, specs_from_urls
-from streamer.outputs.webrtc import PeerRegistry
+from streamer.outputs.webrtc import PeerRegistry, warm_up
 from streamer.pipeline.encode import EncodedStream
 from streamer.session import (
     Session,
@@ -88,7 +92,12 @@ def create_app(
     chunks; blocking) and ``session_config`` are injectable for tests and bench."""
     load = loader or default_loader(settings)
     text_to_speech: SpeechSource = speech or BuiltinSpeech()
-    config = session_config or SessionConfig()
+    limits = settings.limits
+    config = replace(
+        session_config or SessionConfig(),
+        max_text_chars=limits.max_text_chars,
+        max_queued_utterances=limits.max_queued_utterances,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,6 +131,7 @@ def create_app(
             make_session,
             max_sessions or settings.max_sessions,
             lambda session: webrtc.remove_session(session.id),  # hang up its viewers
+            per_key=limits.sessions_per_key,
         )
         metrics.bind(
             sessions=lambda: len(registry),
@@ -139,22 +149,17 @@ def create_app(
         app.state.avatarcast = AppState(
             settings, metrics, engines, registry, webrtc, compose_pool, speech_pool, decode_pool
         )
-        if warm_avatar and isinstance(text_to_speech, BuiltinSpeech):
-            # In the background: a TTS that cannot load says so on the first speak instead.
-            speech_pool.submit(text_to_speech.warm)
-        if warm_avatar:  # the first session should not wait for the model to load
-            try:
-                await engines.get(settings.avatar)
-            except Exception as exc:
-                log.warning("avatar %r is not usable yet: %s", settings.avatar, exc)
+        await _warm_up(settings, engines, text_to_speech, speech_pool, decode_pool, warm_avatar)
         if settings.outputs:  # serve --output: a headless stream that needs no API call
-            session = await registry.create(settings.avatar)
-            for spec in output_specs(settings):
-                output = attach_output(session, spec, metrics)
-                log.info("session %s: output %s to %s", session.id, output.id, spec.target)
+            await _serve_outputs(settings, registry, metrics)
+        reaper = None
+        if limits.idle_session_s > 0:
+            reaper = asyncio.create_task(registry.reap_idle(limits.idle_session_s))
         try:
             yield
         finally:
+            if reaper is not None:
+                reaper.cancel()
             await webrtc.aclose()
             await registry.aclose()
             await engines.aclose()
@@ -170,15 +175,54 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(ApiCors, origins=settings.cors_origins)
+    app.add_middleware(BodyLimit)
     for router in core_routers():
         app.include_router(router)
     return app
 
 
+async def _warm_up(
+    settings: Settings,
+    engines: EnginePool,
+    speech: SpeechSource,
+    speech_pool: ThreadPoolExecutor,
+    decode_pool: ThreadPoolExecutor,
+    warm_avatar: bool,
+) -> None:
+    """Load what the first requests would otherwise wait for, before the first request."""
+    tts_warm = None
+    if warm_avatar and isinstance(speech, BuiltinSpeech):
+        tts_warm = asyncio.wrap_future(speech_pool.submit(speech.warm))
+    # The first viewer's WHEP POST must not hold the loop for DTLS's first-time set-up.
+    await asyncio.get_running_loop().run_in_executor(decode_pool, warm_up)
+    if warm_avatar:  # the first session should not wait for the model to load
+        try:
+            await engines.get(settings.avatar)
+        except Exception as exc:
+            log.warning("avatar %r is not usable yet: %s", settings.avatar, exc)
+    if tts_warm is not None:
+        # Awaited before the first request: its imports (scipy's, hundreds of modules)
+        # hold the GIL and stalled the loop for a viewer connecting in the first seconds.
+        # A TTS that cannot load says so on the first speak instead.
+        try:
+            await tts_warm
+        except Exception as exc:
+            log.warning("the built-in TTS is not usable yet: %s", exc)
+
+
+async def _serve_outputs(settings: Settings, registry: SessionRegistry, metrics: Metrics) -> None:
+    """``serve --output``: a headless stream of the default session that needs no API call."""
+    session = await registry.create(settings.avatar)
+    for spec in output_specs(settings):
+        output = attach_output(session, spec, metrics)
+        log.info("session %s: output %s to %s", session.id, output.id, spec.target)
+
+
 def output_specs(settings: Settings) -> list[OutputSpec]:
     """The ``--output`` URLs, validated (a :class:`ConfigError` says which is wrong)."""
     try:
-        return specs_from_urls(settings.outputs, settings.recordings_dir)
+        return specs_from_urls(settings.outputs, settings.recordings_dir, settings.whip_token)
     except OutputRejected as exc:
         raise ConfigError(exc.message) from None
 
@@ -207,25 +251,32 @@ def _check_port(host: str, port: int) -> None:
 
 def serve(settings: Settings) -> int:
     """Run the server until interrupted (Ctrl-C). Binds where ``settings.host`` says: the
-    loopback by default; a public address without an API key is allowed (the user asked for
-    it) but warned about.
+    loopback by default; a public address only when API keys exist, or with ``--insecure``
+    (then warned about): an open server elsewhere lets anyone make a face speak.
 
     The avatar, the backend and the port are checked before the server starts, so a missing
     model or an absent backend is a clear error now, not a failure at a session's first frame.
     """
     import uvicorn
 
+    from streamer.shutdown import DrainingServer
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # httpx logs each request's URL at INFO: a WHIP output's URL may hold a stream key.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    keyed = Keyring(settings.home, settings.api_key).has_keys()
+    if not keyed and not settings.insecure and not _is_loopback(settings.host):
+        raise ConfigError(
+            f"refusing to serve on {settings.host} with no API key: anyone who can reach it "
+            "could use it. Create one (avatarcast keys create --scope admin) or pass --insecure"
+        )
     output_specs(settings)  # a bad --output is a clear error now, not a log line later
     avatar = load_avatar(settings.avatar, settings.home)
     backend = make_backend(settings.backend, avatar, settings.threads)
     _check_port(settings.host, settings.port)
     log.info("avatar %r on backend %s", avatar.name, backend_key(backend))
-    if not settings.api_key and not _is_loopback(settings.host):
-        log.warning(
-            "serving on %s with no AVATARCAST_API_KEY: anyone who can reach it can use it",
-            settings.host,
-        )
+    if not keyed and not _is_loopback(settings.host):
+        log.warning("serving on %s with no API key (--insecure): anyone can use it", settings.host)
     fallback = default_loader(settings)
 
     def loader(name: str) -> tuple[Avatar, Backend]:
@@ -236,9 +287,10 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level="info",
-        **UVICORN_OPTIONS,
+        **{**UVICORN_OPTIONS, "ws_max_size": 2 * settings.limits.ws_max_message_bytes},
     )
-    uvicorn.Server(config).run()
+    redact.install()  # uvicorn configured its loggers above: keep tokens out of them
+    DrainingServer(config).run()  # SIGTERM: sessions told, recordings finalised, then exit
     return 0
 
 
@@ -248,6 +300,8 @@ UVICORN_OPTIONS: dict[str, Any] = {
     # PCM does not compress: deflating every 20 ms message would only cost CPU on both ends.
     "ws_per_message_deflate": False,
     "lifespan": "on",
+    # After draining the sessions, a connection still open is closed after this long.
+    "timeout_graceful_shutdown": 10,
 }
 
 

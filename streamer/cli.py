@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from streamer import __version__
+from streamer import __version__, cli_access
 from streamer.config import BACKENDS
 
 EXIT_USAGE = 2
@@ -35,10 +35,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from models.media import AudioDecodeError
     from streamer.config import ConfigError
     from streamer.engine.base import BackendError
+    from streamer.keys import KeyFileError
     from streamer.render import RenderError
 
     errors = (AvatarError, MatteError, BackendError, AudioDecodeError, RenderError, ConfigError)
-    return (UserError, *errors)
+    return (UserError, *errors, cli_access.AccessError, KeyFileError)
 
 
 def _require(module: str, extra: str) -> None:
@@ -74,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         avatar=args.avatar,
         backend=args.backend,
         outputs=tuple(args.output or ()),
+        insecure=args.insecure,
     )
     return int(serve(settings) or 0)
 
@@ -89,6 +91,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from models.avatar import load_avatar
     from streamer.config import Settings
     from streamer.engine import backend_key, make_backend
+    from streamer.progress import progress_bar
     from streamer.render import BATCH, render
 
     settings = Settings.from_env(avatar=args.avatar, backend=args.backend)
@@ -107,7 +110,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         next(iter(decode_audio(args.audio)), None)
     avatar = load_avatar(settings.avatar, settings.home)
     backend = make_backend(settings.backend, avatar, threads=settings.threads)
-    progress = _progress_bar()
+    progress = progress_bar()
     try:
         result = render(
             out,
@@ -130,25 +133,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Progress:
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(unit="frame", desc="render", file=sys.stderr, leave=False)
-        self._done = 0
-
-    def update(self, frames: int) -> None:
-        self._bar.update(frames - self._done)
-        self._done = frames
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-def _progress_bar() -> _Progress | None:
-    return _Progress() if sys.stderr.isatty() else None
-
-
 def cmd_avatar_list(args: argparse.Namespace) -> int:
     from models.avatar import list_avatars
 
@@ -161,12 +145,14 @@ def cmd_avatar_show(args: argparse.Namespace) -> int:
     import json
 
     from models.avatar import load_avatar
+    from models.ownership import summary
 
     avatar = load_avatar(args.name, _home())
     info = avatar.manifest.to_json()
     info["path"] = str(avatar.path)
     info["base_frames"] = len(avatar.frames)
     info["checkpoint"] = avatar.checkpoint_path is not None
+    info["ownership"] = summary(avatar.path, _home())  # whose face: models/ownership.py
     print(json.dumps(info, indent=2))
     return 0
 
@@ -202,7 +188,16 @@ def cmd_avatar_create(args: argparse.Namespace) -> int:
         from streamer.measure.selfcheck import self_check
 
         check = self_check
-    create(args.name, video=args.video, image=args.image, home=_home(), adapt=adapt, check=check)
+    owned = {"consent": args.consent_text, "owner": args.owner}  # set by cli_access.check
+    create(
+        args.name,
+        video=args.video,
+        image=args.image,
+        home=_home(),
+        adapt=adapt,
+        check=check,
+        **owned,
+    )
     return 0
 
 
@@ -308,8 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         action="append",
         metavar="URL",
-        help="also push the default session to URL (rtmp:// or rtmps://; repeatable)",
+        help="also push the default session to URL (rtmp://, rtmps://, whip+https://; "
+        "repeatable; a WHIP token comes from $AVATARCAST_WHIP_TOKEN)",
     )
+    p.add_argument("--insecure", action="store_true", help="allow a public --host with no API key")
 
     p = command("render", cmd_render, "render a lip-synced MP4 from audio or text")
     source = p.add_mutually_exclusive_group(required=True)
@@ -351,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the closing self-check on held-out voices (about 30 s)",
     )
+    cli_access.consent_arguments(q)
     q = avatar_command("train", cmd_avatar_train, "fit the lip-sync GAN to an avatar")
     q.add_argument("name")
     q.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if any")
@@ -369,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--to", choices=("onnx", "tensorrt"), required=True)
 
+    cli_access.add_commands(command)
     for name, help in (("bench", "performance figures"), ("eval", "lip-sync and quality figures")):
         p = command(name, lambda a: 0, f"{help} (see avatarcast {name} --help)")
         p.add_argument("options", nargs=argparse.REMAINDER)
@@ -382,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] in FORWARDED:
             return run_forwarded(argv[0], argv[1:])
         args = build_parser().parse_args(argv)
+        cli_access.check(args)  # consent for create; the AVATARCAST_KEY's rights on the avatar
         return int(args.handler(args))
     except errors as exc:
         return _fail(str(exc))

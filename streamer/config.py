@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 # The INTERFACE names, then the device-pinned keys that `avatarcast bench` reports (onnx-int8
@@ -32,6 +32,47 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one client may take of the server: each refusal is a 4xx in the API's one error
+    shape (docs/limits.md lists them with their codes). Each field is read from
+    ``AVATARCAST_<FIELD>`` (e.g. ``AVATARCAST_SESSIONS_PER_KEY=4``)."""
+
+    sessions_per_key: int = 8  # 429 too_many_sessions (the total is Settings.max_sessions)
+    max_body_bytes: int = 1 << 20  # any JSON or SDP body: 413 too_large
+    max_upload_bytes: int = 50 << 20  # an audio file to /speak: 413 too_large
+    max_text_chars: int = 100_000  # one text to speak: 413 text_too_long
+    max_queued_utterances: int = 32  # per session, queued and playing: 429 too_many_utterances
+    ws_max_message_bytes: int = 1 << 20  # one WebSocket message: closed 1009
+    ws_max_messages_per_s: float = 200.0  # sustained (a second's worth may burst): closed 1008
+    max_viewers_per_session: int = 50  # WHEP viewers: 503 too_many_viewers
+    max_outputs_per_session: int = 8  # RTMP, recordings...: 429 too_many_outputs
+    idle_session_s: float = 600.0  # a session with nothing to do is closed; 0: never
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Limits:
+        values: dict[str, float | int] = {}
+        for f in fields(cls):
+            raw = env.get(f"AVATARCAST_{f.name.upper()}")
+            if not raw:
+                continue
+            kind = float if f.type in (float, "float") else int
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                what = "a number" if kind is float else "an integer"
+                raise ConfigError(f"AVATARCAST_{f.name.upper()}={raw!r} is not {what}") from None
+        limits = cls(**values)  # type: ignore[arg-type]
+        low = [
+            f"AVATARCAST_{f.name.upper()}"
+            for f in fields(cls)
+            if (value := getattr(limits, f.name)) < 0 or (value == 0 and f.name != "idle_session_s")
+        ]
+        if low:
+            raise ConfigError(f"limits must be positive: {', '.join(low)}")
+        return limits
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path = field(default_factory=default_home)
     host: str = "127.0.0.1"
@@ -45,6 +86,14 @@ class Settings:
     # Where `record` outputs write (INTERFACE.md: $AVATARCAST_RECORDINGS, else home/recordings).
     recordings: Path | None = None
     outputs: tuple[str, ...] = ()  # `serve --output URL`: pushes of the default session
+    # The Bearer token of `--output whip+https://...` (a secret: from the environment only).
+    whip_token: str | None = field(default=None, repr=False)
+    insecure: bool = False  # `serve --insecure`: a public address even with no API key
+    # Origins whose pages may call the API (AVATARCAST_CORS_ORIGINS, comma-separated; "*" for
+    # any). Empty: same-origin only. WHEP answers every origin regardless (docs/security.md).
+    cors_origins: tuple[str, ...] = ()
+    view_token_ttl_s: int = 12 * 3600  # AVATARCAST_VIEW_TOKEN_TTL: a session's first view token
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def recordings_dir(self) -> Path:
@@ -72,8 +121,12 @@ class Settings:
                     ) from None
         if env.get("AVATARCAST_RECORDINGS"):
             values["recordings"] = Path(env["AVATARCAST_RECORDINGS"]).expanduser()
+        values.update(_access_env(env))
         if env.get("AVATARCAST_API_KEY"):
             values["api_key"] = env["AVATARCAST_API_KEY"]
+        if env.get("AVATARCAST_WHIP_TOKEN"):
+            values["whip_token"] = env["AVATARCAST_WHIP_TOKEN"]
+        values["limits"] = Limits.from_env(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(settings, **values)  # type: ignore[arg-type]
         if settings.backend not in BACKENDS:
@@ -83,3 +136,17 @@ class Settings:
         if settings.threads < 1 or (settings.batch_size or 1) < 1 or settings.max_sessions < 1:
             raise ConfigError("threads, batch size and max sessions must be at least 1")
         return settings
+
+
+def _access_env(env: Mapping[str, str]) -> dict[str, object]:
+    """The access settings' variables (see docs/security.md)."""
+    values: dict[str, object] = {}
+    if env.get("AVATARCAST_CORS_ORIGINS"):
+        origins = env["AVATARCAST_CORS_ORIGINS"].split(",")
+        values["cors_origins"] = tuple(o.strip().rstrip("/") for o in origins if o.strip())
+    raw = env.get("AVATARCAST_VIEW_TOKEN_TTL")
+    if raw:
+        if not raw.isdigit() or int(raw) < 60:
+            raise ConfigError(f"AVATARCAST_VIEW_TOKEN_TTL={raw!r}: give seconds, at least 60")
+        values["view_token_ttl_s"] = int(raw)
+    return values

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from fractions import Fraction
@@ -43,6 +43,17 @@ from streamer.engine.worker import InferenceWorker
 from streamer.metrics import Metrics
 from streamer.pipeline.clock import FrameClock, VirtualClock
 from streamer.session import Session, SessionConfig
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test reads or writes the developer's ``~/.avatarcast``: keys kept there would make
+    every test server ask for them, and tests must not leave avatars or certificates behind."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AVATARCAST_HOME", str(tmp_path_factory.mktemp("home")))
+    yield
+    patch.undo()
+
 
 # --- the stand-in avatar ---------------------------------------------------------------------
 

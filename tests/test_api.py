@@ -56,6 +56,7 @@ async def test_session_lifecycle(api: tuple[httpx.AsyncClient, FastAPI]) -> None
     made = r.json()
     assert set(made) == {"id", "avatar", "view_token", "whep_url", "view_url", "obs_url", "ws_url"}
     sid = made["id"]
+    assert r.headers["location"] == f"/v1/sessions/{sid}"  # what a sticky proxy learns from
     assert made["whep_url"].endswith(f"/v1/sessions/{sid}/whep")
     assert made["ws_url"].startswith("ws://") and f"/v1/sessions/{sid}/ws" in made["ws_url"]
     assert made["view_token"] in made["view_url"] and made["view_token"] in made["obs_url"]
@@ -164,13 +165,11 @@ async def test_bad_speak_requests_get_clean_errors(
     assert session is not None and not session.closed and session.queued == 0
 
 
-async def test_too_large_body_is_413(
-    api: tuple[httpx.AsyncClient, FastAPI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import streamer.api.sessions as sessions
-
-    monkeypatch.setattr(sessions, "MAX_AUDIO_BYTES", 10_000)
-    client, _ = api
+async def test_too_large_body_is_413(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
+    client, app = api
+    state = state_of(app)
+    limits = dataclasses.replace(state.settings.limits, max_upload_bytes=10_000)
+    state.settings = dataclasses.replace(state.settings, limits=limits)
     sid = (await client.post("/v1/sessions", json={})).json()["id"]
     r = await client.post(
         f"/v1/sessions/{sid}/speak",
@@ -286,9 +285,9 @@ async def test_api_key(standin: tuple[Avatar, Backend]) -> None:
         good = {"Authorization": "Bearer s3cret"}
         r = await client.post("/v1/sessions", json={}, headers=good)
         assert r.status_code == 201
-        # The view token is for viewers, not for control.
+        # The view token is for viewers, not for control (tests/test_auth.py: every route).
         viewer = {"Authorization": f"Bearer {r.json()['view_token']}"}
-        assert_error(await client.get("/v1/sessions", headers=viewer), 401)
+        assert_error(await client.get("/v1/sessions", headers=viewer), 403)
         assert (await client.get("/healthz")).status_code == 200
 
 

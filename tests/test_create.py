@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 
 from models.avatar import load_avatar, read_avatar
+from models.ownership import read_ownership
 from models.tracking import MAX_GAP_FRAMES, FaceObservation, landmark_mask, smooth_track
 from models.videoio import display_rotation, iter_frames, probe
 from streamer.cli import main
 from tests.conftest import write_video
 from tests.talking_video import HEIGHT, RATE, WIDTH, make_talking_video
+
+CONSENT = ("--consent", "I, the person in these test pictures, consent to being an avatar.")
 
 
 @pytest.fixture
@@ -109,7 +112,7 @@ def leftovers(home: Path) -> list[Path]:
 
 
 def run_create(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    code = main(["avatar", "create", *args])
+    code = main(["avatar", "create", *args, *CONSENT])
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1, err
@@ -149,9 +152,10 @@ def test_photo_avatar(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     photo = tmp_path / "me.jpg"
     big = cv2.copyMakeBorder(load_photo(), 100, 300, 200, 50, cv2.BORDER_REPLICATE)
     cv2.imwrite(str(photo), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
-    assert (
-        main(["avatar", "create", "me", "--image", str(photo), "--steps", "0", "--no-check"]) == 0
+    made = main(
+        ["avatar", "create", "me", "--image", str(photo), "--steps", "0", "--no-check", *CONSENT]
     )
+    assert made == 0
     assert "face size" in capsys.readouterr().err
     avatar = load_avatar("me", home)
     assert avatar.manifest.kind == "photo" and avatar.manifest.frame_size == (512, 512)
@@ -162,6 +166,8 @@ def test_photo_avatar(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert not np.array_equal(avatar.frames[3], avatar.frames[0])
     err = run_create(capsys, "me", "--image", str(photo))
     assert "already exists" in err
+    record = read_ownership(home / "avatars" / "me", home)  # whose face: tests/test_ownership.py
+    assert record is not None and record.owner == "local" and record.source_file == "me.jpg"
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -178,10 +184,9 @@ def test_create_then_render(
 ) -> None:
     info = probe(talking)
     assert (info.width, info.height, round(info.source_fps)) == (WIDTH, HEIGHT, RATE)
-    assert (
-        main(["avatar", "create", "twin", "--video", str(talking), "--steps", "0", "--no-check"])
-        == 0
-    )
+    args = ["twin", "--video", str(talking), "--steps", "0", "--no-check", *CONSENT]
+    made = main(["avatar", "create", *args])
+    assert made == 0
     summary = capsys.readouterr().err
     assert "frames used" in summary and "face size" in summary
     avatar = read_avatar(home / "avatars" / "twin")

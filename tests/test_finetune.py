@@ -16,6 +16,7 @@ from models.person import GAP_FRAMES, load_person, split_holdout
 from models.person_eval import PersonScore, lag_correlation, shifted
 from streamer.cli import main
 from tests.talking_video import make_talking_video
+from tests.test_create import CONSENT
 
 
 def test_holdout_is_the_tail_of_the_speech() -> None:
@@ -66,10 +67,10 @@ def test_train_created_avatar(
     from models.checkpoint import load_checkpoint
 
     video = make_talking_video(tmp_path / "talk.mp4", seconds=10.0)
-    assert (
-        main(["avatar", "create", "twin", "--video", str(video), "--steps", "60", "--no-check"])
-        == 0
+    made = main(
+        ["avatar", "create", "twin", "--video", str(video), "--steps", "60", "--no-check", *CONSENT]
     )
+    assert made == 0
     package = home / "avatars" / "twin"
     before = _sha(package / "checkpoint.pt")
     capsys.readouterr()

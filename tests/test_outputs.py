@@ -47,7 +47,6 @@ def rejected(recordings: Path, kind: object, **fields: object) -> OutputRejected
     [
         ("ftp", {"url": "ftp://x/y"}, 400, "unknown_output_type"),
         ("srt", {"url": "srt://x:9000"}, 501, "not_implemented"),
-        ("whip", {"url": "https://x/whip"}, 501, "not_implemented"),
         ("virtualcam", {}, 501, "not_implemented"),
         ("rtmp", {"url": "http://example.com/live/key"}, 400, "unsupported_scheme"),
         ("rtmp", {"url": "file:///etc/passwd"}, 400, "unsupported_scheme"),
@@ -310,8 +309,8 @@ async def test_outputs_api(api: tuple[httpx.AsyncClient, FastAPI], tmp_path: Pat
     outputs = f"/v1/sessions/{sid}/outputs"
     bad = {"type": "rtmp", "url": "https://example.com/live/key"}
     assert error_code(await client.post(outputs, json=bad), 400) == "unsupported_scheme"
-    assert error_code(await client.post(outputs, json={"type": "whip", "url": "x"}), 501) == (
-        "not_implemented"
+    assert error_code(await client.post(outputs, json={"type": "whip", "url": "x"}), 400) == (
+        "unsupported_scheme"
     )
     assert error_code(await client.post(outputs, json={"type": "record", "name": "../x"}), 400) == (
         "invalid_name"

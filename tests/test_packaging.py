@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def test_wheel_carries_default_avatar_pages_and_assets(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in (
         "models/default/manifest.json",
+        "models/default/ownership.json",  # whose face it is (docs/security.md)
         "models/default/generator.onnx",
         "models/default/mask.png",
         "models/default/reference.png",
@@ -43,3 +45,18 @@ def test_wheel_carries_default_avatar_pages_and_assets(tmp_path: Path) -> None:
         "streamer/web/whep.js",
     ):
         assert needed in names, needed
+
+
+def test_every_package_is_listed_for_the_wheel() -> None:
+    """setuptools' package list is explicit (the pages live outside the import tree), so a new
+    subpackage left off it would be missing from an installed server while the editable
+    install of the tests still found it."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("models", "streamer")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"

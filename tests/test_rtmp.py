@@ -7,9 +7,6 @@ Skipped, saying why, where nginx or its RTMP module is absent (``make test`` ins
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,61 +16,14 @@ import pytest
 
 from models.avatar import Avatar
 from streamer.engine.base import Backend
+from streamer.measure.nginx import NginxRtmp as Nginx
+from streamer.measure.nginx import nginx_rtmp_missing
 from tests.conftest import Live, make_app, serving, tone
-from tests.test_outputs import Media, attach, free_port, read_media, states, wait_for
+from tests.test_outputs import Media, attach, read_media, states, wait_for
 
-NGINX = shutil.which("nginx")
-RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 pytestmark = pytest.mark.skipif(
-    NGINX is None or not RTMP_MODULE.exists(),
-    reason="needs nginx with the RTMP module: apt-get install nginx libnginx-mod-rtmp "
-    "(make test installs them)",
+    nginx_rtmp_missing() is not None, reason=f"{nginx_rtmp_missing()} (make test installs them)"
 )
-
-
-class Nginx:
-    """nginx-rtmp on a free loopback port, started and stopped by the test."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.conf = folder / "nginx.conf"
-        self.conf.write_text(
-            f"load_module {RTMP_MODULE};\n"
-            "daemon off;\nmaster_process off;\n"
-            f"error_log {folder}/error.log;\npid {folder}/nginx.pid;\n"
-            "events { worker_connections 64; }\n"
-            f"rtmp {{ server {{ listen 127.0.0.1:{self.port};\n"
-            "  application live { live on; wait_key on; } } }\n"
-        )
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def url(self, key: str) -> str:
-        return f"rtmp://127.0.0.1:{self.port}/live/{key}"
-
-    def start(self) -> None:
-        assert NGINX is not None
-        self._process = subprocess.Popen(
-            [NGINX, "-p", str(self.folder), "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    _, err = self._process.communicate()
-                    pytest.fail(f"nginx did not start: {err.decode(errors='replace')}")
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait(10)
-        self._process = None
 
 
 @pytest.fixture()

@@ -32,7 +32,7 @@ def test_committed_audio_is_final_and_late_speech_goes_after_it() -> None:
     assert not tl.samples(0, 8000).any()
 
 
-def test_a_live_streams_late_piece_keeps_its_place_and_loses_what_played() -> None:
+def test_a_live_streams_late_piece_joins_it_or_plays_whole_after_what_played() -> None:
     tl = Timeline(max_ahead_s=10)
     x = np.ones(320, np.float32)
 
@@ -47,14 +47,15 @@ def test_a_live_streams_late_piece_keeps_its_place_and_loses_what_played() -> No
     tl.commit(2900)
     tl.hear(2000)
     assert piece(720) == 2480
-    # Later than the play position: what has played is dropped, the rest keeps its place.
+    # Later than the play position: nothing is dropped; it plays whole from the first
+    # sample not yet played, after the silence that played in its place.
     tl.commit(5000)
     tl.hear(3000)
-    assert piece(2500) == 2800 and tl.write_pos == 3120
-    assert not tl.samples(2800, 3000).any() and tl.samples(3000, 3120).all()
+    assert piece(2500) == 3000 and tl.write_pos == 3320
+    assert not tl.samples(2800, 3000).any() and tl.samples(3000, 3320).all()
     tl.hear(3600)
-    assert piece(3000) == 3120 and tl.write_pos == 3440  # wholly played: all dropped
-    assert not tl.samples(3120, 3600).any()
+    assert piece(3000) == 3600 and tl.write_pos == 3920
+    assert not tl.samples(3320, 3600).any() and tl.samples(3600, 3920).all()
     # After a pause (more than RESUME behind its schedule) it starts over with the budget.
     tl.commit(20_000)
     tl.hear(19_000)

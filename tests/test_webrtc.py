@@ -68,11 +68,12 @@ async def test_audio_only_viewer_starts_at_the_live_edge() -> None:
     sub = queued_audio(range(20))  # 0.8 s queued while the connection was set up
     track = EncodedAudioTrack(sub, SharedStart(video=False))
     first = await track.recv()
-    assert (bytes(first), first.pts) == (b"b", 320)  # the newest: frame 19's second half
+    # The newest: frame 19's second half, at 20 ms on Opus's 48 kHz clock.
+    assert (bytes(first), first.pts) == (b"b", 960)
     assert sub.stats.audio_skipped == 39 and sub.depth[1] == 0
     sub.offer(EncodedFrame(20, (b"a",), None, False), video=False)
     after = await track.recv()
-    assert after.pts == 640 and sub.stats.audio_dropped == 0  # then every packet, in order
+    assert after.pts == 1920 and sub.stats.audio_dropped == 0  # then every packet, in order
 
 
 async def test_audio_starts_on_the_frame_the_video_started_on() -> None:

@@ -56,6 +56,8 @@ class FakeSession:
 
     id: str = field(default_factory=lambda: secrets.token_hex(4))
     view_token: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    created: float = field(default_factory=time.time)  # the view token's lifetime runs from it
+    options: SessionOptions = field(default_factory=SessionOptions)  # who created it (key_id)
     bus: FrameBus[AVFrame] = field(default_factory=FrameBus)
     video_codec: Literal["vp8", "h264"] = "vp8"
     viewers: int = 0
@@ -111,7 +113,7 @@ class FakeSession:
             self.ready = True
             self.frames = k = k + 1
 
-    async def aclose(self) -> None:
+    async def aclose(self, reason: str = "deleted") -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -162,12 +164,10 @@ async def whep_offer(video_codec: str | None = None) -> RTCPeerConnection:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     video = pc.addTransceiver("video", direction="recvonly")
     if video_codec is not None:
+        capabilities = RTCRtpReceiver.getCapabilities("video")
+        assert capabilities is not None
         video.setCodecPreferences(
-            [
-                c
-                for c in RTCRtpReceiver.getCapabilities("video").codecs
-                if c.mimeType in (f"video/{video_codec}", "video/rtx")
-            ]
+            [c for c in capabilities.codecs if c.mimeType in (f"video/{video_codec}", "video/rtx")]
         )
     pc.addTransceiver("audio", direction="recvonly")
     await pc.setLocalDescription(await pc.createOffer())

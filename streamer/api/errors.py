@@ -59,7 +59,8 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return error_response(exc.status_code, _code(exc.status_code), message, exc.headers)
+    code = getattr(exc, "code", None) or _code(exc.status_code)
+    return error_response(exc.status_code, code, message, exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

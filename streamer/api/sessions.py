@@ -16,8 +16,9 @@ from models.audio import SAMPLE_RATE
 from models.avatar import Avatar, AvatarError
 from models.matte import Matte, MatteError
 from models.media import AudioDecodeError, decode_audio
-from streamer.api.auth import require_api_key, session_or_404
+from streamer.api.auth import check_avatar_use, controlled_session, may_control, require_api_key
 from streamer.api.errors import ApiError
+from streamer.api.limits import RETRY_AFTER, too_large
 from streamer.api.state import app_state
 from streamer.engine.base import BackendError
 from streamer.outputs.base import OutputRejected
@@ -29,8 +30,6 @@ router = APIRouter(
     prefix="/v1/sessions", tags=["sessions"], dependencies=[Depends(require_api_key)]
 )
 
-MAX_JSON_BYTES = 1 << 20
-MAX_AUDIO_BYTES = 50 << 20
 AUDIO_TYPES = ("audio/", "video/")
 AUDIO_EXTRA = ("application/ogg", "application/octet-stream")
 REJECTED_STATUS = {
@@ -40,6 +39,7 @@ REJECTED_STATUS = {
     "empty_text": 400,
     "empty_audio": 400,
     "session_closed": 409,
+    "too_many_utterances": 429,
     "tts_unavailable": 503,
 }
 
@@ -84,11 +84,12 @@ def check_size(avatar: Avatar, options: SessionOptions) -> None:
     )
 
 
-def urls(request: Request, session: Session) -> dict[str, str]:
+def urls(request: Request, session: Session, view_token: str | None = None) -> dict[str, str]:
+    """The session's URLs; the pages' carry ``view_token`` (default: the session's first)."""
     base = str(request.base_url).rstrip("/")
     ws_base = "ws" + base[4:] if base.startswith("http") else base
     # The pages learn from the URL that the picture is colour and alpha side by side.
-    query = f"token={session.view_token}"
+    query = f"token={view_token or session.view_token}"
     if session.options.transparent:
         query += "&background=transparent"
     return {
@@ -100,28 +101,37 @@ def urls(request: Request, session: Session) -> dict[str, str]:
 
 
 @router.post("", status_code=201)
-async def create_session(request: Request, body: CreateSession | None = None) -> dict[str, Any]:
+async def create_session(
+    request: Request, response: Response, body: CreateSession | None = None
+) -> dict[str, Any]:
     state = app_state(request)
     spec = body or CreateSession()
     name = spec.avatar or state.settings.avatar
+    who = require_api_key(request)
+    await check_avatar_use(request, who, name)
     options = SessionOptions(
         video_codec=spec.video_codec,
         width=spec.width,
         height=spec.height,
         background=spec.background,
+        key_id=who.key_id,
     )
     try:
         engine = await state.engines.get(name)
         check_size(engine.avatar, options)
         if options.transparent:
             await load_matte(request, engine.avatar)
-        session = await state.registry.create(name, options)
+        session = await state.registry.create(name, options, key=who.key_id)
     except AvatarError as exc:
         raise ApiError(400, "unknown_avatar", str(exc)) from None
     except BackendError as exc:
         raise ApiError(503, "backend_unavailable", str(exc)) from None
     except TooManySessions as exc:
-        raise ApiError(429, "too_many_sessions", str(exc)) from None
+        headers = RETRY_AFTER if exc.status == 503 else None
+        raise ApiError(exc.status, exc.code, str(exc), headers) from None
+    # 201's Location: a proxy in front of several servers learns from it which one holds
+    # the session (docs/scaling.md).
+    response.headers["Location"] = f"/v1/sessions/{session.id}"
     return {
         "id": session.id,
         "avatar": session.avatar.name,
@@ -132,13 +142,21 @@ async def create_session(request: Request, body: CreateSession | None = None) ->
 
 @router.get("")
 async def list_sessions(request: Request) -> dict[str, Any]:
-    return {"sessions": [s.describe() for s in app_state(request).registry.list()]}
+    """Every session for an admin key; the caller's own for any other."""
+    who = require_api_key(request)
+    sessions = [s for s in app_state(request).registry.list() if may_control(who, s)]
+    return {"sessions": [{**s.describe(), "key_id": s.options.key_id} for s in sessions]}
 
 
 @router.get("/{session_id}")
 async def show_session(request: Request, session_id: str) -> dict[str, Any]:
-    session = session_or_404(request, session_id)
-    return {**session.describe(), "view_token": session.view_token, **urls(request, session)}
+    session = controlled_session(request, session_id)
+    return {
+        **session.describe(),
+        "key_id": session.options.key_id,
+        "view_token": session.view_token,
+        **urls(request, session),
+    }
 
 
 class UpdateSession(BaseModel):
@@ -150,7 +168,8 @@ class UpdateSession(BaseModel):
 @router.patch("/{session_id}")
 async def update_session(request: Request, session_id: str, body: UpdateSession) -> dict[str, Any]:
     """Switch the session to another avatar; its viewers and outputs stay connected."""
-    session = session_or_404(request, session_id)
+    session = controlled_session(request, session_id)
+    await check_avatar_use(request, require_api_key(request), body.avatar)
     try:
         engine = await app_state(request).engines.get(body.avatar)
     except AvatarError as exc:
@@ -166,6 +185,7 @@ async def update_session(request: Request, session_id: str, body: UpdateSession)
 
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(request: Request, session_id: str) -> Response:
+    controlled_session(request, session_id)
     if not await app_state(request).registry.delete(session_id):
         raise ApiError(404, "session_not_found", f"no session {session_id!r}")
     return Response(status_code=204)
@@ -175,13 +195,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"the body is larger than {limit >> 20} MiB")
+        raise ApiError(413, "too_large", too_large(limit))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "too_large", f"the body is larger than {limit >> 20} MiB")
+            raise ApiError(413, "too_large", too_large(limit))
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -213,10 +233,11 @@ def _rejected(exc: SpeechRejected) -> ApiError:
 
 @router.post("/{session_id}/speak", status_code=202)
 async def speak(request: Request, session_id: str) -> dict[str, str]:
-    session = session_or_404(request, session_id)
+    session = controlled_session(request, session_id)
+    limits = app_state(request).settings.limits
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" or content_type.endswith("+json"):
-        text = _text_of(await read_body(request, MAX_JSON_BYTES))
+        text = _text_of(await read_body(request, limits.max_body_bytes))
         try:
             return {"utterance_id": session.speak_text(text)}
         except SpeechRejected as exc:
@@ -228,7 +249,7 @@ async def speak(request: Request, session_id: str) -> dict[str, str]:
             f"Content-Type {content_type or '(none)'} is not accepted: send application/json "
             '{"text": ...} or the bytes of an audio file (audio/wav, audio/mpeg, audio/ogg, ...)',
         )
-    data = await read_body(request, MAX_AUDIO_BYTES)
+    data = await read_body(request, limits.max_upload_bytes)
     if not data:
         raise ApiError(400, "empty_audio", "the request body is empty: send an audio file")
     subtype = content_type.split("/")[-1]
@@ -261,7 +282,7 @@ def _text_of(body: bytes) -> str:
 
 @router.post("/{session_id}/interrupt")
 async def interrupt(request: Request, session_id: str) -> dict[str, list[str]]:
-    return {"interrupted": session_or_404(request, session_id).interrupt()}
+    return {"interrupted": controlled_session(request, session_id).interrupt()}
 
 
 class AddOutput(BaseModel):
@@ -280,7 +301,7 @@ class AddOutput(BaseModel):
 @router.post("/{session_id}/outputs", status_code=201)
 async def add_output(request: Request, session_id: str, body: AddOutput) -> dict[str, str]:
     """Push the session to a URL or record it: ``201 {"id", "type", "state"}``."""
-    session = session_or_404(request, session_id)
+    session = controlled_session(request, session_id)
     state = app_state(request)
     try:
         spec = parse_spec(
@@ -289,8 +310,10 @@ async def add_output(request: Request, session_id: str, body: AddOutput) -> dict
             url=body.url,
             name=body.name,
             video_bitrate_kbps=body.video_bitrate_kbps,
+            token=body.token,
         )
-        output = attach_output(session, spec, state.metrics)
+        most = state.settings.limits.max_outputs_per_session
+        output = attach_output(session, spec, state.metrics, most=most)
     except OutputRejected as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     return {"id": output.id, "type": output.kind, "state": output.state}
@@ -299,12 +322,12 @@ async def add_output(request: Request, session_id: str, body: AddOutput) -> dict
 @router.get("/{session_id}/outputs")
 async def list_outputs(request: Request, session_id: str) -> dict[str, Any]:
     """The session's outputs with their ``state`` and ``last_error``."""
-    return {"outputs": session_or_404(request, session_id).outputs.describe()}
+    return {"outputs": controlled_session(request, session_id).outputs.describe()}
 
 
 @router.delete("/{session_id}/outputs/{output_id}", status_code=204)
 async def delete_output(request: Request, session_id: str, output_id: str) -> Response:
-    session = session_or_404(request, session_id)
+    session = controlled_session(request, session_id)
     if not await session.outputs.remove(output_id):
         raise ApiError(404, "output_not_found", f"no output {output_id!r} in this session")
     return Response(status_code=204)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
+from streamer.api.access import Access
 from streamer.config import Settings
 from streamer.engine.pool import EnginePool
 from streamer.metrics import Metrics
@@ -24,6 +25,10 @@ class AppState:
     compose_pool: ThreadPoolExecutor  # compositing (cv2 releases the GIL)
     speech_pool: ThreadPoolExecutor  # TTS (espeak is one engine: one thread)
     decode_pool: ThreadPoolExecutor  # uploaded audio files
+    access: Access = field(init=False)  # API keys and view tokens, from the settings
+
+    def __post_init__(self) -> None:
+        self.access = Access.from_settings(self.settings)
 
 
 def app_state(conn: HTTPConnection) -> AppState:

@@ -5,8 +5,9 @@ answer, the WHEP resource in ``Location`` and its ICE session in ``ETag``. The r
 trickle ICE (``PATCH``, ``application/trickle-ice-sdpfrag``, ``204``) and ``DELETE`` (``200``).
 Every answer, errors included, carries CORS headers so a page on another origin (an OBS
 overlay, a player) can play it. Viewers authenticate with the session's view token (Bearer or
-``?token=``) or the API key; the microphone uplink (``POST /v1/sessions/{id}/mic``) needs the
-API key, because it makes the avatar speak.
+``?token=``) or a key that controls the session; the microphone uplink (``POST
+/v1/sessions/{id}/mic``) needs such a key, because it makes the avatar speak. A viewer that
+joined with a view token is hung up when that token is revoked.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from aiortc import MediaStreamTrack
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 
-from streamer.api.auth import require_api_key, session_or_404, viewed_session
+from streamer.api.auth import controlled_session, require_api_key, viewed_session
 from streamer.api.errors import ApiError
+from streamer.api.limits import check_viewers
 from streamer.api.state import app_state
 from streamer.outputs.uplink import forward_microphone
 from streamer.outputs.webrtc import Peer, SdpError
@@ -136,10 +138,15 @@ async def resource_options(session_id: str, resource_id: str) -> Response:
 async def whep_post(request: Request, session: Viewed) -> Response:
     offer = await _body(request, SDP)
     _ready(session)
+    state = app_state(request)
+    check_viewers(request, session)
     try:
-        peer, answer = await app_state(request).webrtc.add_viewer(session, offer)
+        peer, answer = await state.webrtc.add_viewer(session, offer)
     except SdpError as exc:
         raise ApiError(400, "bad_sdp", str(exc)) from None
+    token_id = request.state.view_token_id
+    if token_id is not None:
+        state.access.views.of(session)[token_id].peers.add(peer.info.resource_id)
     return _created(peer, answer)
 
 
@@ -184,7 +191,7 @@ async def whep_delete(request: Request, session: Viewed, resource_id: str) -> Re
     summary="The host's microphone: an SDP offer sending audio; the voice becomes speech",
 )
 async def mic_post(request: Request, session_id: str) -> Response:
-    session = session_or_404(request, session_id)
+    session = controlled_session(request, session_id)
     offer = await _body(request, SDP)
 
     def on_track(peer: Peer, track: MediaStreamTrack) -> None:
@@ -199,12 +206,12 @@ async def mic_post(request: Request, session_id: str) -> Response:
 
 @router.patch("/v1/sessions/{session_id}/mic/{resource_id}", status_code=204, dependencies=KEY)
 async def mic_patch(request: Request, session_id: str, resource_id: str) -> Response:
-    session_or_404(request, session_id)
+    controlled_session(request, session_id)
     return await _patch(request, "mic", session_id, resource_id)
 
 
 @router.delete("/v1/sessions/{session_id}/mic/{resource_id}", status_code=200, dependencies=KEY)
 async def mic_delete(request: Request, session_id: str, resource_id: str) -> Response:
     """Microphone off: ends the live utterance."""
-    session_or_404(request, session_id)
+    controlled_session(request, session_id)
     return await _delete(request, "mic", session_id, resource_id)

@@ -3,8 +3,10 @@
 Binary messages are signed 16-bit little-endian mono PCM at ``?sample_rate=``; they form one
 streamed utterance until ``{"type": "audio_end"}``. Text messages: ``speak``, ``audio_end``,
 ``interrupt``. The session's events are pushed as text. A client sending audio faster than
-the session can buffer (more than its 60 s) gets an error event and is disconnected; the
-session, and every other, keeps running.
+the session can buffer (more than its 60 s), a message over ``ws_max_message_bytes`` or
+more messages than ``ws_max_messages_per_s`` gets an error event and is disconnected (1008
+or 1009, with the reason); what it had sent before still plays, and the session, and every
+other, keeps running.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from models.audio import SAMPLE_RATE
-from streamer.api.auth import authorize, session_or_404
+from streamer.api.auth import controlled_session
 from streamer.api.errors import ApiError
+from streamer.api.limits import MessageRate
+from streamer.api.state import app_state
+from streamer.config import Limits
 from streamer.session import LiveStream, Session, SessionClosed, SessionEvent, SpeechRejected
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["websocket"])
 
 MIN_RATE, MAX_RATE = 8_000, 48_000
-MAX_MESSAGE_BYTES = 1 << 20  # one message: ~11 s at 48 kHz
 CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_GOING_AWAY = 1008, 1009, 1001
 
 
@@ -102,9 +106,11 @@ class _Connection:
     """One client: its outgoing messages go through one lock so events and replies never
     interleave mid-frame."""
 
-    def __init__(self, websocket: WebSocket, session: Session, rate: int) -> None:
+    def __init__(self, websocket: WebSocket, session: Session, rate: int, limits: Limits) -> None:
         self.ws = websocket
         self.session = session
+        self.limits = limits
+        self.messages = MessageRate(limits.ws_max_messages_per_s)
         self.resampler = PcmResampler(rate)
         self.stream: LiveStream | None = None
         self._send_lock = asyncio.Lock()
@@ -133,24 +139,39 @@ class _Connection:
             self.stream.end()
             self.stream = None
 
+    async def refuse(self, code: str, message: str, close_code: int) -> bool:
+        """Tell the client why, then close; what it sent before is kept (the stream ends
+        normally when the socket goes). Returns False: the connection must close."""
+        log.warning("session %s: websocket closed: %s", self.session.id, message)
+        await self.error(code, message)
+        await self.ws.close(close_code, reason=message[:120])
+        return False
+
+    async def admit(self, size: int) -> bool:
+        """The message limits: its size, and the rate of messages."""
+        most = self.limits.ws_max_message_bytes
+        if size > most:
+            return await self.refuse(
+                "message_too_large", f"messages are at most {most} bytes", CLOSE_TOO_BIG
+            )
+        if not self.messages.take():
+            rate = self.limits.ws_max_messages_per_s
+            return await self.refuse(
+                "rate_limited",
+                f"more than {rate:g} messages a second: send larger chunks (20-100 ms of audio)",
+                CLOSE_POLICY,
+            )
+        return True
+
     async def on_audio(self, data: bytes) -> bool:
         """Returns False when the connection must close."""
-        if len(data) > MAX_MESSAGE_BYTES:
-            await self.error(
-                "message_too_large", f"binary messages are at most {MAX_MESSAGE_BYTES} bytes"
-            )
-            await self.ws.close(CLOSE_TOO_BIG)
-            return False
         samples = self.resampler.feed(data)
-        if self.stream is None or self.stream.dropped:
-            self.stream = self.session.open_stream()
         try:
+            if self.stream is None or self.stream.dropped:
+                self.stream = self.session.open_stream()
             self.stream.push(samples)
         except SpeechRejected as exc:
-            log.warning("session %s: websocket closed: %s", self.session.id, exc)
-            await self.error(exc.code, str(exc))
-            await self.ws.close(CLOSE_POLICY)
-            return False
+            return await self.refuse(exc.code, str(exc), CLOSE_POLICY)
         return True
 
     async def on_text(self, text: str) -> None:
@@ -181,14 +202,14 @@ class _Connection:
 @router.websocket("/v1/sessions/{session_id}/ws")
 async def session_ws(websocket: WebSocket, session_id: str) -> None:
     try:
-        authorize(websocket)  # the API key: the socket makes the avatar speak
-        session = session_or_404(websocket, session_id)
+        # A key that controls the session (never a view token): the socket makes it speak.
+        session = controlled_session(websocket, session_id)
         rate = _sample_rate(websocket)
     except ApiError as exc:
         await _deny(websocket, exc)
         return
     await websocket.accept()
-    conn = _Connection(websocket, session, rate)
+    conn = _Connection(websocket, session, rate, app_state(websocket).settings.limits)
     events = session.subscribe_events()
     forwarder = asyncio.create_task(conn.forward_events(events))
     try:
@@ -197,6 +218,8 @@ async def session_ws(websocket: WebSocket, session_id: str) -> None:
             if message["type"] == "websocket.disconnect":
                 break
             data, text = message.get("bytes"), message.get("text")
+            if not await conn.admit(len(data if data is not None else (text or "").encode())):
+                break
             if data is not None:
                 if not await conn.on_audio(data):
                     break

@@ -178,6 +178,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give viewer counts like 10,25,50")
+    return counts
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="avatarcast bench", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -204,12 +214,42 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--no-live", action="store_true", help="skip the figures measured through the server"
     )
+    parser.add_argument(
+        "--viewers",
+        type=_counts,
+        default=None,
+        metavar="N[,N...]",
+        help="only this: N WebRTC viewers of one speaking session, each N in turn (see "
+        "streamer/measure/viewers.py)",
+    )
+    parser.add_argument(
+        "--viewers-per-process",
+        type=_positive,
+        default=25,
+        metavar="K",
+        help="viewers per audience process (default 25)",
+    )
+    parser.add_argument(
+        "--viewers-decode", action="store_true", help="the viewers also decode, as players do"
+    )
+    parser.add_argument(
+        "--rtmp-soak",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="only this: one session speaking over RTMP into a local nginx-rtmp that long, "
+        "played back, nginx restarted half-way (see streamer/measure/rtmpsoak.py)",
+    )
     parser.add_argument("--avatar", default="default")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.viewers is not None:
+        return _print(_viewers(args), args.json)
+    if args.rtmp_soak is not None:
+        return _print(_rtmp_soak(args), args.json)
     result = run_bench(
         args.quick,
         args.backend,
@@ -219,6 +259,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         soak_s=args.soak,
     )
     print(json.dumps(result) if args.json else format_text(result))
+    return 0
+
+
+def _viewers(args: argparse.Namespace) -> dict[str, Any]:
+    """``--viewers``: the audience figures alone, with the machine they were taken on."""
+    from streamer.measure.viewers import AudiencePlan, run_viewers
+
+    backend = (args.backend or ["auto"])[0]
+    plan = AudiencePlan.for_mode(args.quick, args.viewers_per_process, args.viewers_decode)
+    figures = run_viewers(args.avatar, backend, args.viewers, plan, progress=_stderr)
+    return {"machine": machine_info(), "avatar": args.avatar, "backend": backend, **figures}
+
+
+def _rtmp_soak(args: argparse.Namespace) -> dict[str, Any]:
+    from streamer.measure.rtmpsoak import run_rtmp_soak
+
+    backend = (args.backend or ["auto"])[0]
+    figures = run_rtmp_soak(args.avatar, backend, args.rtmp_soak, progress=_stderr)
+    return {"machine": machine_info(), "avatar": args.avatar, "backend": backend, **figures}
+
+
+def _print(result: dict[str, Any], as_json: bool) -> int:
+    print(json.dumps(result) if as_json else json.dumps(result, indent=1))
     return 0
 
 

@@ -34,21 +34,38 @@ class ClientProcess:
         cls, base: str, role: str, sessions: list[list[str]], seconds: float
     ) -> ClientProcess:
         request = {"base": base, "role": role, "sessions": sessions, "seconds": seconds}
+        return await cls.spawn("streamer.measure.clients", request, f"the {role}'", 60.0)
+
+    @classmethod
+    async def spawn(
+        cls, module: str, request: dict[str, Any], what: str, ready_s: float
+    ) -> ClientProcess:
+        """``python -m module REQUEST``, once it has printed ``ready <time>`` (within
+        ``ready_s``). Its stdin is a pipe: :meth:`stop` writes a line to it."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "streamer.measure.clients",
+            module,
             json.dumps(request),
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
         made = cls(process, 0.0)
         assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), ready_s)
+        except TimeoutError:
+            line = b""
         if not line.startswith(b"ready"):
             await made.aclose()
-            raise RuntimeError(f"the {role}' process did not start")
+            raise RuntimeError(f"{what} process did not start within {ready_s:.0f} s")
         made.ready_at = float(line.split()[1])
         return made
+
+    def stop(self) -> None:
+        """Tell a process that waits for it (the audience) to report now."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"stop\n")
 
     async def report(self) -> dict[str, Any]:
         assert self.process.stdout is not None

@@ -53,14 +53,13 @@ def hook_receiver(
 
     receiver._handle_rtcp_packet = hooked_rtcp  # type: ignore[method-assign]
     if on_frame_end is not None:
-        handle_rtp = receiver._handle_rtp_packet
+        end = on_frame_end
 
-        async def hooked_rtp(packet: Any, arrival_time_ms: int) -> None:
+        def on_packet(packet: Any) -> None:
             if packet.marker:
-                on_frame_end()
-            await handle_rtp(packet, arrival_time_ms)
+                end()
 
-        receiver._handle_rtp_packet = hooked_rtp  # type: ignore[method-assign]
+        tap_rtp(receiver, on_packet)
 
     def pts_origin() -> int | None:
         mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
@@ -68,6 +67,24 @@ def hook_receiver(
         return origin % (1 << 32) if isinstance(origin, int) else None
 
     return pts_origin
+
+
+def tap_rtp(
+    receiver: RTCRtpReceiver, on_packet: Callable[[Any], None], forward: bool = True
+) -> None:
+    """Call ``on_packet(packet)`` for every RTP packet (an ``aiortc.rtp.RtpPacket``: marker,
+    sequence number, timestamp) that reaches one aiortc receiver, through the same private
+    handler :func:`hook_receiver` wraps. With ``forward`` False the packet goes no further:
+    no jitter buffer and no decoder, so a bench can hold hundreds of receivers whose own
+    decoding would otherwise take the cores the server is measured on."""
+    handle_rtp = receiver._handle_rtp_packet
+
+    async def tapped(packet: Any, arrival_time_ms: int) -> None:
+        on_packet(packet)
+        if forward:
+            await handle_rtp(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = tapped  # type: ignore[method-assign]
 
 
 def _pts(pts: int | None) -> int:

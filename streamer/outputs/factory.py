@@ -11,25 +11,32 @@ from streamer.outputs.muxed import MuxedOutput
 from streamer.outputs.record import RecordOutput
 from streamer.outputs.rtmp import RtmpOutput
 from streamer.outputs.spec import OutputSpec
+from streamer.outputs.whip import WhipOutput
 from streamer.session import Session
 from streamer.session.events import OutputState
 
-KINDS: dict[str, type[RtmpOutput] | type[RecordOutput]] = {
+KINDS: dict[str, type[RtmpOutput] | type[RecordOutput] | type[WhipOutput]] = {
     "rtmp": RtmpOutput,
     "record": RecordOutput,
+    "whip": WhipOutput,
 }
 
 
-def attach_output(session: Session, spec: OutputSpec, metrics: Metrics | None) -> MuxedOutput:
+def attach_output(
+    session: Session,
+    spec: OutputSpec,
+    metrics: Metrics | None,
+    most: int = MAX_OUTPUTS_PER_SESSION,
+) -> MuxedOutput | WhipOutput:
     """Start an output of ``spec`` on ``session`` and hand it to the session, which lists
-    it and stops it when it closes (call on the event loop)."""
+    it and stops it when it closes (call on the event loop); ``most`` outputs at once."""
     if session.closed:
         raise OutputRejected(409, "session_closed", f"session {session.id} is closed")
-    if len(session.outputs) >= MAX_OUTPUTS_PER_SESSION:
+    if len(session.outputs) >= most:
         raise OutputRejected(
             429,
             "too_many_outputs",
-            f"a session holds at most {MAX_OUTPUTS_PER_SESSION} outputs: delete one first "
+            f"a session holds at most {most} outputs: delete one first "
             "(DELETE /v1/sessions/{id}/outputs/{oid})",
         )
 

@@ -2,24 +2,33 @@
 
 An output makes the server connect to a host or write a file on a user's word, so each type
 has an allowlist: ``rtmp`` takes only ``rtmp://`` and ``rtmps://`` URLs with an application
-and a stream key; ``record`` takes a bare file name that lands in the server's recordings
-folder and nowhere else (no separators, no ``..``, no hidden files, no overwriting).
+and a stream key; ``whip`` takes ``https://`` URLs (``http://`` only on this machine) and an
+optional Bearer token (:mod:`streamer.outputs.whipspec`); ``record`` takes a bare file name
+that lands in the server's recordings folder and nowhere else (no separators, no ``..``, no
+hidden files, no overwriting).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from streamer.outputs.base import OutputRejected
+from streamer.outputs.whipspec import check_token, check_whip_url, redact_whip
 from streamer.pipeline.codecs import VIDEO_BITRATE
 
-BUILT = ("rtmp", "record")
-PLANNED = ("srt", "whip", "virtualcam")  # in INTERFACE.md, not built yet: 501, not 400
+BUILT = ("rtmp", "record", "whip")
+PLANNED = ("srt", "virtualcam")  # in INTERFACE.md, not built yet: 501, not 400
 RTMP_SCHEMES = ("rtmp", "rtmps")
-URL_SCHEMES = {"rtmp": "rtmp", "rtmps": "rtmp", "srt": "srt", "whip+https": "whip"}
+URL_SCHEMES = {
+    "rtmp": "rtmp",
+    "rtmps": "rtmp",
+    "srt": "srt",
+    "whip+https": "whip",
+    "whip+http": "whip",
+}
 MAX_URL = 2048
 RECORD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # The shared H.264 encode's bit rate (encode once): an output can cap it, never lower it.
@@ -29,18 +38,20 @@ MAX_VIDEO_KBPS = 100_000
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """A validated output: ``url`` for a push, ``path`` for a recording."""
+    """A validated output: ``url`` for a push, ``path`` for a recording; ``token`` is a WHIP
+    endpoint's Bearer token (a secret: left out of ``repr`` and never shown)."""
 
     kind: str
     url: str | None = None
     path: Path | None = None
     video_bitrate_kbps: int = SESSION_VIDEO_KBPS
+    token: str | None = field(default=None, repr=False)
 
     @property
     def target(self) -> str:
         """Where it goes, safe to show: a stream key is a password and stays hidden."""
         if self.url is not None:
-            return redact(self.url)
+            return redact_whip(self.url) if self.kind == "whip" else redact(self.url)
         return self.path.name if self.path is not None else ""
 
 
@@ -51,6 +62,7 @@ def parse_spec(
     url: object = None,
     name: object = None,
     video_bitrate_kbps: object = None,
+    token: object = None,
 ) -> OutputSpec:
     """The validated spec of a request, or :class:`OutputRejected` saying what to fix."""
     if kind in PLANNED:
@@ -61,6 +73,14 @@ def parse_spec(
         known = ", ".join((*BUILT, *PLANNED))
         raise OutputRejected(400, "unknown_output_type", f"type must be one of {known}")
     kbps = check_bitrate(video_bitrate_kbps)
+    if token is not None and kind != "whip":
+        raise OutputRejected(400, "invalid_request", "only a whip output takes a token")
+    if kind == "whip":
+        if name is not None:
+            raise OutputRejected(400, "invalid_request", "a whip output takes a url, not a name")
+        return OutputSpec(
+            "whip", url=check_whip_url(url), video_bitrate_kbps=kbps, token=check_token(token)
+        )
     if kind == "rtmp":
         if name is not None:
             raise OutputRejected(400, "invalid_request", "an rtmp output takes a url, not a name")
@@ -150,6 +170,11 @@ def recording_path(recordings: Path, name: object) -> Path:
     return path
 
 
+def whip_endpoint(url: str) -> str:
+    """A ``serve --output`` URL's endpoint: ``whip+https://`` → ``https://``."""
+    return url[len("whip+") :] if url[:5].lower() == "whip+" else url
+
+
 def kind_of_url(url: str) -> str:
     """The output type a ``serve --output`` URL asks for, by its scheme."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -177,9 +202,12 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, "", ""))
 
 
-def specs_from_urls(urls: tuple[str, ...], recordings: Path) -> list[OutputSpec]:
+def specs_from_urls(
+    urls: tuple[str, ...], recordings: Path, whip_token: str | None = None
+) -> list[OutputSpec]:
     """``serve --output URL``...: one spec per URL, or :class:`OutputRejected` for the first
-    that cannot be served (a scheme not built yet says so)."""
+    that cannot be served (a scheme not built yet says so). ``whip_token`` is the Bearer
+    token of the ``whip+https://`` URLs (from the environment: a command line is public)."""
     specs = []
     for url in urls:
         kind = kind_of_url(url)
@@ -189,5 +217,10 @@ def specs_from_urls(urls: tuple[str, ...], recordings: Path) -> list[OutputSpec]
                 "not_implemented",
                 f"--output {redact(url)}: {kind} outputs are not built yet; use rtmp:// or rtmps://",
             )
-        specs.append(parse_spec(kind, recordings=recordings, url=url))
+        if kind == "whip":
+            specs.append(
+                parse_spec(kind, recordings=recordings, url=whip_endpoint(url), token=whip_token)
+            )
+        else:
+            specs.append(parse_spec(kind, recordings=recordings, url=url))
     return specs

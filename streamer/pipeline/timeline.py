@@ -74,20 +74,18 @@ class Timeline:
         previous piece whenever that has not been played yet, even if it came late and the
         windows of a few frames were taken without it: their mouths saw a little less of the
         future, but the voice has no gap, where a gap would leave the rest of the stream that
-        much later for good."""
+        much later for good. A piece later still starts at the first sample not yet played:
+        every sample it brings plays (none was accepted to be thrown away), and the silence
+        that played in its place is the delay the stream now carries, which the feeder's
+        catch-up gives back from its pauses. Only a piece more than ``RESUME`` behind its
+        schedule (the client paused) starts over a whole latency budget ahead."""
         x = np.asarray(samples, np.float32).reshape(-1)
         late = now_pos + latency - self.write_pos  # how far behind its own schedule it came
         playing = max(self.heard_pos, now_pos)  # samples before this have been played
-        skipped = 0
         if contiguous and self.write_pos >= playing:
             start = self.write_pos
         elif contiguous and late <= RESUME:
-            # Later still: the samples whose time has passed are dropped (they played as
-            # silence), the rest keeps its place, so the stream stays on its schedule.
-            skipped = min(len(x), playing - self.write_pos)
-            self._fill(self.write_pos, self.write_pos + skipped, None)
-            self.write_pos += skipped
-            start, x = self.write_pos, x[skipped:]
+            start = playing  # later still: after the silence that played in its place
         else:  # a new utterance, or a stream resuming after a pause: the full budget
             start = max(self.write_pos, self.read_pos, now_pos + latency)
         end = start + len(x)
@@ -96,12 +94,12 @@ class Timeline:
                 f"more than {self.max_ahead / SAMPLE_RATE:.0f} s of audio would be buffered"
             )
         if not len(x):
-            return start - skipped
+            return start
         self._fill(self.write_pos, start, None)  # a gap is silence (the slots may hold old data)
         self._fill(start, end, x)
         self.write_pos = end
         self._spans.append(Span(start, end, utterance_id, arrived_at))
-        return start - skipped
+        return start
 
     def commit(self, upto: int) -> None:
         """The clock has read everything before ``upto`` for its windows (what was not

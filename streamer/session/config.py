@@ -20,6 +20,8 @@ class SessionConfig:
     tts_ahead_s: float = 4.0  # synthesise the next sentence when less than this is buffered
     start_delay_s: float = 0.05
     event_queue: int = 256
+    max_text_chars: int = 100_000  # one text to speak (Limits.max_text_chars)
+    max_queued_utterances: int = 32  # queued and playing (Limits.max_queued_utterances)
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class SessionOptions:
     height: int | None = None
     # "transparent": pictures carry the person's alpha beside the colour (twice as wide).
     background: Literal["opaque", "transparent"] = "opaque"
+    # The API key that created the session (streamer.keys): only it, or an admin, controls it.
+    key_id: str = "local"
 
     @property
     def transparent(self) -> bool:

@@ -62,9 +62,24 @@ class OutputState(SessionEvent):
 
 
 @dataclass(frozen=True)
+class SessionFailed(SessionEvent):
+    """The session's own pipeline failed: it closes (``session_closed`` follows); every
+    other session goes on."""
+
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
 class SessionClosed(SessionEvent):
+    """The last event of a session. ``reason``: ``deleted`` (DELETE), ``idle`` (nothing to
+    do for ``idle_session_s``), ``failed`` (after an ``error``), ``shutdown`` (the server
+    is stopping: its recordings are finalised)."""
+
     type: ClassVar[str] = "session_closed"
     session_id: str
+    reason: str = "deleted"
 
 
 class EventHub:
@@ -82,6 +97,10 @@ class EventHub:
 
     def unsubscribe(self, queue: asyncio.Queue[SessionEvent]) -> None:
         self._queues.discard(queue)
+
+    @property
+    def listeners(self) -> int:
+        return len(self._queues)
 
     def emit(self, event: SessionEvent) -> None:
         for queue in tuple(self._queues):

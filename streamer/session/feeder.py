@@ -3,7 +3,8 @@
 Each utterance is written no earlier than ``now + latency`` and no more than the session's
 buffer ahead: decoded audio a second at a time, text a sentence at a time (synthesised once
 less than ``tts_ahead_s`` is buffered), a live stream chunk by chunk as it arrives. A live
-stream that fell behind is caught up (:meth:`Feeder.reclaim`). An interrupt
+stream that fell behind real time is caught up (:meth:`Feeder.reclaim`); one sent at or
+ahead of real time plays every sample. An interrupt
 (:meth:`Feeder.reset`) abandons the utterance being fed and starts the task afresh.
 """
 
@@ -26,11 +27,11 @@ from streamer.session.utterances import LiveStream, Utterance, UtteranceQueue
 
 log = logging.getLogger(__name__)
 
-RECLAIM_SLACK = SAMPLE_RATE // 200  # 5 ms of live-stream lateness is tolerated ...
+RECLAIM_SLACK = SAMPLE_RATE // 200  # 5 ms of delay is tolerated ...
 QUIET = 0.01  # ... beyond it, samples quieter than -40 dBFS are dropped to catch up ...
-RECLAIM_MAX = SAMPLE_RATE * 2 // 5  # ... up to 400 ms behind, once it has been steady ...
-MIN_PAUSE = SAMPLE_RATE // 200  # 5 ms of quiet at least: a pause to shorten
-STEADY = SAMPLE_RATE // 2  # ... for 0.5 s of its audio (not sent faster than real time)
+MIN_PAUSE = SAMPLE_RATE // 200  # ... from a pause of 5 ms at least (a zero crossing is not one)
+# A hold-up longer than this is the client pausing, not a delay to give back.
+RECLAIM_MAX = SAMPLE_RATE * 2 // 5
 CATCHUP_RATE = 10  # a voice without pauses loses at most 1 sample in 10 (10 % faster)
 
 
@@ -113,11 +114,15 @@ class Feeder:
     async def _feed_stream(self, utt: Utterance, stream: LiveStream) -> None:
         while (chunk := await stream.next_chunk()) is not None:
             chunk = self.reclaim(stream, chunk)
+            joins, before = utt.written > 0, self._timeline.write_pos
             try:
-                self._write(utt, chunk)
+                pos = self._write(utt, chunk)
             except TimelineFull:
                 log.warning("%s: stream %s overflowed; dropping", self._name, utt.id)
                 stream.drop()
+                continue
+            if joins:
+                held_up(stream, pos - before)
 
     async def _feed_text(self, utt: Utterance) -> None:
         assert self._speech is not None
@@ -136,7 +141,7 @@ class Feeder:
                 await self._until_buffered_below(self._limit - len(piece))
                 self._write(utt, piece)
 
-    def _write(self, utt: Utterance, chunk: np.ndarray) -> None:
+    def _write(self, utt: Utterance, chunk: np.ndarray) -> int:
         pos = self._timeline.write(
             chunk,
             now_pos=self._now_pos(),
@@ -149,39 +154,34 @@ class Feeder:
         utt.written += len(chunk)
         utt.end_pos = pos + len(chunk)
         self._queue.written(utt)
+        return pos
 
     def reclaim(self, stream: LiveStream, chunk: np.ndarray) -> np.ndarray:
-        """A live stream held up for longer than the timeline lets a late piece keep its
-        place (``timeline.RESUME``) starts again a whole latency budget later, and stays
-        that much behind, since its later chunks queue after it. Pauses give the time
-        back: quiet samples beyond the latency budget are skipped. A voice that never pauses
-        loses a pitch period now and then instead (:mod:`streamer.pipeline.catchup`), at most
-        one sample in ``CATCHUP_RATE``.
+        """Give back the delay a live stream carries (``stream.behind``), never more than
+        it is written ahead of ``now + latency``.
 
-        Only a stream that is steadily behind is caught up: one whose lead has not grown for
-        ``STEADY`` of its audio, and is under ``RECLAIM_MAX``. A client sending faster than
-        real time, or far ahead on purpose, keeps every sample and every pause.
+        A stream carries a delay only when it fell behind real time: one of its pieces
+        came after its place had played, so silence played there and the rest of the
+        stream plays that much later (:func:`held_up`). Pauses give the time back: their
+        quiet samples are skipped. A voice that never pauses loses a pitch period now and
+        then instead (:mod:`streamer.pipeline.catchup`), at most one sample in
+        ``CATCHUP_RATE``. A client that sends at or ahead of real time never carries a
+        delay, however far ahead it is written, so it keeps every sample and every pause.
         """
-        excess = self.excess()
-        growing = excess > stream.last_excess + len(chunk) // 2
-        stream.last_excess = excess
-        stream.steady = 0 if growing else stream.steady + len(chunk)
+        budget = min(stream.behind, self.excess())
         stream.since_cut += len(chunk)
-        if (
-            excess <= RECLAIM_SLACK
-            or excess > RECLAIM_MAX
-            or stream.steady < STEADY
-            or not len(chunk)
-        ):
+        if budget <= RECLAIM_SLACK or not len(chunk):
             return chunk
         loud = np.flatnonzero(np.abs(chunk) >= QUIET)
         quiet_head = int(loud[0]) if len(loud) else len(chunk)
         if quiet_head >= MIN_PAUSE:  # a pause (a zero crossing is not one)
-            return chunk[min(quiet_head, excess) :]
-        budget = min(excess, stream.since_cut // CATCHUP_RATE)
-        shorter = shorten(chunk, budget)
+            dropped = min(quiet_head, budget)
+            stream.behind -= dropped
+            return chunk[dropped:]
+        shorter = shorten(chunk, min(budget, stream.since_cut // CATCHUP_RATE))
         if len(shorter) < len(chunk):
             stream.since_cut = 0
+            stream.behind -= len(chunk) - len(shorter)
         return shorter
 
     async def _until_buffered_below(self, samples: int) -> None:
@@ -190,3 +190,13 @@ class Feeder:
         ahead = self._timeline.ahead(self._now_pos())
         if ahead > samples:
             await asyncio.sleep((ahead - samples) / SAMPLE_RATE)
+
+
+def held_up(stream: LiveStream, gap: int) -> None:
+    """A piece of ``stream`` was written ``gap`` samples after its previous one: the
+    silence that played while it was late. Up to ``RECLAIM_MAX`` that is a delay the stream
+    now carries (a network hold-up, a busy machine); longer, it is the client pausing, and
+    the stream starts over on a new schedule with nothing to give back."""
+    if gap <= 0:
+        return
+    stream.behind = stream.behind + gap if gap <= RECLAIM_MAX else 0

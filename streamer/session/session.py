@@ -41,7 +41,13 @@ from streamer.pipeline.prepare import PreparedFrame, prepare_frame
 from streamer.pipeline.render import FrameRenderer
 from streamer.pipeline.timeline import Timeline
 from streamer.session.config import SessionConfig, SessionOptions, SpeechSource
-from streamer.session.events import AvatarChanged, EventHub, SessionClosed, SessionEvent
+from streamer.session.events import (
+    AvatarChanged,
+    EventHub,
+    SessionClosed,
+    SessionEvent,
+    SessionFailed,
+)
 from streamer.session.feeder import Feeder
 from streamer.session.outputs import SessionOutputs
 from streamer.session.stats import SessionStats
@@ -49,7 +55,7 @@ from streamer.session.utterances import Kind, LiveStream, SpeechRejected, Uttera
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT_CHARS = 100_000
+MAX_TEXT_CHARS = SessionConfig.max_text_chars  # the default; the server's is in its config
 
 
 class Session:
@@ -145,6 +151,9 @@ class Session:
         if exc is None:
             return
         log.error("session %s failed in %s", self.id, task.get_name(), exc_info=exc)
+        # Its listeners hear why before session_closed; the exception's text stays in the log.
+        message = f"the session failed ({type(exc).__name__}) and is closed: start a new one"
+        self._events.emit(SessionFailed("session_failed", message))
         if self._on_failure is not None:
             self._on_failure(self, exc)
 
@@ -156,8 +165,9 @@ class Session:
         while True:
             await clock.tick(self._path)
 
-    async def aclose(self) -> None:
-        """Stop every stage, end every stream, listener and encoder. Idempotent."""
+    async def aclose(self, reason: str = "deleted") -> None:
+        """Stop every stage, end every stream, listener and encoder; ``reason`` goes with
+        the ``session_closed`` event. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -169,7 +179,7 @@ class Session:
         if self._clock is not None:
             self._clock.close()
         self._utterances.drop_all()
-        self._events.emit(SessionClosed(self.id))
+        self._events.emit(SessionClosed(self.id, reason))
         await self.outputs.aclose()
         await self._encode.aclose()
         self.bus.close()
@@ -185,6 +195,19 @@ class Session:
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
+
+    @property
+    def busy(self) -> bool:
+        """Something to do or someone to do it for: speech queued or playing, a viewer, an
+        output, or a listener of its events (a WebSocket client). The idle reaper closes
+        a session that has not been busy for a while."""
+        return bool(
+            self.queued
+            or self._utterances.speaking
+            or self.viewers
+            or len(self.outputs)
+            or self._events.listeners
+        )
 
     @property
     def state(self) -> Literal["idle", "speaking"]:
@@ -205,14 +228,22 @@ class Session:
     def _new(self, kind: Kind) -> Any:
         if self._closed:
             raise SpeechRejected("session_closed", f"session {self.id} is closed")
+        most = self.config.max_queued_utterances
+        if len(self._utterances.pending()) >= most:
+            raise SpeechRejected(
+                "too_many_utterances",
+                f"this session already has {most} utterances queued or playing: wait for "
+                "playback_finished, or interrupt",
+            )
         return self._utterances.new(kind, self._now())
 
     def speak_text(self, text: str) -> str:
         if not isinstance(text, str) or not any(c.isalnum() for c in text):
             raise SpeechRejected("empty_text", "text is empty: give at least one word to speak")
-        if len(text) > MAX_TEXT_CHARS:
+        if len(text) > self.config.max_text_chars:
             raise SpeechRejected(
-                "text_too_long", f"text has {len(text)} characters; at most {MAX_TEXT_CHARS}"
+                "text_too_long",
+                f"text has {len(text)} characters; at most {self.config.max_text_chars}",
             )
         if self._speech is None:
             raise SpeechRejected("tts_unavailable", "this server has no text-to-speech")

@@ -72,8 +72,7 @@ class LiveStream:
         self.ended = False
         self.dropped = False  # interrupted or session closed: pushes are ignored
         self.since_cut = 0  # samples since catch-up last shortened this stream
-        self.last_excess = 0  # how far behind it was at its last chunk, in samples
-        self.steady = 0  # samples since its lead last grew
+        self.behind = 0  # the delay it carries from pieces that came late, in samples
         self._wake = asyncio.Event()
 
     @property

@@ -6,7 +6,11 @@
 session's own encode stage (:mod:`streamer.pipeline.encode`); viewers only subscribe to it.
 """
 
-from streamer.outputs.webrtc.compat import add_loopback_candidates, route_keyframe_requests
+from streamer.outputs.webrtc.compat import (
+    add_loopback_candidates,
+    route_keyframe_requests,
+    warm_up,
+)
 from streamer.outputs.webrtc.peer import Peer, PeerInfo, Viewable
 from streamer.outputs.webrtc.registry import PeerRegistry
 from streamer.outputs.webrtc.sdp import Offer, SdpError, parse_offer
@@ -35,4 +39,5 @@ __all__ = [
     "add_loopback_candidates",
     "parse_offer",
     "route_keyframe_requests",
+    "warm_up",
 ]

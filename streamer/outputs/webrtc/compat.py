@@ -1,9 +1,10 @@
-"""Where avatarcast reaches into aiortc and aioice: the two places their public API falls short.
+"""Where avatarcast reaches into aiortc and aioice: the places their public API falls short.
 
-Both touch private state, so both are guarded: if the library changes shape they log a warning
-and the stream still works (without the loopback candidate, or with key frames only when a
-viewer joins). ``tests/test_webrtc_compat.py`` fails when either stops applying, so an upgrade
-of aiortc/aioice that breaks them is caught before a user sees it.
+Each touches private state, so each is guarded: if the library changes shape they log a warning
+and the stream still works (without the loopback candidate, with key frames only when a
+viewer joins, or with the first viewer paying for what the warm-up would have done).
+``tests/test_webrtc_compat.py`` fails when one stops applying, so an upgrade of aiortc/aioice
+that breaks them is caught before a user sees it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import contextlib
 import logging
 from typing import Protocol
 
-from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc import RTCCertificate, RTCPeerConnection, RTCRtpSender
+from aiortc.rtcdtlstransport import SRTP_PROFILES
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +67,22 @@ def route_keyframe_requests(sender: RTCRtpSender, source: KeyframeSource) -> boo
         return True
     log.warning("aiortc changed: RTCP key frame requests do not reach the shared encoder")
     return False
+
+
+def warm_up() -> bool:
+    """Do once, at startup, what the first viewer's peer connection would do for the first time.
+
+    The first WHEP POST used to hold the event loop for 100-350 ms: the first certificate and
+    DTLS context import a dozen cryptography/pyOpenSSL modules and initialise OpenSSL's DTLS
+    method, all on the loop. A throwaway certificate and its DTLS context (aiortc's private
+    ``_create_ssl_context``) do it here, in a thread, before the server takes requests.
+    Returns False when aiortc no longer has that method (the certificate is still made).
+    """
+    certificate = RTCCertificate.generateCertificate()
+    certificate.getFingerprints()
+    create = getattr(certificate, "_create_ssl_context", None)
+    if not callable(create):
+        log.warning("aiortc changed: the DTLS context is first made by the first viewer")
+        return False
+    create(srtp_profiles=SRTP_PROFILES)
+    return True

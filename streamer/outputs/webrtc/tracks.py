@@ -42,6 +42,12 @@ VIDEO_CLOCK = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 VIDEO_TICKS_PER_FRAME = VIDEO_CLOCK // 25  # 3600
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+# Opus's RTP clock. Shared packets are stamped on it: stamped at 1/16000, aiortc converted
+# every packet's timestamp through Fraction arithmetic, for every viewer: a fifth of the event
+# loop's work per viewer (profiled with 10 viewers, docs/benchmarks.md).
+OPUS_CLOCK = 48_000
+OPUS_TIME_BASE = fractions.Fraction(1, OPUS_CLOCK)
+OPUS_TICKS_PER_SAMPLE = OPUS_CLOCK // SAMPLE_RATE  # 3
 HALF = SAMPLES_PER_VIDEO_FRAME // 2  # 20 ms
 # How long a viewer's audio waits for its video's first key frame (normally a frame or two,
 # at most the encoder's minimum key frame gap) before it starts alone.
@@ -221,7 +227,8 @@ class EncodedVideoTrack(MediaStreamTrack):
 
 
 class EncodedAudioTrack(MediaStreamTrack):
-    """The shared encoder's Opus packets for one viewer: every frame's, in order."""
+    """The shared encoder's Opus packets for one viewer: every frame's, in order, stamped on
+    Opus's own 48 kHz clock."""
 
     kind = "audio"
 
@@ -243,8 +250,9 @@ class EncodedAudioTrack(MediaStreamTrack):
                 continue
             for i, data in enumerate(item.audio):
                 packet = av.Packet(data)
-                packet.pts = n * SAMPLES_PER_VIDEO_FRAME + item.audio_offset + i * HALF
-                packet.time_base = AUDIO_TIME_BASE
+                at = n * SAMPLES_PER_VIDEO_FRAME + item.audio_offset + i * HALF
+                packet.pts = at * OPUS_TICKS_PER_SAMPLE
+                packet.time_base = OPUS_TIME_BASE
                 self._pending.append(packet)
         return self._pending.pop(0)
 

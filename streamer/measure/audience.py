@@ -1,0 +1,142 @@
+"""The audience of the viewer bench: many WHEP viewers of one session, in a process of their own.
+
+``python -m streamer.measure.audience REQUEST`` connects ``count`` aiortc viewers to one
+session (a few at a time), prints ``ready <time>`` once each has had a video frame, and then
+records, until a ``stop`` line arrives on stdin, what every viewer receives: when each video
+frame has wholly arrived (its last RTP packet, the marker bit) and each audio packet's
+arrival, sequence number and RTP timestamp. It then prints one JSON report with the
+process's own CPU time and its event loop's lag, so that the receivers' cost and lateness are
+told apart from the server's.
+
+Each viewer is a real aiortc peer: ICE, DTLS, SRTP and RTCP as a player does them. By default
+the packets stop there (:func:`~streamer.measure.viewer.tap_rtp`): decoding is the work of
+the viewer's own machine, and hundreds of VP8 decoders would take the very cores the server
+is measured on. With ``decode`` every viewer also decodes, as a player would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+
+from streamer.measure.viewer import Viewer, tap_rtp
+
+CONNECTING_AT_ONCE = 4
+LAG_PROBE_S = 0.005
+
+
+class Receiver(Viewer):
+    """A WHEP viewer that records packets: video frame arrivals, audio packets."""
+
+    def __init__(self, decode: bool) -> None:
+        super().__init__(None)
+        self.decode = decode
+        self.frames: list[float] = []  # arrival of each video frame's last packet
+        self.audio_packets: list[tuple[float, int, int]] = []  # arrival, sequence, timestamp
+
+    def _watch(self, receiver: Any) -> None:
+        loop = asyncio.get_running_loop()
+        if receiver.track.kind == "video":
+
+            def on_video(packet: Any) -> None:
+                if packet.marker:
+                    now = loop.time()
+                    self.frames.append(now)
+                    if not self.first_frame.done():
+                        self.first_frame.set_result(now)
+
+            tap_rtp(receiver, on_video, self.decode)
+        else:
+
+            def on_audio(packet: Any) -> None:
+                self.audio_packets.append((loop.time(), packet.sequence_number, packet.timestamp))
+
+            tap_rtp(receiver, on_audio, self.decode)
+
+
+async def _connect(
+    http: httpx.AsyncClient, sid: str, token: str, decode: bool, gate: asyncio.Semaphore
+) -> Receiver | None:
+    """One viewer with a first frame, or None when it could not connect."""
+    async with gate:
+        receiver = Receiver(decode)
+        try:
+            await receiver.connect(http, sid, token)
+            await asyncio.wait_for(asyncio.shield(receiver.first_frame), 20)
+        except Exception as exc:
+            print(f"audience: a viewer did not connect: {exc!r}", file=sys.stderr, flush=True)
+            await receiver.aclose(http, token)
+            return None
+        return receiver
+
+
+async def _probe_lag(lags: list[float]) -> None:
+    """This process's event-loop lag: a late receiver loop stamps arrivals late."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time()
+        await asyncio.sleep(LAG_PROBE_S)
+        lags.append((loop.time() - asked - LAG_PROBE_S) * 1000.0)
+
+
+async def audience(base: str, sid: str, token: str, count: int, decode: bool) -> dict[str, Any]:
+    """Connect ``count`` viewers, say ``ready``, record until told to stop; the report."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        made = await asyncio.gather(
+            *(_connect(http, sid, token, decode, gate) for _ in range(count))
+        )
+        viewers = [v for v in made if v is not None]
+        lags: list[float] = []
+        probe = loop.create_task(_probe_lag(lags))
+        try:
+            cpu, ready = time.process_time(), loop.time()
+            print(f"ready {ready}", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)  # the bench's "stop"
+            cpu, elapsed = time.process_time() - cpu, loop.time() - ready
+            return {
+                "connected": len(viewers),
+                "video": [v.frames for v in viewers],
+                "audio": [v.audio_packets for v in viewers],
+                "cpu_percent": round(100.0 * cpu / max(elapsed, 1e-9), 1),
+                "loop_lag_ms_p95": round(float(np.percentile(lags, 95)), 1) if lags else None,
+                "loop_lag_ms_max": round(max(lags), 1) if lags else None,
+            }
+        finally:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+            for viewer in viewers:
+                await viewer.aclose(http, token)
+
+
+def audience_main(argv: list[str]) -> int:
+    import logging
+    import warnings
+
+    logging.getLogger("aiortc").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    request = json.loads(argv[0])
+    report = asyncio.run(
+        audience(
+            request["base"],
+            request["session"],
+            request["token"],
+            request["count"],
+            request["decode"],
+        )
+    )
+    print(json.dumps(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # an audience process of the viewer bench
+    raise SystemExit(audience_main(sys.argv[1:]))
