@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from streamer import __version__
 from streamer.config import BACKENDS
@@ -34,11 +34,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from models.matte import MatteError
     from models.media import AudioDecodeError
     from streamer.config import ConfigError
+    from streamer.credentials import CredentialsError
     from streamer.engine.base import BackendError
     from streamer.render import RenderError
 
     errors = (AvatarError, MatteError, BackendError, AudioDecodeError, RenderError, ConfigError)
-    return (UserError, *errors)
+    return (UserError, CredentialsError, *errors)
 
 
 def _require(module: str, extra: str) -> None:
@@ -116,8 +117,10 @@ def cmd_render(args: argparse.Namespace) -> int:
             audio=args.audio,
             text=args.text,
             batch_size=settings.batch_size or BATCH,
-            progress=progress.update if progress else None,
+            progress=(lambda done: progress.update(done - progress.n)) if progress else None,
             transparent=transparent,
+            label=args.label,
+            signing=settings.home,  # the C2PA chain lives (or is made) there
         )
     finally:
         if progress is not None:
@@ -130,23 +133,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Progress:
-    def __init__(self) -> None:
-        from tqdm import tqdm
+def _progress_bar() -> Any:
+    """A frame counter on a terminal (tqdm), or None when stderr is not one."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
 
-        self._bar = tqdm(unit="frame", desc="render", file=sys.stderr, leave=False)
-        self._done = 0
-
-    def update(self, frames: int) -> None:
-        self._bar.update(frames - self._done)
-        self._done = frames
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-def _progress_bar() -> _Progress | None:
-    return _Progress() if sys.stderr.isatty() else None
+    return tqdm(unit="frame", desc="render", file=sys.stderr, leave=False)
 
 
 def cmd_avatar_list(args: argparse.Namespace) -> int:
@@ -277,12 +270,17 @@ def _export_tensorrt(name: str) -> int:
     return 0
 
 
-# bench and eval own their flags (their modules' build_parser); argv is handed over unparsed.
-FORWARDED = {"bench": ("streamer.measure.bench", "dev"), "eval": ("streamer.measure.eval", "eval")}
+# These own their flags (their modules' main); argv is handed over unparsed.
+FORWARDED = {
+    "bench": ("streamer.measure.bench", "dev", "performance figures"),
+    "eval": ("streamer.measure.eval", "eval", "lip-sync and quality figures"),
+    "verify": ("streamer.verify", "dev", "whether a video carries the mark; its C2PA manifest"),
+    "bench-watermark": ("streamer.measure.watermark", "dev", "the mark's robustness and cost"),
+}
 
 
 def run_forwarded(command: str, argv: Sequence[str]) -> int:
-    module, extra = FORWARDED[command]
+    module, extra, _ = FORWARDED[command]
     return int(_import(module, extra).main(list(argv)) or 0)  # type: ignore[attr-defined]
 
 
@@ -321,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the person over a transparent background: WebM, VP9 with alpha (see docs/obs.md)",
     )
+    p.add_argument("--label", action="store_true", help='draw an "AI-generated" label')
     p.add_argument("--avatar", default=None, help="avatar name (default: default)")
     p.add_argument("--backend", choices=BACKENDS, default=None)
 
@@ -369,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--to", choices=("onnx", "tensorrt"), required=True)
 
-    for name, help in (("bench", "performance figures"), ("eval", "lip-sync and quality figures")):
+    for name, (*_, help) in FORWARDED.items():
         p = command(name, lambda a: 0, f"{help} (see avatarcast {name} --help)")
         p.add_argument("options", nargs=argparse.REMAINDER)
     return parser

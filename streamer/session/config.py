@@ -29,6 +29,8 @@ class SessionOptions:
     height: int | None = None
     # "transparent": pictures carry the person's alpha beside the colour (twice as wide).
     background: Literal["opaque", "transparent"] = "opaque"
+    # The visible "AI-generated" label: None turns it on with the first RTMP/SRT output.
+    label: bool | None = None
 
     @property
     def transparent(self) -> bool:
