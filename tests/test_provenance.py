@@ -3,6 +3,7 @@ the C2PA manifest of a render, and the visible label."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from collections.abc import Iterator
@@ -19,11 +20,15 @@ from streamer.cli import main
 from streamer.config import default_home
 from streamer.engine import make_backend
 from streamer.engine.base import Backend
+from streamer.outputs.factory import attach_output
+from streamer.outputs.spec import parse_spec
 from streamer.pipeline.codecs import VIDEO_BITRATE, VideoEncoder
 from streamer.pipeline.provenance import Provenance, draw_label
 from streamer.pipeline.watermark import Marker, Payload
 from streamer.render import render_samples
+from streamer.session import Session
 from streamer.verify import verify
+from tests.conftest import Live
 
 c2pa = pytest.importorskip("c2pa")
 
@@ -184,3 +189,36 @@ def test_label_comes_on_with_a_platform_push_unless_refused() -> None:
     labelled = draw_label(grey.copy())
     corner = np.abs(labelled.astype(int) - grey)[-60:, -200:]
     assert corner.max() > 100 and np.abs(labelled.astype(int) - grey)[:-60].max() == 0
+
+
+async def test_a_finished_recording_is_marked_and_signed(
+    default: tuple[Avatar, Backend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AVATARCAST_HOME", str(tmp_path / "home"))
+    live = Live(*default)
+    try:
+        await live.session.start()
+        await record_and_check(live.session, tmp_path)
+    finally:
+        await live.aclose()
+
+
+async def record_and_check(session: Session, tmp_path: Path) -> None:
+    output = attach_output(session, parse_spec("record", recordings=tmp_path, name="take"), None)
+    for _ in range(150):
+        if output.state == "live":
+            break
+        await asyncio.sleep(0.1)
+    session.speak_audio(speech(2.0))
+    await asyncio.sleep(3.0)
+    assert await session.outputs.remove(output.id)
+    assert output.state == "stopped"
+    path = tmp_path / "take.mp4"
+    with c2pa.Reader(str(path)) as reader:
+        store = json.loads(reader.json())
+    assert store["validation_state"] in ("Valid", "Trusted")
+    active = store["manifests"][store["active_manifest"]]
+    about = next(a["data"] for a in active["assertions"] if a["label"] == "org.avatarcast.avatar")
+    assert about["avatar"] == "default" and about["watermark"]["session"] == session.id
+    verdict = verify(path)
+    assert verdict.payload == session.provenance.payload
