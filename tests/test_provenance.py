@@ -7,8 +7,10 @@ import asyncio
 import json
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -191,6 +193,18 @@ def test_label_comes_on_with_a_platform_push_unless_refused() -> None:
     assert corner.max() > 100 and np.abs(labelled.astype(int) - grey)[:-60].max() == 0
 
 
+def test_a_transparent_picture_is_marked_on_its_colour_only(
+    default: tuple[Avatar, Backend],
+) -> None:
+    avatar, _ = default
+    colour = avatar.frames[0]
+    alpha = np.full_like(colour, 255)
+    packed = np.concatenate([colour, alpha], axis=1)
+    Provenance("default", "s3", label=True).apply(packed, transparent=True)
+    assert np.array_equal(packed[:, 512:], alpha)
+    assert not np.array_equal(packed[:, :512], colour)
+
+
 async def test_a_finished_recording_is_marked_and_signed(
     default: tuple[Avatar, Backend], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -222,3 +236,21 @@ async def record_and_check(session: Session, tmp_path: Path) -> None:
     assert about["avatar"] == "default" and about["watermark"]["session"] == session.id
     verdict = verify(path)
     assert verdict.payload == session.provenance.payload
+    # A recording is not a push to a platform: no label; an RTMP output turns it on.
+    assert session.describe()["label"] is False
+    session.outputs.add(PushStandIn())
+    assert session.describe()["label"] is True
+
+
+@dataclass
+class PushStandIn:
+    """An RTMP output as the session sees it (kind and state only): no server needed."""
+
+    id: str = "out_push"
+    kind: str = "rtmp"
+
+    def describe(self) -> dict[str, Any]:
+        return {"state": "live", "last_error": None}
+
+    async def aclose(self) -> None:
+        pass
