@@ -127,7 +127,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             progress.close()
     print(
         f"wrote {result.path}: {result.frames} frames, {result.duration_s:.2f} s of audio, "
-        f"{result.ms_per_frame:.1f} ms per frame ({backend_key(backend)})",
+        f"{result.ms_per_frame:.1f} ms/frame ({backend_key(backend)}), mark id {result.mark_id}",
         file=sys.stderr,
     )
     return 0

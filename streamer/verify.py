@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import av
 import numpy as np
@@ -177,8 +177,14 @@ def summary(store: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # The CLI's contract: a one-line error, exit status 2.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="avatarcast verify",
         description="say whether a video carries avatarcast's invisible mark and what it "
         "encodes (avatar, session, time); print its C2PA manifest if it has one",
