@@ -14,6 +14,7 @@ from typing import Any
 
 import av
 import cv2
+import httpx
 import numpy as np
 import pytest
 
@@ -30,7 +31,7 @@ from streamer.pipeline.watermark import Marker, Payload
 from streamer.render import render_samples
 from streamer.session import Session
 from streamer.verify import verify
-from tests.conftest import Live
+from tests.conftest import Live, make_app, serving
 
 c2pa = pytest.importorskip("c2pa")
 
@@ -254,3 +255,16 @@ class PushStandIn:
 
     async def aclose(self) -> None:
         pass
+
+
+async def test_sessions_take_a_label_option(default: tuple[Avatar, Backend]) -> None:
+    async with serving(make_app(default)) as base, httpx.AsyncClient(base_url=base) as client:
+        made = await client.post("/v1/sessions", json={"label": True})
+        assert made.status_code == 201
+        shown = await client.get(f"/v1/sessions/{made.json()['id']}")
+        assert shown.json()["label"] is True
+        bad = await client.post("/v1/sessions", json={"label": "sometimes"})
+        assert bad.status_code == 422
+        plain = await client.post("/v1/sessions", json={})
+        shown = await client.get(f"/v1/sessions/{plain.json()['id']}")
+        assert shown.json()["label"] is False
