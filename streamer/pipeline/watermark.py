@@ -35,9 +35,7 @@ TARGET = 1.0  # detector sum per cell, grey levels, before coding
 MAX_STEP = 4.0  # the most a cell's mean moves
 SPREAD = 3.0  # grey levels: high-passed cells much beyond this count less and less
 ITERATIONS = 2
-# Upscaling by INTER_AREA: whole cells (nearest) at whole multiples, blended at the seams of
-# other sizes, and faster than INTER_NEAREST here.
-UPSAMPLE = cv2.INTER_AREA
+LUMA = (0.299, 0.587, 0.114)  # BT.601, as the encoders' RGB -> YUV
 KEY = 0x61766374  # "avct": the public pattern key (the mark identifies, it is not a secret)
 EPOCH = 1735689600  # 2025-01-01T00:00:00Z: hours count from here
 # A window is marked when its CRC holds and the mean normalised correlation is at least this;
@@ -153,12 +151,46 @@ def luma_of(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
 
 
-def _round_trip(size: int) -> np.ndarray:
-    """(GRID, GRID): the cell means, along one axis of ``size`` pixels, of a cell pattern
-    upsampled to whole cells (what the marker adds, as the reader's cells see it)."""
-    eye = np.eye(GRID, dtype=np.float32)
-    up = cv2.resize(eye, (GRID, size), interpolation=UPSAMPLE)
-    return np.asarray(cv2.resize(up, (GRID, GRID), interpolation=cv2.INTER_AREA), np.float32)
+class _Grid:
+    """The cells of one picture size as whole pixels: pixel p of an axis of n belongs to
+    cell floor(p * GRID / n). Only single-threaded OpenCV calls and numpy indexing: OpenCV's
+    parallel resize and colour conversion, called from the compositing threads of a busy
+    2-core machine, wait on its thread pool and made live frames late."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.rows = -(-np.arange(GRID + 1) * height // GRID)  # ceil: the cells' first rows
+        self.cols = -(-np.arange(GRID + 1) * width // GRID)
+        self._heights, self._widths = np.diff(self.rows), np.diff(self.cols)
+        self._shape = (height, width, 3)
+        area = np.outer(self._heights, self._widths).astype(np.float32)
+        self._weights = np.array(LUMA, np.float32)[None, None, :] / area[..., None]
+
+    def cells(self, rgb: np.ndarray) -> np.ndarray:
+        """(GRID, GRID) mean luma (BT.601, as cv2's RGB2GRAY) of each cell, by the picture's
+        integral image."""
+        corners = cv2.integral(rgb, sdepth=cv2.CV_32S)[np.ix_(self.rows, self.cols)]
+        sums = corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
+        return np.asarray((sums * self._weights).sum(axis=2), np.float32)
+
+    def upsample(self, cells: np.ndarray) -> np.ndarray:
+        """A (GRID, GRID) uint8 plane as whole cells of the picture (H, W, 3), equal on the
+        three channels (each column repeated three times over: no merge needed)."""
+        rows = np.repeat(cells, self._heights, axis=0)
+        return np.repeat(rows, self._widths * 3, axis=1).reshape(self._shape)
+
+
+def _inverse_response() -> np.ndarray:
+    """The inverse of how each bit's (linear) sum answers a unit step on each bit's cells:
+    the high-pass leaks a little between bits."""
+    response = np.empty((BITS, BITS))
+    for j in range(BITS):
+        unit = np.zeros(BITS)
+        unit[j] = 1.0
+        response[:, j] = LAYOUT.sums(LAYOUT.spread(unit), robust=False)
+    return np.linalg.inv(response).astype(np.float32)
+
+
+INVERSE = _inverse_response()
 
 
 class Marker:
@@ -167,33 +199,19 @@ class Marker:
     def __init__(self, payload: Payload) -> None:
         self.payload = payload
         self._goal = payload.bits() * TARGET * LAYOUT.per_bit
-        self._sizes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._grids: dict[tuple[int, int], _Grid] = {}
 
-    def _model(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per picture size: how the cells see the pattern (rows, columns), and the inverse of
-        how each bit's sum answers a unit step on each bit's cells (upsampling and the
-        high-pass leak a little between bits)."""
-        model = self._sizes.get((height, width))
-        if model is None:
-            rows, cols = _round_trip(height), _round_trip(width)
-            response = np.empty((BITS, BITS))
-            for j in range(BITS):
-                unit = np.zeros(BITS)
-                unit[j] = 1.0
-                seen = rows @ LAYOUT.spread(unit) @ cols.T
-                response[:, j] = LAYOUT.sums(seen.astype(np.float32), robust=False)
-            model = (rows, cols, np.linalg.inv(response).astype(np.float32))
-            self._sizes[(height, width)] = model
-        return model
+    def _grid(self, height: int, width: int) -> _Grid:
+        grid = self._grids.get((height, width))
+        if grid is None:
+            grid = self._grids[(height, width)] = _Grid(height, width)
+        return grid
 
-    def steps(self, luma: np.ndarray) -> np.ndarray:
+    def steps(self, cells: np.ndarray) -> np.ndarray:
         """Per bit, the step on its cells that brings its sum to the goal in this picture."""
-        rows, cols, inverse = self._model(*luma.shape[:2])
-        cells = cells_of(luma)
         steps = np.zeros(BITS, np.float32)
         for _ in range(ITERATIONS):  # the robust sums are not linear: a few Newton-like steps
-            seen = cells + (rows @ LAYOUT.spread(steps) @ cols.T).astype(np.float32)
-            steps += inverse @ (self._goal - LAYOUT.sums(seen))
+            steps += INVERSE @ (self._goal - LAYOUT.sums(cells + LAYOUT.spread(steps)))
             np.clip(steps, -MAX_STEP, MAX_STEP, out=steps)
         return steps
 
@@ -203,13 +221,11 @@ class Marker:
         Saturating uint8 adds of the positive and the negative part, the same on R, G and B:
         about a tenth of the time of one int16 pass over the picture.
         """
-        height, width = rgb.shape[:2]
-        steps = np.rint(LAYOUT.spread(self.steps(luma_of(rgb))))
-        size = (width, height)
+        grid = self._grid(*rgb.shape[:2])
+        steps = np.rint(LAYOUT.spread(self.steps(grid.cells(rgb))))
         for part, apply in ((steps, cv2.add), (-steps, cv2.subtract)):
             grey = np.clip(part, 0, 255).astype(np.uint8)
-            plane = cv2.resize(grey, size, interpolation=UPSAMPLE)
-            apply(rgb, cv2.merge((plane, plane, plane)), dst=rgb)
+            apply(rgb, grid.upsample(grey), dst=rgb)
         return rgb
 
 
