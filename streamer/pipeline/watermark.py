@@ -162,15 +162,22 @@ class _Grid:
         self.cols = -(-np.arange(GRID + 1) * width // GRID)
         self._heights, self._widths = np.diff(self.rows), np.diff(self.cols)
         self._shape = (height, width, 3)
-        area = np.outer(self._heights, self._widths).astype(np.float32)
-        self._weights = np.array(LUMA, np.float32)[None, None, :] / area[..., None]
+        self._inverse_area = 1.0 / np.outer(self._heights, self._widths).astype(np.float32)
+        regular = len(set(self._heights)) == 1 and len(set(self._widths)) == 1
+        # Whole multiples (512 px: 8x8 cells) take the corners by a strided view.
+        self._corners: tuple[slice, slice] | tuple[np.ndarray, ...] = (
+            (slice(None, None, self._heights[0]), slice(None, None, self._widths[0]))
+            if regular
+            else np.ix_(self.rows, self.cols)
+        )
 
     def cells(self, rgb: np.ndarray) -> np.ndarray:
         """(GRID, GRID) mean luma (BT.601, as cv2's RGB2GRAY) of each cell, by the picture's
         integral image."""
-        corners = cv2.integral(rgb, sdepth=cv2.CV_32S)[np.ix_(self.rows, self.cols)]
+        corners = cv2.integral(rgb, sdepth=cv2.CV_32S)[self._corners]
         sums = corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
-        return np.asarray((sums * self._weights).sum(axis=2), np.float32)
+        luma = sums.astype(np.float32) @ np.array(LUMA, np.float32)
+        return np.asarray(luma * self._inverse_area, np.float32)
 
     def upsample(self, cells: np.ndarray) -> np.ndarray:
         """A (GRID, GRID) uint8 plane as whole cells of the picture (H, W, 3), equal on the
