@@ -8,12 +8,17 @@ video frame k shows the mouth for samples [640k, 640k + 640).
 
 A transparent render (``transparent=True``, or an output ending in .webm) writes WebM with
 VP9 carrying the person's alpha (yuva420p, libvpx-vp9) and Opus audio.
+
+A render is marked like a session (:mod:`streamer.pipeline.provenance`), under its own random
+id, optionally labelled, and its finished file gets a signed C2PA manifest
+(:mod:`streamer.provenance`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
@@ -34,6 +39,7 @@ from streamer.pipeline.clock import VirtualClock
 from streamer.pipeline.frames import FRAME_SECONDS, FrameBus
 from streamer.pipeline.path import FramePath
 from streamer.pipeline.prepare import PreparedFrame, prepare_frame
+from streamer.pipeline.provenance import Provenance
 from streamer.pipeline.render import FrameRenderer
 from streamer.pipeline.timeline import Timeline
 
@@ -51,6 +57,7 @@ class RenderResult:
     frames: int
     samples: int
     seconds: float  # wall-clock time the render took
+    mark_id: str | None = None  # the id the mark and the C2PA manifest carry
 
     @property
     def duration_s(self) -> float:
@@ -70,6 +77,7 @@ def generate_frames(
     idle: bool = True,
     seed: int = 0,
     transparent: bool = False,
+    provenance: Provenance | None = None,
 ) -> Iterator[np.ndarray]:
     """RGB frames (H, W, 3) uint8, one per 40 ms of ``samples`` (16 kHz mono float chunks),
     ceil(n / 640) in all; a bare array counts as one chunk. ``idle=False`` keeps the head
@@ -79,13 +87,14 @@ def generate_frames(
     The frames come from the live session's frame path (timeline, frame preparation,
     rendering with the idle-mouth cache) on a virtual clock, so what eval measures is what
     the server runs. The clock keeps ``batch_size`` frames in flight, which the backend
-    generates in one call.
+    generates in one call. With ``provenance`` the frames are labelled and marked as a
+    session's are (eval measures the unmarked pictures).
     """
     if isinstance(samples, np.ndarray):  # one whole signal rather than chunks
         samples = [samples]
     loop = asyncio.new_event_loop()
     compositor = Compositor(avatar, idle=idle, seed=seed, transparent=transparent)
-    run = _OfflineRun(avatar, backend, iter(samples), batch_size, compositor)
+    run = _OfflineRun(avatar, backend, iter(samples), batch_size, compositor, provenance)
     try:
         while (frame := loop.run_until_complete(run.next())) is not None:
             yield frame
@@ -164,6 +173,7 @@ class _OfflineRun:
         source: Iterator[np.ndarray],
         batch_size: int,
         compositor: Compositor,
+        provenance: Provenance | None = None,
     ) -> None:
         self._source = source
         self._window = avatar.window
@@ -174,7 +184,7 @@ class _OfflineRun:
         self._ended = False
         self._published = 0
         batches = _Batches(backend, batch_size)
-        renderer = FrameRenderer(avatar, batches, _Inline(), compositor)
+        renderer = FrameRenderer(avatar, batches, _Inline(), compositor, provenance=provenance)
         self._path = FramePath(self._prepare, renderer, FrameBus(), flush=batches.flush)
         self._clock = VirtualClock(lead_s=(batch_size - 1) * FRAME_SECONDS)
 
@@ -282,10 +292,14 @@ def render_samples(
     preset: str = "veryfast",
     progress: Callable[[int], None] | None = None,
     transparent: bool = False,
+    label: bool = False,
+    signing: Path | None = None,
 ) -> RenderResult:
     """Render 16 kHz mono float chunks to ``out_path`` (written to a temporary name first, so a
     failed render never leaves a half file behind). ``progress(frames_done)`` is called per frame.
     ``transparent`` (implied by a .webm output) writes the person over a transparent background.
+    Every frame is marked, and labelled with ``label``; with ``signing`` (the avatarcast home
+    that holds, or gets, the C2PA chain) the file carries a signed C2PA manifest.
     """
     out = Path(out_path)
     transparent = transparent or out.suffix.lower() == ".webm"
@@ -299,6 +313,8 @@ def render_samples(
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
     width, height = avatar.manifest.frame_size
     muxer = _Muxer(tmp, width, height, crf, preset, alpha=transparent)
+    mark_id = secrets.token_hex(8)
+    provenance = Provenance(avatar.name, mark_id, label=label)
 
     def tee(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         # Audio goes to the encoder as it is read, a few frames ahead of the video it matches.
@@ -309,7 +325,12 @@ def render_samples(
 
     try:
         frames = generate_frames(
-            avatar, backend, tee(samples), batch_size=batch_size, transparent=transparent
+            avatar,
+            backend,
+            tee(samples),
+            batch_size=batch_size,
+            transparent=transparent,
+            provenance=provenance,
         )
         for rgb in frames:
             muxer.write_video(rgb)
@@ -323,12 +344,17 @@ def render_samples(
             np.zeros(muxer.frames * SAMPLES_PER_VIDEO_FRAME - muxer.samples, np.float32)
         )
         muxer.close()
+        if signing is not None and not transparent:  # the C2PA SDK does not take WebM
+            from streamer.credentials import sign_in_place
+
+            mark = provenance.describe()
+            sign_in_place(tmp, out.name, avatar.name, avatar.path, mark, signing)
         os.replace(tmp, out)
     except BaseException:
         muxer.abort()
         tmp.unlink(missing_ok=True)
         raise
-    return RenderResult(out, muxer.frames, received, time.perf_counter() - started)
+    return RenderResult(out, muxer.frames, received, time.perf_counter() - started, mark_id)
 
 
 def text_samples(text: str) -> Iterator[np.ndarray]:
@@ -352,6 +378,8 @@ def render(
     batch_size: int = BATCH,
     progress: Callable[[int], None] | None = None,
     transparent: bool = False,
+    label: bool = False,
+    signing: Path | None = None,
 ) -> RenderResult:
     """Render an audio file (any format PyAV decodes) or a text through the built-in TTS."""
     if (audio is None) == (text is None):
@@ -365,4 +393,6 @@ def render(
         batch_size=batch_size,
         progress=progress,
         transparent=transparent,
+        label=label,
+        signing=signing,
     )

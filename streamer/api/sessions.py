@@ -56,6 +56,8 @@ class CreateSession(BaseModel):
     height: int | None = Field(default=None, ge=16, le=4096, multiple_of=2)
     # "transparent": colour and the person's alpha side by side in one picture twice as wide
     background: Literal["opaque", "transparent"] = "opaque"
+    # The visible "AI-generated" label; left out, it comes on with an RTMP/SRT output.
+    label: bool | None = None
 
 
 async def load_matte(request: Request, avatar: Avatar) -> None:
@@ -115,6 +117,7 @@ async def create_session(
         height=spec.height,
         background=spec.background,
         key_id=who.key_id,
+        label=spec.label,
     )
     try:
         engine = await state.engines.get(name)

@@ -198,11 +198,18 @@ class MuxedOutput:
             log.exception("output %s (%s) failed", self.id, self.kind)
             self._status.set("failed", describe_error(exc))
         finally:
+            try:
+                self.finish()
+            except Exception:
+                log.exception("output %s (%s) failed to finish", self.id, self.kind)
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._thread_ended)
 
     def prepare(self) -> None:
         """Blocking set-up before the first connection (a recording's file)."""
+
+    def finish(self) -> None:
+        """Blocking work once the last container is closed (signing a recording)."""
 
     def _failed(self, error: str, backoff: Backoff) -> bool:
         """After an error: whether to connect again (after waiting)."""

@@ -47,18 +47,20 @@ class EncodedFrame:
     audio_offset: int = 0  # where ``audio`` starts in the frame, in samples
 
 
-def _video_context(codec: VideoCodec, width: int, height: int) -> av.VideoCodecContext:
+def _video_context(
+    codec: VideoCodec, width: int, height: int, bitrate: int = VIDEO_BITRATE
+) -> av.VideoCodecContext:
     ctx = av.CodecContext.create("libvpx" if codec == "vp8" else "libx264", "w")
     ctx.width, ctx.height = width, height
     ctx.pix_fmt = "yuv420p"
     ctx.time_base = fractions.Fraction(1, FPS)
     ctx.framerate = fractions.Fraction(FPS)
-    ctx.bit_rate = VIDEO_BITRATE
+    ctx.bit_rate = bitrate
     ctx.thread_count = 1
     # Key frames only on request (a joining viewer, PLI), never on a fixed schedule.
     ctx.gop_size = 100_000
     if codec == "vp8":
-        rate = str(VIDEO_BITRATE)
+        rate = str(bitrate)
         ctx.options = {
             "deadline": "realtime",
             # The fastest real-time setting: half the time of 8 here (1.7 against 3.7 ms a
@@ -103,8 +105,9 @@ def _opus_context() -> av.AudioCodecContext:
 class VideoEncoder:
     """The session's video codec; used from one thread at a time (the encoder's own)."""
 
-    def __init__(self, codec: VideoCodec) -> None:
+    def __init__(self, codec: VideoCodec, bitrate: int = VIDEO_BITRATE) -> None:
         self.codec = codec
+        self.bitrate = bitrate  # the session's default; the watermark measure halves it
         self._ctx: av.VideoCodecContext | None = None
         self._frames = 0
         self.encode_ms = 0.0
@@ -114,7 +117,7 @@ class VideoEncoder:
         started = time.perf_counter()
         height, width = rgb.shape[:2]
         if self._ctx is None or (self._ctx.width, self._ctx.height) != (width, height):
-            self._ctx = _video_context(self.codec, width, height)
+            self._ctx = _video_context(self.codec, width, height, self.bitrate)
         # OpenCV's RGB -> I420 (BT.601, limited range, as swscale's) is ~15x faster here.
         i420 = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), np.uint8)
         picture = av.VideoFrame.from_ndarray(i420, format="yuv420p")

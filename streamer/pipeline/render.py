@@ -7,6 +7,9 @@ thread (no hop through the event loop). A renderer belongs to one avatar: switch
 avatar makes a new renderer, and frames in flight finish with the one they started with.
 A transparent renderer's pictures are colour and alpha side by side (twice as wide; see
 :mod:`models.compositor`).
+
+With a :class:`~streamer.pipeline.provenance.Provenance`, every picture is labelled and
+marked here, the one place that all pictures of a session or a render pass through.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from models.audio import silence_mel
 from models.avatar import Avatar
 from models.compositor import Compositor
+from streamer.pipeline.provenance import Provenance
 
 
 class Generator(Protocol):
@@ -50,23 +54,37 @@ class FrameRenderer:
         compositor: Compositor | None = None,
         *,
         transparent: bool = False,
+        provenance: Provenance | None = None,
     ) -> None:
         self.avatar = avatar
         self.generator = generator
         self.compositor = compositor or Compositor(avatar, transparent=transparent)
+        self.provenance = provenance
         self._executor = executor
         self._silence = np.tile(silence_mel(), (avatar.window.length, 1))
         self._idle_mouths: dict[int, np.ndarray] = {}
 
     def still(self, k: int) -> np.ndarray:
         """Frame ``k``'s base frame as it is: the picture when none was ever rendered."""
-        return self.compositor.still(k)
+        still = self.compositor.still(k)
+        if self.provenance is None:
+            return still
+        return self._finish(k, still.copy())  # the base frame itself stays unmarked
+
+    def _finish(self, k: int, picture: np.ndarray) -> np.ndarray:
+        if self.provenance is not None:
+            self.provenance.apply(picture, transparent=self.compositor.transparent)
+        return picture
+
+    def compose(self, k: int, mouth: np.ndarray | None) -> np.ndarray:
+        """Composite frame ``k`` and apply the provenance: in the executor, off the loop."""
+        return self._finish(k, self.compositor.compose(k, mouth))
 
     async def render(self, k: int, mel: np.ndarray | None, due: float) -> np.ndarray:
         compositor, generator = self.compositor, self.generator
         if mel is not None:
             reference, masked = compositor.inputs(k)
-            compose = functools.partial(compositor.compose, k)
+            compose = functools.partial(self.compose, k)
             return await generator.submit(
                 reference, masked, mel, due, then=compose, executor=self._executor
             )
@@ -77,4 +95,4 @@ class FrameRenderer:
             mouth = await generator.submit(reference, masked, self._silence, due)
             self._idle_mouths[base] = mouth
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, compositor.compose, k, mouth)
+        return await loop.run_in_executor(self._executor, self.compose, k, mouth)

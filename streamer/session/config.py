@@ -33,6 +33,8 @@ class SessionOptions:
     background: Literal["opaque", "transparent"] = "opaque"
     # The API key that created the session (streamer.keys): only it, or an admin, controls it.
     key_id: str = "local"
+    # The visible "AI-generated" label: None turns it on with the first RTMP/SRT output.
+    label: bool | None = None
 
     @property
     def transparent(self) -> bool:

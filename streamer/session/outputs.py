@@ -34,9 +34,14 @@ class SessionOutputs:
     """A session's outputs by id, closed with it. ``emit`` sends their state changes to the
     session's listeners, as session events."""
 
-    def __init__(self, emit: Callable[[SessionEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        emit: Callable[[SessionEvent], None] | None = None,
+        on_add: Callable[[str], None] | None = None,
+    ) -> None:
         self._outputs: dict[str, Output] = {}
         self._emit = emit
+        self._on_add = on_add  # told each new output's kind (an RTMP push turns the label on)
 
     def emit(self, event: SessionEvent) -> None:
         if self._emit is not None:
@@ -46,6 +51,8 @@ class SessionOutputs:
         if output.id in self._outputs:
             raise ValueError(f"output {output.id} is already attached")
         self._outputs[output.id] = output
+        if self._on_add is not None:
+            self._on_add(output.kind)
 
     def get(self, output_id: str) -> Output | None:
         return self._outputs.get(output_id)

@@ -38,6 +38,7 @@ from streamer.pipeline.encode import EncodedStream, EncodeStage, VideoCodec
 from streamer.pipeline.frames import AVFrame, FrameBus
 from streamer.pipeline.path import FramePath
 from streamer.pipeline.prepare import PreparedFrame, prepare_frame
+from streamer.pipeline.provenance import Provenance
 from streamer.pipeline.render import FrameRenderer
 from streamer.pipeline.timeline import Timeline
 from streamer.session.config import SessionConfig, SessionOptions, SpeechSource
@@ -96,15 +97,23 @@ class Session:
         self._metrics = metrics
         self._on_failure = on_failure
         self._events = EventHub(self.config.event_queue)
+        # Every picture is marked (and labelled when on) before anything sees it.
+        self.provenance = Provenance(avatar.name, self.id, label=self.options.label)
         # RTMP, WHIP, recordings...: closed with the session, their states told as its events
-        self.outputs = SessionOutputs(self._events.emit)
+        self.outputs = SessionOutputs(self._events.emit, on_add=self.provenance.output_added)
         self._utterances = UtteranceQueue(self._events.emit)
         self._timeline = Timeline(self.config.max_buffer_s)
         self._clock = clock
         self._encode = EncodeStage(self.id, self.bus, lambda: self.options.video_codec)
         self._path = FramePath(
             self._prepare,
-            FrameRenderer(avatar, worker, executor, transparent=self.options.transparent),
+            FrameRenderer(
+                avatar,
+                worker,
+                executor,
+                transparent=self.options.transparent,
+                provenance=self.provenance,
+            ),
             self.bus,
             sinks=self._encode.running,
             on_published=self._published,
@@ -292,8 +301,13 @@ class Session:
         differs); frames already in flight finish with the avatar they started with."""
         self.avatar = avatar
         self._worker = worker
+        self.provenance.switch(avatar.name)
         renderer = FrameRenderer(
-            avatar, worker, self._executor, transparent=self.options.transparent
+            avatar,
+            worker,
+            self._executor,
+            transparent=self.options.transparent,
+            provenance=self.provenance,
         )
         self._path.switch(renderer)
         self._events.emit(AvatarChanged(avatar.name))
@@ -367,6 +381,7 @@ class Session:
             "created": self.created,
             "video_codec": self.options.video_codec,
             "background": self.options.background,
+            "label": bool(self.provenance.label),
             **self.stats.figures(),
             "queued_utterances": self.queued,
             "buffered_s": round(self.buffered_samples() / SAMPLE_RATE, 3),
