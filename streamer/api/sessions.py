@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -99,6 +101,19 @@ def urls(request: Request, session: Session) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def creation_errors() -> Iterator[None]:
+    """What can stop a session from being made, as the API answers it."""
+    try:
+        yield
+    except AvatarError as exc:
+        raise ApiError(400, "unknown_avatar", str(exc)) from None
+    except BackendError as exc:
+        raise ApiError(503, "backend_unavailable", str(exc)) from None
+    except TooManySessions as exc:
+        raise ApiError(429, "too_many_sessions", str(exc)) from None
+
+
 @router.post("", status_code=201)
 async def create_session(request: Request, body: CreateSession | None = None) -> dict[str, Any]:
     state = app_state(request)
@@ -110,18 +125,12 @@ async def create_session(request: Request, body: CreateSession | None = None) ->
         height=spec.height,
         background=spec.background,
     )
-    try:
+    with creation_errors():
         engine = await state.engines.get(name)
         check_size(engine.avatar, options)
         if options.transparent:
             await load_matte(request, engine.avatar)
         session = await state.registry.create(name, options)
-    except AvatarError as exc:
-        raise ApiError(400, "unknown_avatar", str(exc)) from None
-    except BackendError as exc:
-        raise ApiError(503, "backend_unavailable", str(exc)) from None
-    except TooManySessions as exc:
-        raise ApiError(429, "too_many_sessions", str(exc)) from None
     return {
         "id": session.id,
         "avatar": session.avatar.name,
