@@ -187,6 +187,8 @@ async def test_clear_buffer_interrupts_within_two_frames(lk: Dispatched) -> None
     after = [f for f in frames.seen if f.index > last_before.index + 2]
     assert after and not any(f.utterance_id for f in after)
     assert all(np.abs(f.audio).max() == 0 for f in after)
+    figures = session.outputs.describe()[0]
+    assert figures["clear_to_silence_ms"] is not None and figures["latency_ms_p95"] > 0
     # the rest of that stream is discarded; the next stream plays
     reader.feed(pcm(0.2))
     reader.close()

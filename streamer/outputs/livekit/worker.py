@@ -19,10 +19,11 @@ the agent leaves, when the room disconnects, or when no agent has come within
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,9 @@ class LiveKitWorker:
         self.last_error: str | None = None
         self.agent: str | None = None
         self.frames = 0
+        self.clear_to_silence_ms: float | None = None
+        self._latency_ms: collections.deque[float] = collections.deque(maxlen=FPS * 60)
+        self._cleared_at: float | None = None
         self._session = session
         self._room = room
         self._url = url
@@ -200,6 +204,9 @@ class LiveKitWorker:
             "segments": self._segments.played,
             "streams_rejected": self._segments.rejected,
             "frames": self.frames,
+            "latency_ms_p50": percentile(self._latency_ms, 50),
+            "latency_ms_p95": percentile(self._latency_ms, 95),
+            "clear_to_silence_ms": self.clear_to_silence_ms,
         }
 
     # --- the room's events -----------------------------------------------------------------
@@ -250,6 +257,7 @@ class LiveKitWorker:
                 data.caller_identity,
             )
             return "reject"
+        self._cleared_at = asyncio.get_running_loop().time()
         self._segments.clear()
         self._session.interrupt()
         if self._audio is not None:
@@ -298,6 +306,17 @@ class LiveKitWorker:
 
     # --- the session's frames out ----------------------------------------------------------
 
+    def _timing(self, frame: AVFrame) -> None:
+        """How long the agent's audio took to leave as this frame (from when it reached the
+        session, as if it came in real time), and how soon after a clear the avatar is
+        silent: the issue's two live figures, read in GET /v1/sessions/{id}."""
+        now = asyncio.get_running_loop().time()
+        if frame.audio_in_at is not None:  # speech (the session speaks for the agent only)
+            self._latency_ms.append((now - frame.audio_in_at) * 1000.0)
+        if self._cleared_at is not None and not frame.audio.any():
+            self.clear_to_silence_ms = round((now - self._cleared_at) * 1000.0, 1)
+            self._cleared_at = None
+
     async def _forward(self) -> None:
         """Each AV frame's picture and its 40 ms of audio, in order, stamped with its pts."""
         assert self._audio is not None and self._video is not None
@@ -312,8 +331,14 @@ class LiveKitWorker:
                 self._video.capture_frame(video_frame(frame), timestamp_us=frame.index * FRAME_US)
                 await self._audio.capture_frame(audio_frame(frame))
                 self.frames += 1
+                self._timing(frame)
         finally:
             self._session.bus.unsubscribe(sub)
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    items = list(values)
+    return round(float(np.percentile(items, q)), 1) if items else None
 
 
 def default_room() -> rtc.Room:
