@@ -13,8 +13,7 @@ import asyncio
 import dataclasses
 import inspect
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -27,7 +26,7 @@ from streamer.engine.base import Backend
 from streamer.outputs.livekit.segments import PcmDecoder, StreamRejected, stream_format
 from streamer.pipeline.frames import AVFrame
 from streamer.session import Session
-from tests.conftest import make_app, serving, state_of
+from tests.conftest import make_app, serving, state_of, wait_for
 from tests.livekit_fakes import AGENT, MIRRORS, PROPERTIES, FakeRoom
 
 ATTRS_24K = {"sample_rate": "24000", "num_channels": "1"}
@@ -42,14 +41,6 @@ def pcm(seconds: float, rate: int = 24_000, channels: int = 1) -> bytes:
 def chunks(data: bytes, size: int = 4801) -> list[bytes]:
     """Odd-sized chunks, so samples straddle them as they may on the wire."""
     return [data[i : i + size] for i in range(0, len(data), size)]
-
-
-async def until(condition: Callable[[], object], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {seconds} s")
-        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -149,7 +140,7 @@ async def test_an_audio_stream_is_spoken_and_its_playback_reported(lk: Dispatche
     assert set(room.local_participant.rpc_handlers) == {"lk.clear_buffer"}
     frames = Frames(session)
     room.agent_send(ATTRS_24K, chunks(pcm(0.6)))
-    await until(lambda: room.calls_to("lk.playback_finished"), 10, "playback finished")
+    await wait_for(lambda: room.calls_to("lk.playback_finished"), 10, "playback finished")
     started, finished = room.calls_to("lk.playback_started"), room.calls_to("lk.playback_finished")
     assert len(started) == 1 and started[0].payload == "" and started[0].at <= finished[0].at
     assert finished[0].destination_identity == AGENT
@@ -171,19 +162,21 @@ async def test_clear_buffer_interrupts_within_two_frames(lk: Dispatched) -> None
     reader = room.agent_stream(ATTRS_24K)  # an open stream, as the agent is still speaking
     for chunk in chunks(pcm(3.0)):
         reader.feed(chunk)
-    await until(lambda: room.calls_to("lk.playback_started"), 10, "speaking")
-    await until(lambda: len(frames.speaking()) >= 5, 10, "five frames of speech")
+    await wait_for(lambda: room.calls_to("lk.playback_started"), 10, "speaking")
+    await wait_for(lambda: len(frames.speaking()) >= 5, 10, "five frames of speech")
     assert await room.agent_rpc("lk.clear_buffer", caller="someone-else") == "reject"
     assert session.state == "speaking"
     assert await room.agent_rpc("lk.clear_buffer") == "ok"
     last_before = session.bus.last
     assert isinstance(last_before, AVFrame)
     finished = room.calls_to("lk.playback_finished")
-    await until(lambda: room.calls_to("lk.playback_finished"), 5, "playback finished")
+    await wait_for(lambda: room.calls_to("lk.playback_finished"), 5, "playback finished")
     finished = room.calls_to("lk.playback_finished")
     assert finished[0].json["interrupted"] is True
     assert 0.1 < finished[0].json["playback_position"] < 2.0
-    await until(lambda: frames.seen and frames.seen[-1].index > last_before.index + 5, 5, "frames")
+    await wait_for(
+        lambda: frames.seen and frames.seen[-1].index > last_before.index + 5, 5, "frames"
+    )
     after = [f for f in frames.seen if f.index > last_before.index + 2]
     assert after and not any(f.utterance_id for f in after)
     assert all(np.abs(f.audio).max() == 0 for f in after)
@@ -193,7 +186,7 @@ async def test_clear_buffer_interrupts_within_two_frames(lk: Dispatched) -> None
     reader.feed(pcm(0.2))
     reader.close()
     room.agent_send(ATTRS_24K, [pcm(0.3)])
-    await until(lambda: len(room.calls_to("lk.playback_finished")) == 2, 10, "next segment")
+    await wait_for(lambda: len(room.calls_to("lk.playback_finished")) == 2, 10, "next segment")
     assert room.calls_to("lk.playback_finished")[1].json["interrupted"] is False
     await frames.aclose()
 
@@ -204,7 +197,7 @@ async def test_a_new_stream_ends_the_open_one(lk: Dispatched) -> None:
     lost_trailer = room.agent_stream(ATTRS_24K)
     lost_trailer.feed(pcm(0.2))
     room.agent_send({"sample_rate": "48000", "num_channels": "2"}, chunks(pcm(0.2, 48_000, 2)))
-    await until(lambda: len(room.calls_to("lk.playback_finished")) == 2, 10, "both segments")
+    await wait_for(lambda: len(room.calls_to("lk.playback_finished")) == 2, 10, "both segments")
     positions = [c.json["playback_position"] for c in room.calls_to("lk.playback_finished")]
     assert positions == [pytest.approx(0.2, abs=0.02)] * 2
     assert lk.session(session_id).state == "idle"
@@ -219,15 +212,15 @@ async def test_the_worker_leaves_and_the_session_closes(lk: Dispatched, how: str
     room, session = lk.room, lk.session(session_id)
     reader = room.agent_stream(ATTRS_24K)
     reader.feed(pcm(1.0))  # mid-sentence
-    await until(lambda: room.calls_to("lk.playback_started"), 10, "speaking")
+    await wait_for(lambda: room.calls_to("lk.playback_started"), 10, "speaking")
     if how == "agent_leaves":
         room.agent_leave()
     elif how == "room_closes":
         room.server_closes()
     else:
         assert (await lk.client.delete(f"/v1/livekit/sessions/{session_id}")).status_code == 204
-    await until(lambda: not room.byte_handlers, 5, "left the room")
-    await until(lambda: state_of(lk.app).registry.get(session_id) is None, 5, "closed")
+    await wait_for(lambda: not room.byte_handlers, 5, "left the room")
+    await wait_for(lambda: state_of(lk.app).registry.get(session_id) is None, 5, "closed")
     assert session.closed and not room.isconnected()
     assert room.disconnects == (0 if how == "room_closes" else 1)  # a closed room is left
     assert not room.local_participant.rpc_handlers
@@ -263,7 +256,7 @@ async def test_no_agent_in_time_leaves(standin: tuple[Avatar, Backend]) -> None:
             agent_wait_s=0.2,
         )
         await worker.start()
-        await until(lambda: ended, 5, "left")
+        await wait_for(lambda: ended, 5, "left")
         assert "no agent" in (worker.last_error or "")
         await worker.aclose()
         assert worker.describe()["state"] == "stopped" and not room.isconnected()
@@ -297,7 +290,7 @@ async def test_bad_streams_are_ignored_and_the_next_one_plays(lk: Dispatched) ->
     room.agent_send({"sample_rate": "24000", "num_channels": "3"}, [pcm(0.2)])
     room.agent_send(ATTRS_24K, [pcm(0.2)], sender="intruder")  # not the agent
     room.agent_send(ATTRS_24K, [pcm(0.2)])
-    await until(lambda: room.calls_to("lk.playback_finished"), 10, "the good stream played")
+    await wait_for(lambda: room.calls_to("lk.playback_finished"), 10, "the good stream played")
     assert len(room.calls_to("lk.playback_finished")) == 1
     shown = lk.session(session_id).outputs.describe()[0]
     assert shown["streams_rejected"] == 2 and shown["state"] == "live"
@@ -309,7 +302,7 @@ async def test_a_stream_faster_than_real_time_is_cut_not_buffered(lk: Dispatched
     room, session = lk.room, lk.session(session_id)
     one_minute = pcm(61.0, 16_000)
     room.agent_send({"sample_rate": "16000", "num_channels": "1"}, chunks(one_minute, 64_000))
-    await until(lambda: session.outputs.describe()[0]["streams_rejected"] == 1, 10, "cut")
+    await wait_for(lambda: session.outputs.describe()[0]["streams_rejected"] == 1, 10, "cut")
     assert session.buffered_samples() <= session.config.max_buffer_s * 16_000
     assert "faster than real time" in session.outputs.describe()[0]["last_error"]
     assert await room.agent_rpc("lk.clear_buffer") == "ok"

@@ -9,7 +9,6 @@ byte stream, interrupts with ``lk.clear_buffer`` and reads the playback RPCs.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -26,7 +25,7 @@ from livekit import rtc
 
 from models.avatar import Avatar
 from streamer.engine.base import Backend
-from tests.conftest import make_app, serving, state_of
+from tests.conftest import make_app, serving, state_of, wait_for
 
 ENV = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
 pytestmark = pytest.mark.skipif(
@@ -65,14 +64,6 @@ def token(identity: str, room: str, attributes: dict[str, str] | None = None) ->
     key = os.environ["LIVEKIT_API_SECRET"].encode()
     signature = hmac.new(key, signing, hashlib.sha256).digest()
     return (signing + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
-
-
-async def until(condition: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {seconds} s")
-        await asyncio.sleep(0.05)
 
 
 def has_video(room: rtc.Room) -> bool:
@@ -115,19 +106,19 @@ async def test_a_real_room(standin: tuple[Avatar, Backend]) -> None:
         answer = await client.post("/v1/livekit/sessions", json={"url": url, "token": avatar_token})
         assert answer.status_code == 201, answer.text
         session_id = answer.json()["id"]
-        await until(lambda: has_video(agent), 20, "the avatar's video track published")
+        await wait_for(lambda: has_video(agent), 20, "the avatar's video track published")
 
         writer = await speak(agent, 0.8)
         await writer.aclose()
         finished = lambda: [json.loads(p) for m, p in calls if m == "lk.playback_finished"]  # noqa: E731
-        await until(finished, 20, "playback finished")
+        await wait_for(finished, 20, "playback finished")
         assert finished()[0] == {
             "playback_position": pytest.approx(0.8, abs=0.03),
             "interrupted": False,
         }
 
         writer = await speak(agent, 3.0)
-        await until(
+        await wait_for(
             lambda: len([m for m, _ in calls if m == "lk.playback_started"]) == 2,
             20,
             "second segment started",
@@ -136,9 +127,9 @@ async def test_a_real_room(standin: tuple[Avatar, Backend]) -> None:
             destination_identity=AVATAR, method="lk.clear_buffer", payload=""
         )
         assert reply == "ok"
-        await until(lambda: len(finished()) == 2, 10, "interrupted playback finished")
+        await wait_for(lambda: len(finished()) == 2, 10, "interrupted playback finished")
         assert finished()[1]["interrupted"] is True
         await writer.aclose()
 
         await agent.disconnect()
-        await until(lambda: state_of(app).registry.get(session_id) is None, 20, "session closed")
+        await wait_for(lambda: state_of(app).registry.get(session_id) is None, 20, "session closed")

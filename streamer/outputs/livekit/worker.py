@@ -23,7 +23,7 @@ import collections
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from streamer.outputs.livekit.segments import AUDIO_STREAM_TOPIC, Segments
 from streamer.pipeline.frames import FPS, AVFrame
 from streamer.session import PlaybackFinished, Session, SessionEvent, SpeakingStarted
+from streamer.session.stats import percentile
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +205,8 @@ class LiveKitWorker:
             "segments": self._segments.played,
             "streams_rejected": self._segments.rejected,
             "frames": self.frames,
-            "latency_ms_p50": percentile(self._latency_ms, 50),
-            "latency_ms_p95": percentile(self._latency_ms, 95),
+            "latency_ms_p50": _round(percentile(self._latency_ms, 50)),
+            "latency_ms_p95": _round(percentile(self._latency_ms, 95)),
             "clear_to_silence_ms": self.clear_to_silence_ms,
         }
 
@@ -336,9 +337,8 @@ class LiveKitWorker:
             self._session.bus.unsubscribe(sub)
 
 
-def percentile(values: Iterable[float], q: float) -> float | None:
-    items = list(values)
-    return round(float(np.percentile(items, q)), 1) if items else None
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def default_room() -> rtc.Room:
