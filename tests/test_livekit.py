@@ -13,8 +13,10 @@ import asyncio
 import dataclasses
 import inspect
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import numpy as np
@@ -26,7 +28,7 @@ from streamer.engine.base import Backend
 from streamer.outputs.livekit.segments import PcmDecoder, StreamRejected, stream_format
 from streamer.pipeline.frames import AVFrame
 from streamer.session import Session
-from tests.conftest import make_app, serving, state_of, wait_for
+from tests.conftest import Live, make_app, serving, state_of, wait_for
 from tests.livekit_fakes import AGENT, MIRRORS, PROPERTIES, FakeRoom
 
 ATTRS_24K = {"sample_rate": "24000", "num_channels": "1"}
@@ -203,6 +205,44 @@ async def test_a_new_stream_ends_the_open_one(lk: Dispatched) -> None:
     assert lk.session(session_id).state == "idle"
 
 
+async def test_a_stall_is_caught_up_on_silence_not_on_speech(
+    lk: Dispatched, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's audio source plays at its own rate: after a stall (here the loop is blocked,
+    as on a busy machine) the frames that piled up in the worker are silent ones skipped,
+    never speech."""
+    from streamer.outputs.livekit import worker as worker_module
+
+    sent: list[int] = []
+    make_frame = worker_module.audio_frame
+
+    def spy(frame: AVFrame) -> object:
+        sent.append(frame.index)
+        return make_frame(frame)
+
+    monkeypatch.setattr(worker_module, "audio_frame", spy)
+    session_id = await lk.dispatch()
+    room, session = lk.room, lk.session(session_id)
+
+    def figure(name: str) -> Any:
+        return session.outputs.describe()[0][name]
+
+    await wait_for(lambda: figure("frames") > 5, 10, "frames out")
+    time.sleep(0.5)  # noqa: ASYNC251  # the stall, on purpose
+    await wait_for(lambda: figure("silent_frames_skipped") > 0, 5, "silence skipped")
+    frames = Frames(session)
+    room.agent_send(ATTRS_24K, chunks(pcm(1.0)))
+    await wait_for(lambda: len(frames.speaking()) > 5, 10, "speaking")
+    time.sleep(0.3)  # noqa: ASYNC251  # a stall while speaking
+    await wait_for(lambda: room.calls_to("lk.playback_finished"), 10, "playback finished")
+    await wait_for(
+        lambda: frames.seen and sent and sent[-1] >= frames.seen[-1].index - 1, 5, "caught up"
+    )
+    speech = [f.index for f in frames.speaking()]
+    assert len(speech) >= 20 and set(speech) <= set(sent)
+    await frames.aclose()
+
+
 # --- leaving ---------------------------------------------------------------------------------
 
 
@@ -260,6 +300,16 @@ async def test_no_agent_in_time_leaves(standin: tuple[Avatar, Backend]) -> None:
         assert "no agent" in (worker.last_error or "")
         await worker.aclose()
         assert worker.describe()["state"] == "stopped" and not room.isconnected()
+
+
+async def test_a_worker_closed_before_it_started_leaves_nothing(live: Live) -> None:
+    from streamer.outputs.livekit.worker import LiveKitWorker
+
+    room = FakeRoom()
+    worker = LiveKitWorker(live.session, room, "wss://x", "t")  # type: ignore[arg-type]
+    await worker.aclose()
+    await worker.aclose()
+    assert worker.describe()["state"] == "stopped" and room.connected_with is None
 
 
 # --- bad input -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 from livekit import rtc
 
 from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
+from streamer.outputs.base import StateName
 from streamer.outputs.livekit.segments import AUDIO_STREAM_TOPIC, Segments
 from streamer.pipeline.frames import FPS, AVFrame
 from streamer.session import PlaybackFinished, Session, SessionEvent, SpeakingStarted
@@ -44,6 +45,7 @@ PUBLISH_ON_BEHALF = "lk.publish_on_behalf"
 RPC_ATTEMPTS = 3  # as the SDK's receiver
 AUDIO_QUEUE_MS = 100  # what the published audio track holds ahead: cleared on interrupt
 FRAME_US = 1_000_000 // FPS
+CATCH_UP_FRAMES = 3  # frames waiting in the worker before silent ones are skipped
 
 RoomFactory = Callable[[], rtc.Room]
 
@@ -64,10 +66,11 @@ class LiveKitWorker:
         agent_wait_s: float = 60.0,
     ) -> None:
         self.id = secrets.token_hex(4)
-        self.state = "connecting"
+        self.state: StateName = "connecting"  # the states of every output (outputs.base)
         self.last_error: str | None = None
         self.agent: str | None = None
         self.frames = 0
+        self.skipped = 0  # silent frames skipped to catch up
         self.clear_to_silence_ms: float | None = None
         self._latency_ms: collections.deque[float] = collections.deque(maxlen=FPS * 60)
         self._cleared_at: float | None = None
@@ -87,6 +90,7 @@ class LiveKitWorker:
         self._events: asyncio.Queue[SessionEvent] | None = None
         self._leaving: asyncio.Task[None] | None = None
         self._closing: asyncio.Future[None] | None = None
+        self._joined = False
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -99,6 +103,7 @@ class LiveKitWorker:
         except BaseException as exc:
             self.state, self.last_error = "failed", str(exc) or type(exc).__name__
             raise
+        self._joined = True
         room, local = self._room, self._room.local_participant
         room.on("participant_connected", self._on_participant)
         room.on("participant_disconnected", self._on_participant_left)
@@ -156,7 +161,7 @@ class LiveKitWorker:
         self.last_error = str(task.exception())
         self._leave("failed")
 
-    def _leave(self, state: str) -> None:
+    def _leave(self, state: StateName) -> None:
         """End the worker from one of its callbacks: its session is closed with it."""
         if self._closed or self._leaving is not None:
             return
@@ -178,7 +183,7 @@ class LiveKitWorker:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        if self.state not in ("failed",):
+        if self.state != "failed":
             self.state = "stopped"
         tasks = list(self._tasks)
         for task in tasks:
@@ -186,6 +191,8 @@ class LiveKitWorker:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._events is not None:
             self._session.unsubscribe_events(self._events)
+        if not self._joined:
+            return
         try:
             self._room.unregister_byte_stream_handler(AUDIO_STREAM_TOPIC)
             self._room.local_participant.unregister_rpc_method(RPC_CLEAR_BUFFER)
@@ -205,6 +212,7 @@ class LiveKitWorker:
             "segments": self._segments.played,
             "streams_rejected": self._segments.rejected,
             "frames": self.frames,
+            "silent_frames_skipped": self.skipped,
             "latency_ms_p50": _round(percentile(self._latency_ms, 50)),
             "latency_ms_p95": _round(percentile(self._latency_ms, 95)),
             "clear_to_silence_ms": self.clear_to_silence_ms,
@@ -225,11 +233,11 @@ class LiveKitWorker:
     def _on_participant_left(self, participant: rtc.RemoteParticipant) -> None:
         if self.agent is not None and participant.identity == self.agent:
             log.info("session %s: agent %s left the room", self._session.id, self.agent)
-            self._leave("leaving")
+            self._leave("stopped")
 
     def _on_disconnected(self, reason: Any = None) -> None:
         log.info("session %s: LiveKit room disconnected (%s)", self._session.id, reason)
-        self._leave("leaving")
+        self._leave("stopped")
 
     async def _await_agent(self) -> None:
         try:
@@ -237,7 +245,7 @@ class LiveKitWorker:
         except TimeoutError:
             self.last_error = f"no agent joined the room within {self._agent_wait_s:g} s"
             log.warning("session %s: %s", self._session.id, self.last_error)
-            self._leave("leaving")
+            self._leave("stopped")
 
     def _on_stream(self, reader: rtc.ByteStreamReader, participant_identity: str) -> None:
         if participant_identity != self.agent:
@@ -319,7 +327,13 @@ class LiveKitWorker:
             self._cleared_at = None
 
     async def _forward(self) -> None:
-        """Each AV frame's picture and its 40 ms of audio, in order, stamped with its pts."""
+        """Each AV frame's picture and its 40 ms of audio, in order, stamped with its pts.
+
+        The SDK's audio source plays at its own steady rate and has no timestamps: a frame
+        that comes late (a busy machine) leaves a gap that every later frame would keep, and
+        the delays would add up. So once frames wait here, silent ones are skipped (nothing
+        audible is lost, and the avatar is idle in them) until the wait is gone.
+        """
         assert self._audio is not None and self._video is not None
         sub = self._session.bus.subscribe()
         sub.skip_to_live()
@@ -329,6 +343,9 @@ class LiveKitWorker:
                     frame = await sub.next_audio()
                 except ConnectionError:  # the session closed
                     return
+                if sub.depth[1] >= CATCH_UP_FRAMES and not frame.audio.any():
+                    self.skipped += 1
+                    continue
                 self._video.capture_frame(video_frame(frame), timestamp_us=frame.index * FRAME_US)
                 await self._audio.capture_frame(audio_frame(frame))
                 self.frames += 1
