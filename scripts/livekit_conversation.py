@@ -89,8 +89,8 @@ async def main(minutes: float) -> None:
                 line = {
                     "minute": minute,
                     "turns": turns,
-                    "worker_latency_ms_p50": worker["latency_ms_p50"],
-                    "worker_latency_ms_p95": worker["latency_ms_p95"],
+                    "first_frame_ms_p50": worker["first_frame_ms_p50"],
+                    "first_frame_ms_p95": worker["first_frame_ms_p95"],
                     "session_speech_to_mouth_ms_p95": figures["speech_to_mouth_ms_p95"],
                     "frames_repeated": figures["frames_dropped"],
                     "frames_out": worker["frames"],

@@ -10,6 +10,7 @@ against a real LiveKit server when ``LIVEKIT_URL``, ``LIVEKIT_API_KEY`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import sys
@@ -93,8 +94,9 @@ class Frames:
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        while True:
-            self.seen.append(await self._sub.next_audio())
+        with contextlib.suppress(ConnectionError):  # the session closed
+            while True:
+                self.seen.append(await self._sub.next_audio())
 
     def speaking(self) -> list[AVFrame]:
         return [f for f in self.seen if f.utterance_id and np.abs(f.audio).max() > 1000]
@@ -183,7 +185,7 @@ async def test_clear_buffer_interrupts_within_two_frames(lk: Dispatched) -> None
     assert after and not any(f.utterance_id for f in after)
     assert all(np.abs(f.audio).max() == 0 for f in after)
     figures = session.outputs.describe()[0]
-    assert figures["clear_to_silence_ms"] is not None and figures["latency_ms_p95"] > 0
+    assert figures["clear_to_silence_ms"] is not None and figures["first_frame_ms_p95"] > 0
     # the rest of that stream is discarded; the next stream plays
     reader.feed(pcm(0.2))
     reader.close()
@@ -235,9 +237,8 @@ async def test_a_stall_is_caught_up_on_silence_not_on_speech(
     await wait_for(lambda: len(frames.speaking()) > 5, 10, "speaking")
     time.sleep(0.3)  # noqa: ASYNC251  # a stall while speaking
     await wait_for(lambda: room.calls_to("lk.playback_finished"), 10, "playback finished")
-    await wait_for(
-        lambda: frames.seen and sent and sent[-1] >= frames.seen[-1].index - 1, 5, "caught up"
-    )
+    target = frames.seen[-1].index
+    await wait_for(lambda: sent and sent[-1] >= target, 5, "the worker caught up")
     speech = [f.index for f in frames.speaking()]
     assert len(speech) >= 20 and set(speech) <= set(sent)
     await frames.aclose()

@@ -72,8 +72,9 @@ class LiveKitWorker:
         self.frames = 0
         self.skipped = 0  # silent frames skipped to catch up
         self.clear_to_silence_ms: float | None = None
-        self._latency_ms: collections.deque[float] = collections.deque(maxlen=FPS * 60)
+        self._latency_ms: collections.deque[float] = collections.deque(maxlen=1000)
         self._cleared_at: float | None = None
+        self._last_utterance: str | None = None
         self._session = session
         self._room = room
         self._url = url
@@ -213,8 +214,8 @@ class LiveKitWorker:
             "streams_rejected": self._segments.rejected,
             "frames": self.frames,
             "silent_frames_skipped": self.skipped,
-            "latency_ms_p50": _round(percentile(self._latency_ms, 50)),
-            "latency_ms_p95": _round(percentile(self._latency_ms, 95)),
+            "first_frame_ms_p50": _round(percentile(self._latency_ms, 50)),
+            "first_frame_ms_p95": _round(percentile(self._latency_ms, 95)),
             "clear_to_silence_ms": self.clear_to_silence_ms,
         }
 
@@ -316,12 +317,14 @@ class LiveKitWorker:
     # --- the session's frames out ----------------------------------------------------------
 
     def _timing(self, frame: AVFrame) -> None:
-        """How long the agent's audio took to leave as this frame (from when it reached the
-        session, as if it came in real time), and how soon after a clear the avatar is
-        silent: the issue's two live figures, read in GET /v1/sessions/{id}."""
+        """Two live figures, read in GET /v1/sessions/{id}: how long a segment's first audio
+        took to leave as a frame (an agent sends speech faster than real time, so later
+        samples wait their turn by design), and how soon after a clear the avatar is silent."""
         now = asyncio.get_running_loop().time()
-        if frame.audio_in_at is not None:  # speech (the session speaks for the agent only)
+        first = frame.utterance_id is not None and frame.utterance_id != self._last_utterance
+        if first and frame.audio_in_at is not None:
             self._latency_ms.append((now - frame.audio_in_at) * 1000.0)
+        self._last_utterance = frame.utterance_id
         if self._cleared_at is not None and not frame.audio.any():
             self.clear_to_silence_ms = round((now - self._cleared_at) * 1000.0, 1)
             self._cleared_at = None
