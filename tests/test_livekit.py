@@ -26,10 +26,17 @@ from fastapi import FastAPI
 
 from models.avatar import Avatar
 from streamer.engine.base import Backend
-from streamer.outputs.livekit.segments import PcmDecoder, StreamRejected, stream_format
 from streamer.pipeline.frames import AVFrame
 from streamer.session import Session
 from tests.conftest import Live, make_app, serving, state_of, wait_for
+
+# The worker needs the server's livekit extra (the Makefile installs it for the tests).
+pytest.importorskip("livekit.rtc", reason="the livekit extra is not installed")
+from streamer.outputs.livekit.segments import (
+    PcmDecoder,
+    StreamRejected,
+    stream_format,
+)
 from tests.livekit_fakes import AGENT, MIRRORS, PROPERTIES, FakeRoom
 
 ATTRS_24K = {"sample_rate": "24000", "num_channels": "1"}

@@ -21,11 +21,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from livekit import rtc
 
 from models.avatar import Avatar
 from streamer.engine.base import Backend
 from tests.conftest import make_app, serving, state_of, wait_for
+
+pytest.importorskip("livekit.rtc", reason="the livekit extra is not installed")
+from livekit import rtc
 
 ENV = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
 pytestmark = pytest.mark.skipif(
