@@ -248,6 +248,15 @@ def state_of(app: FastAPI) -> AppState:
     return state
 
 
+async def wait_for(condition: Callable[[], object], seconds: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail saying ``what`` did not happen in time."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {seconds} s")
+        await asyncio.sleep(0.02)
+
+
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[str]:
     """Serve ``app`` (its lifespan included) until the block ends; yields its base URL."""

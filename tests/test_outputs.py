@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from streamer.outputs.record import RecordOutput
 from streamer.outputs.spec import SESSION_VIDEO_KBPS, OutputSpec, parse_spec, redact
 from streamer.session import Session
 from streamer.session.events import OutputState
-from tests.conftest import Live, make_app, serving, tone
+from tests.conftest import Live, make_app, serving, tone, wait_for
 
 # --- validation ------------------------------------------------------------------------------
 
@@ -101,14 +101,6 @@ def test_good_requests_and_what_they_show(tmp_path: Path) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {seconds} s")
-        await asyncio.sleep(0.05)
 
 
 def attach(session: Session, kind: str, tmp: Path, **fields: object) -> MuxedOutput:

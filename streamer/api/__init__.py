@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from streamer.api import apidocs, avatars, health, pages, sessions, tokens, whep, ws
+from streamer.api import apidocs, avatars, health, livekit, pages, sessions, tokens, whep, ws
 
 
 def core_routers() -> list[APIRouter]:
@@ -14,6 +14,7 @@ def core_routers() -> list[APIRouter]:
         tokens.router,
         ws.router,
         whep.router,
+        livekit.router,
         pages.router,
         health.router,
         apidocs.router,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -102,6 +104,20 @@ def urls(request: Request, session: Session, view_token: str | None = None) -> d
     }
 
 
+@contextlib.contextmanager
+def creation_errors() -> Iterator[None]:
+    """What can stop a session from being made, as the API answers it."""
+    try:
+        yield
+    except AvatarError as exc:
+        raise ApiError(400, "unknown_avatar", str(exc)) from None
+    except BackendError as exc:
+        raise ApiError(503, "backend_unavailable", str(exc)) from None
+    except TooManySessions as exc:
+        headers = RETRY_AFTER if exc.status == 503 else None
+        raise ApiError(exc.status, exc.code, str(exc), headers) from None
+
+
 @router.post("", status_code=201)
 async def create_session(
     request: Request, response: Response, body: CreateSession | None = None
@@ -119,19 +135,12 @@ async def create_session(
         key_id=who.key_id,
         label=spec.label,
     )
-    try:
+    with creation_errors():
         engine = await state.engines.get(name)
         check_size(engine.avatar, options)
         if options.transparent:
             await load_matte(request, engine.avatar)
         session = await state.registry.create(name, options, key=who.key_id)
-    except AvatarError as exc:
-        raise ApiError(400, "unknown_avatar", str(exc)) from None
-    except BackendError as exc:
-        raise ApiError(503, "backend_unavailable", str(exc)) from None
-    except TooManySessions as exc:
-        headers = RETRY_AFTER if exc.status == 503 else None
-        raise ApiError(exc.status, exc.code, str(exc), headers) from None
     # 201's Location: a proxy in front of several servers learns from it which one holds
     # the session (docs/scaling.md).
     response.headers["Location"] = f"/v1/sessions/{session.id}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import HTTPConnection
 
@@ -25,6 +27,8 @@ class AppState:
     compose_pool: ThreadPoolExecutor  # compositing (cv2 releases the GIL)
     speech_pool: ThreadPoolExecutor  # TTS (espeak is one engine: one thread)
     decode_pool: ThreadPoolExecutor  # uploaded audio files
+    # Makes the Room a LiveKit worker joins (livekit.rtc.Room when None; tests: a fake)
+    livekit_room: Callable[[], Any] | None = None
     access: Access = field(init=False)  # API keys and view tokens, from the settings
 
     def __post_init__(self) -> None:
