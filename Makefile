@@ -13,7 +13,14 @@ RUN_APT := espeak-ng
 TEST_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium \
 	nginx libnginx-mod-rtmp
 
-.PHONY: run test install install-dev lint typecheck unit apt-run apt-test default-avatar eval bench clean
+# The integrations (LiveKit Agents plugin, pipecat service) are separate distributions with their
+# own environment: livekit-agents and pipecat-ai pull protobuf and friends the server must not get.
+INT_VENV := .venv-integrations
+INT_BIN := $(INT_VENV)/bin
+INTEGRATIONS := integrations/livekit integrations/pipecat
+
+.PHONY: run test install install-dev lint typecheck unit apt-run apt-test default-avatar eval bench clean \
+	integrations-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +30,30 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# The livekit extra goes in a second step: mediapipe's metadata pins protobuf<5, the LiveKit SDK
+# needs 6 (mediapipe runs on 6; 7 breaks it), and one resolve cannot satisfy both.
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q 'livekit>=1.0' 'protobuf>=6,<7'
 	touch $@ $(VENV)/.installed
+
+$(INT_BIN)/python:
+	$(PYTHON) -m venv $(INT_VENV)
+	$(INT_BIN)/python -m pip install -q --upgrade pip
+
+$(INT_VENV)/.installed: $(INT_BIN)/python integrations/livekit/pyproject.toml integrations/pipecat/pyproject.toml
+	$(INT_BIN)/pip install -q -e 'integrations/livekit[test]' -e 'integrations/pipecat[dev]'
+	touch $@
+
+# Each integration's tests run from its own folder (both have a package named tests); the
+# pipecat tests start a real server from $(BIN)/python.
+integrations-test: $(INT_VENV)/.installed install-dev
+	$(INT_BIN)/ruff check $(INTEGRATIONS)
+	$(INT_BIN)/ruff format --check $(INTEGRATIONS)
+	for d in $(INTEGRATIONS); do \
+		(cd $$d && AVATARCAST_SERVER_PYTHON=$(CURDIR)/$(BIN)/python \
+			$(CURDIR)/$(INT_BIN)/python -m pytest -q -p no:cacheprovider tests) || exit 1; \
+	done
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -56,6 +84,7 @@ test: apt-test install-dev
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(MAKE) integrations-test
 
 # The built-in avatar's whole recipe (teacher data -> SyncNet -> generator -> ONNX -> models/default/).
 default-avatar: apt-test install-dev
@@ -68,4 +97,4 @@ bench: install
 	$(BIN)/avatarcast bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(INT_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
