@@ -98,6 +98,7 @@ def control_routes(sid: str) -> list[tuple[str, str, dict[str, Any]]]:
         ("POST", f"/v1/sessions/{sid}/mic", {"content": GARBAGE_SDP, "headers": SDP}),
         ("PATCH", f"/v1/sessions/{sid}/mic/r-none", {"content": "", "headers": SDPFRAG}),
         ("DELETE", f"/v1/sessions/{sid}/mic/r-none", {}),
+        ("DELETE", f"/v1/livekit/sessions/{sid}", {}),
     ]
 
 
@@ -118,6 +119,7 @@ def test_the_tables_cover_every_route() -> None:
         ("GET", "/v1/sessions"),
         ("POST", "/v1/sessions"),
         ("DELETE", "/v1/sessions/{session_id}"),
+        ("POST", "/v1/livekit/sessions"),
     }
     tabled |= {("GET", "/v1/sessions/{session_id}/ws")}  # the WebSocket: its own test below
     tabled |= {("GET", "/v1/avatars"), ("GET", "/v1/avatars/{name}")}
@@ -194,12 +196,16 @@ async def test_every_route_class_with_every_credential(
     for name, token in tokens.items():
         listed = await outcome(client, "GET", "/v1/sessions", token, {})
         made_one = await outcome(client, "POST", "/v1/sessions", token, {"json": {}})
+        # A LiveKit dispatch makes a session too (the bad URL keeps it from joining anything).
+        dispatch = {"json": {"url": "ftp://nowhere", "token": "t", "avatar": "default"}}
+        joined = await outcome(client, "POST", "/v1/livekit/sessions", token, dispatch)
         avatars = await outcome(client, "GET", "/v1/avatars", token, {})
         shown = await outcome(client, "GET", "/v1/avatars/default", token, {})
         may_use = name in ("admin", "pub_default")
         may_list = name in ("admin", "pub_default", "pub_other", "creator")
         verdicts = (listed == "ok", avatars == "ok", made_one == "ok", shown == "ok")
         assert verdicts == (may_list, may_list, may_use, may_use), name
+        assert (joined == "ok") == may_use, name
     assert view  # pub_default's own session has its own token
     # Deleting: never with someone else's key; always by the session's own.
     for token in (k.pub_other, k.creator, view, None):

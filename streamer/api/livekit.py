@@ -61,15 +61,15 @@ async def _session(state: AppState, avatar: str, key_id: str) -> Session:
 @router.post("", status_code=201)
 async def dispatch(request: Request, body: DispatchLiveKit) -> dict[str, Any]:
     """Join the room as the avatar: ``201 {"id", "avatar", "output_id"}`` once it is in."""
+    state = app_state(request)
+    who = require_api_key(request)
+    name = body.avatar or state.settings.avatar
+    await check_avatar_use(request, who, name)  # a publisher key names its avatars
     _check(body)
     try:
         from streamer.outputs.livekit.worker import LiveKitWorker, default_room
     except ImportError:
         raise ApiError(501, "livekit_unavailable", NOT_INSTALLED) from None
-    state = app_state(request)
-    who = require_api_key(request)
-    name = body.avatar or state.settings.avatar
-    await check_avatar_use(request, who, name)  # a publisher key names its avatars
     session = await _session(state, name, who.key_id)
     room = (state.livekit_room or default_room)()
     worker = LiveKitWorker(

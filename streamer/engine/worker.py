@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 FRAME_PERIOD_S = 0.040
 CPU_MAX_BATCH, GPU_MAX_BATCH = 8, 64
 PHASE_SLOTS = 8  # a session's frames fall due at one of 8 points 5 ms apart (CPU backends)
-SKIP_DECAY = 0.7  # a frame given up as hopeless lowers its model's cost estimate this much
+SKIP_DECAY = 0.7  # a round that gives up all of a model's frames lowers its cost estimate
 
 Clock = Callable[[], float]
 
@@ -176,18 +176,22 @@ class DeviceWorker:
             # every session at once instead of dropping a few frames.
             now = self._clock()
             live: list[_Request] = []
+            hopeless: set[int] = set()
             for r in self._pending:
                 if r.future.cancelled():
                     continue
                 if r.deadline < now + self._frame_s.get(id(r.backend), 0.0):
                     self.stats.skipped += 1
                     _give_up(r)
-                    # Only a call corrects the estimate, so one slow call (a cold start, a
-                    # burst of load) must not stop every later call: each give-up lowers it
-                    # until a frame is tried again.
-                    self._frame_s[id(r.backend)] *= SKIP_DECAY
+                    hopeless.add(id(r.backend))
                 else:
                     live.append(r)
+            # Only a call corrects the estimate, so one slow call (a cold start, a burst of
+            # load) must not stop every later call: a model none of whose frames is tried
+            # this round has its estimate lowered, until one is tried again. A model that
+            # still gets calls (an overloaded machine) keeps its measured cost.
+            for backend in hopeless - {id(r.backend) for r in live}:
+                self._frame_s[backend] *= SKIP_DECAY
             live.sort(key=_by_due)
             batch = self._batch(live, now)
             taken = {id(r) for r in batch}
