@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         action="append",
         metavar="URL",
-        help="also push the default session to URL (rtmp:// or rtmps://; repeatable)",
+        help="also push the default session to URL (rtmp://, rtmps:// or srt://; repeatable)",
     )
 
     p = command("render", cmd_render, "render a lip-synced MP4 from audio or text")

@@ -11,12 +11,14 @@ from streamer.outputs.muxed import MuxedOutput
 from streamer.outputs.record import RecordOutput
 from streamer.outputs.rtmp import RtmpOutput
 from streamer.outputs.spec import OutputSpec
+from streamer.outputs.srt import SrtOutput
 from streamer.session import Session
 from streamer.session.events import OutputState
 
-KINDS: dict[str, type[RtmpOutput] | type[RecordOutput]] = {
+KINDS: dict[str, type[RtmpOutput] | type[RecordOutput] | type[SrtOutput]] = {
     "rtmp": RtmpOutput,
     "record": RecordOutput,
+    "srt": SrtOutput,
 }
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from streamer.outputs.base import OutputRejected
+from streamer.outputs.srt_url import parse_srt_url, redact_srt, tool_path
 from streamer.pipeline.codecs import VIDEO_BITRATE
 
-BUILT = ("rtmp", "record")
-PLANNED = ("srt", "whip", "virtualcam")  # in INTERFACE.md, not built yet: 501, not 400
+BUILT = ("rtmp", "record", "srt")
+PLANNED = ("whip", "virtualcam")  # in INTERFACE.md, not built yet: 501, not 400
 RTMP_SCHEMES = ("rtmp", "rtmps")
 URL_SCHEMES = {"rtmp": "rtmp", "rtmps": "rtmp", "srt": "srt", "whip+https": "whip"}
 MAX_URL = 2048
@@ -65,6 +66,12 @@ def parse_spec(
         if name is not None:
             raise OutputRejected(400, "invalid_request", "an rtmp output takes a url, not a name")
         return OutputSpec("rtmp", url=check_rtmp_url(url), video_bitrate_kbps=kbps)
+    if kind == "srt":
+        if name is not None:
+            raise OutputRejected(400, "invalid_request", "an srt output takes a url, not a name")
+        parse_srt_url(url)
+        tool_path()
+        return OutputSpec("srt", url=str(url), video_bitrate_kbps=kbps)
     if url is not None:
         raise OutputRejected(
             400, "invalid_request", "a record output takes a name (a file), not a url"
@@ -165,6 +172,8 @@ def kind_of_url(url: str) -> str:
 
 def redact(url: str) -> str:
     """The URL with its stream key (the last path segment), password and query hidden."""
+    if url[:6].lower() == "srt://":
+        return redact_srt(url)
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
