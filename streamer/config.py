@@ -45,10 +45,16 @@ class Settings:
     # Where `record` outputs write (INTERFACE.md: $AVATARCAST_RECORDINGS, else home/recordings).
     recordings: Path | None = None
     outputs: tuple[str, ...] = ()  # `serve --output URL`: pushes of the default session
+    # Where virtualcam outputs' audio FIFOs live ($AVATARCAST_AUDIO_PIPES, else home/pipes).
+    audio_pipes: Path | None = None
 
     @property
     def recordings_dir(self) -> Path:
         return self.recordings or self.home / "recordings"
+
+    @property
+    def audio_pipes_dir(self) -> Path:
+        return self.audio_pipes or self.home / "pipes"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -72,6 +78,8 @@ class Settings:
                     ) from None
         if env.get("AVATARCAST_RECORDINGS"):
             values["recordings"] = Path(env["AVATARCAST_RECORDINGS"]).expanduser()
+        if env.get("AVATARCAST_AUDIO_PIPES"):
+            values["audio_pipes"] = Path(env["AVATARCAST_AUDIO_PIPES"]).expanduser()
         if env.get("AVATARCAST_API_KEY"):
             values["api_key"] = env["AVATARCAST_API_KEY"]
         values.update({k: v for k, v in overrides.items() if v is not None})

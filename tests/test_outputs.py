@@ -47,7 +47,6 @@ def rejected(recordings: Path, kind: object, **fields: object) -> OutputRejected
     [
         ("ftp", {"url": "ftp://x/y"}, 400, "unknown_output_type"),
         ("whip", {"url": "https://x/whip"}, 501, "not_implemented"),
-        ("virtualcam", {}, 501, "not_implemented"),
         ("rtmp", {"url": "http://example.com/live/key"}, 400, "unsupported_scheme"),
         ("rtmp", {"url": "file:///etc/passwd"}, 400, "unsupported_scheme"),
         ("rtmp", {}, 400, "invalid_url"),

@@ -12,17 +12,23 @@ from streamer.outputs.record import RecordOutput
 from streamer.outputs.rtmp import RtmpOutput
 from streamer.outputs.spec import OutputSpec
 from streamer.outputs.srt import SrtOutput
+from streamer.outputs.virtualcam import VirtualcamOutput
 from streamer.session import Session
 from streamer.session.events import OutputState
 
-KINDS: dict[str, type[RtmpOutput] | type[RecordOutput] | type[SrtOutput]] = {
+KINDS: dict[
+    str, type[RtmpOutput] | type[RecordOutput] | type[SrtOutput] | type[VirtualcamOutput]
+] = {
     "rtmp": RtmpOutput,
     "record": RecordOutput,
     "srt": SrtOutput,
+    "virtualcam": VirtualcamOutput,
 }
 
 
-def attach_output(session: Session, spec: OutputSpec, metrics: Metrics | None) -> MuxedOutput:
+def attach_output(
+    session: Session, spec: OutputSpec, metrics: Metrics | None
+) -> MuxedOutput | VirtualcamOutput:
     """Start an output of ``spec`` on ``session`` and hand it to the session, which lists
     it and stops it when it closes (call on the event loop)."""
     if session.closed:

@@ -8,7 +8,9 @@ folder and nowhere else (no separators, no ``..``, no hidden files, no overwriti
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -17,8 +19,8 @@ from streamer.outputs.base import OutputRejected
 from streamer.outputs.srt_url import parse_srt_url, redact_srt, tool_path
 from streamer.pipeline.codecs import VIDEO_BITRATE
 
-BUILT = ("rtmp", "record", "srt")
-PLANNED = ("whip", "virtualcam")  # in INTERFACE.md, not built yet: 501, not 400
+BUILT = ("rtmp", "record", "srt", "virtualcam")
+PLANNED = ("whip",)  # in INTERFACE.md, not built yet: 501, not 400
 RTMP_SCHEMES = ("rtmp", "rtmps")
 URL_SCHEMES = {"rtmp": "rtmp", "rtmps": "rtmp", "srt": "srt", "whip+https": "whip"}
 MAX_URL = 2048
@@ -49,6 +51,7 @@ def parse_spec(
     kind: object,
     *,
     recordings: Path,
+    audio_pipes: Path | None = None,
     url: object = None,
     name: object = None,
     video_bitrate_kbps: object = None,
@@ -72,6 +75,8 @@ def parse_spec(
         parse_srt_url(url)
         tool_path()
         return OutputSpec("srt", url=str(url), video_bitrate_kbps=kbps)
+    if kind == "virtualcam":
+        return virtualcam_spec(audio_pipes, url, name)
     if url is not None:
         raise OutputRejected(
             400, "invalid_request", "a record output takes a name (a file), not a url"
@@ -132,15 +137,21 @@ def check_rtmp_url(url: object) -> str:
     return url
 
 
-def recording_path(recordings: Path, name: object) -> Path:
-    """``recordings/name`` (``.mp4`` added when absent); nothing else can be named."""
+def file_name(name: object, what: str, where: str) -> str:
+    """A bare file name for a file in one of the server's folders, nothing else."""
     if not isinstance(name, str) or not RECORD_NAME.fullmatch(name) or ".." in name:
         raise OutputRejected(
             400,
             "invalid_name",
-            "a record output needs a name of letters, digits, '.', '_' and '-' (at most 128, "
-            "starting with a letter or digit, no '..'): it is a file in the recordings folder",
+            f"{what} needs a name of letters, digits, '.', '_' and '-' (at most 128, starting "
+            f"with a letter or digit, no '..'): it is a file in {where}",
         )
+    return name
+
+
+def recording_path(recordings: Path, name: object) -> Path:
+    """``recordings/name`` (``.mp4`` added when absent); nothing else can be named."""
+    name = file_name(name, "a record output", "the recordings folder")
     suffix = Path(name).suffix.lower()
     if suffix not in ("", ".mp4"):
         raise OutputRejected(
@@ -155,6 +166,34 @@ def recording_path(recordings: Path, name: object) -> Path:
             409, "recording_exists", f"a recording named {path.name!r} exists: choose another name"
         )
     return path
+
+
+def virtualcam_spec(audio_pipes: Path | None, url: object, name: object) -> OutputSpec:
+    """A virtual camera; ``name``, when given, is its voice's FIFO in the audio-pipes
+    folder (a file name only, like a recording's)."""
+    if importlib.util.find_spec("pyvirtualcam") is None:
+        raise OutputRejected(
+            424,
+            "output_unavailable",
+            "virtualcam outputs need pyvirtualcam on the server: "
+            "pip install 'avatarcast[virtualcam]'",
+        )
+    if url is not None:
+        raise OutputRejected(
+            400, "invalid_request", "a virtualcam output takes no url (name: its audio pipe)"
+        )
+    if name is None:
+        return OutputSpec("virtualcam")
+    if audio_pipes is None:
+        raise OutputRejected(400, "invalid_request", "this server has no audio-pipes folder")
+    name = file_name(name, "a virtualcam output (its audio pipe)", "the audio-pipes folder")
+    folder = audio_pipes.expanduser().resolve()
+    path = folder / name
+    if path.resolve().parent != folder:
+        raise OutputRejected(400, "invalid_name", f"{name!r} points outside the audio-pipes folder")
+    if path.exists() and not stat.S_ISFIFO(path.stat().st_mode):
+        raise OutputRejected(409, "not_a_fifo", f"{name!r} exists and is not a FIFO")
+    return OutputSpec("virtualcam", path=path)
 
 
 def kind_of_url(url: str) -> str:
