@@ -9,9 +9,10 @@ PORT ?= 8080
 # Speech: espeak-ng is the built-in TTS; festival and its voices give training and eval more voices;
 # chromium is the real browser of the WebRTC tests (driven by playwright, no browser download);
 # nginx with its RTMP module receives the RTMP outputs' pushes in their tests.
+# srt-tools: srt-live-transmit sends the srt outputs (and is the SRT listener in their tests).
 RUN_APT := espeak-ng
 TEST_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium \
-	nginx libnginx-mod-rtmp
+	nginx libnginx-mod-rtmp srt-tools
 
 # The integrations (LiveKit Agents plugin, pipecat service) are separate distributions with their
 # own environment: livekit-agents and pipecat-ai pull protobuf and friends the server must not get.

@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         action="append",
         metavar="URL",
-        help="also push the default session to URL (rtmp://, rtmps://, whip+https://; "
+        help="also push the default session to URL (rtmp://, rtmps://, srt://, whip+https://; "
         "repeatable; a WHIP token comes from $AVATARCAST_WHIP_TOKEN)",
     )
     p.add_argument("--insecure", action="store_true", help="allow a public --host with no API key")

@@ -94,10 +94,16 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     view_token_ttl_s: int = 12 * 3600  # AVATARCAST_VIEW_TOKEN_TTL: a session's first view token
     limits: Limits = field(default_factory=Limits)
+    # Where virtualcam outputs' audio FIFOs live ($AVATARCAST_AUDIO_PIPES, else home/pipes).
+    audio_pipes: Path | None = None
 
     @property
     def recordings_dir(self) -> Path:
         return self.recordings or self.home / "recordings"
+
+    @property
+    def audio_pipes_dir(self) -> Path:
+        return self.audio_pipes or self.home / "pipes"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -105,9 +111,10 @@ class Settings:
         env = os.environ if env is None else env
         settings = cls()
         values: dict[str, object] = {}
-        if env.get("AVATARCAST_HOME"):
-            values["home"] = Path(env["AVATARCAST_HOME"]).expanduser()
-        for key in ("host", "avatar", "backend"):
+        for key in ("home", "recordings", "audio_pipes"):
+            if env.get(f"AVATARCAST_{key.upper()}"):
+                values[key] = Path(env[f"AVATARCAST_{key.upper()}"]).expanduser()
+        for key in ("host", "avatar", "backend", "api_key", "whip_token"):
             if env.get(f"AVATARCAST_{key.upper()}"):
                 values[key] = env[f"AVATARCAST_{key.upper()}"]
         for key in ("port", "threads", "batch_size", "max_sessions"):
@@ -119,13 +126,7 @@ class Settings:
                     raise ConfigError(
                         f"AVATARCAST_{key.upper()}={raw!r} is not an integer"
                     ) from None
-        if env.get("AVATARCAST_RECORDINGS"):
-            values["recordings"] = Path(env["AVATARCAST_RECORDINGS"]).expanduser()
         values.update(_access_env(env))
-        if env.get("AVATARCAST_API_KEY"):
-            values["api_key"] = env["AVATARCAST_API_KEY"]
-        if env.get("AVATARCAST_WHIP_TOKEN"):
-            values["whip_token"] = env["AVATARCAST_WHIP_TOKEN"]
         values["limits"] = Limits.from_env(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = replace(settings, **values)  # type: ignore[arg-type]

@@ -46,8 +46,6 @@ def rejected(recordings: Path, kind: object, **fields: object) -> OutputRejected
     ("kind", "fields", "status", "code"),
     [
         ("ftp", {"url": "ftp://x/y"}, 400, "unknown_output_type"),
-        ("srt", {"url": "srt://x:9000"}, 501, "not_implemented"),
-        ("virtualcam", {}, 501, "not_implemented"),
         ("rtmp", {"url": "http://example.com/live/key"}, 400, "unsupported_scheme"),
         ("rtmp", {"url": "file:///etc/passwd"}, 400, "unsupported_scheme"),
         ("rtmp", {}, 400, "invalid_url"),
@@ -338,7 +336,7 @@ async def test_outputs_api(api: tuple[httpx.AsyncClient, FastAPI], tmp_path: Pat
     ("url", "says"),
     [
         ("ftp://example.com/x", "use an rtmp://"),
-        ("srt://example.com:9000", "not built yet"),
+        ("srt://example.com", "needs a port"),
         ("rtmp://example.com", "application and a stream key"),
     ],
 )

@@ -319,6 +319,7 @@ async def add_output(request: Request, session_id: str, body: AddOutput) -> dict
         spec = parse_spec(
             body.type,
             recordings=state.settings.recordings_dir,
+            audio_pipes=state.settings.audio_pipes_dir,
             url=body.url,
             name=body.name,
             video_bitrate_kbps=body.video_bitrate_kbps,

@@ -11,13 +11,25 @@ from streamer.outputs.muxed import MuxedOutput
 from streamer.outputs.record import RecordOutput
 from streamer.outputs.rtmp import RtmpOutput
 from streamer.outputs.spec import OutputSpec
+from streamer.outputs.srt import SrtOutput
+from streamer.outputs.virtualcam import VirtualcamOutput
 from streamer.outputs.whip import WhipOutput
 from streamer.session import Session
 from streamer.session.events import OutputState
 
-KINDS: dict[str, type[RtmpOutput] | type[RecordOutput] | type[WhipOutput]] = {
+Output = MuxedOutput | WhipOutput | VirtualcamOutput
+KINDS: dict[
+    str,
+    type[RtmpOutput]
+    | type[RecordOutput]
+    | type[SrtOutput]
+    | type[VirtualcamOutput]
+    | type[WhipOutput],
+] = {
     "rtmp": RtmpOutput,
     "record": RecordOutput,
+    "srt": SrtOutput,
+    "virtualcam": VirtualcamOutput,
     "whip": WhipOutput,
 }
 
@@ -27,7 +39,7 @@ def attach_output(
     spec: OutputSpec,
     metrics: Metrics | None,
     most: int = MAX_OUTPUTS_PER_SESSION,
-) -> MuxedOutput | WhipOutput:
+) -> Output:
     """Start an output of ``spec`` on ``session`` and hand it to the session, which lists
     it and stops it when it closes (call on the event loop); ``most`` outputs at once."""
     if session.closed:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fractions
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import av
 
@@ -43,11 +44,17 @@ class MuxError(RuntimeError):
     """The container cannot go on (its reason is the output's ``last_error``)."""
 
 
+class Sink(Protocol):
+    """A file-like destination PyAV can write a container into (a pipe to a process)."""
+
+    def write(self, data: bytes) -> int: ...
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a container goes: a URL or path, its format and its muxer options."""
 
-    url: str
+    url: str | Sink  # a URL or path, or what FFmpeg's bytes are handed to
     format: str
     options: dict[str, str] = field(default_factory=dict)
 

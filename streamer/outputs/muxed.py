@@ -81,6 +81,7 @@ class MuxedOutput:
         self._tasks: list[asyncio.Task[None]] = []
         self._thread: threading.Thread | None = None
         self._ended: asyncio.Future[None] = self._loop.create_future()
+        self._backoff = Backoff()
         self._last_key = -GOP_FRAMES
         self._frames_sent = 0  # AV frames muxed over all connections
         self._cpu_s = 0.0  # the thread's CPU time so far (muxing, AAC, network writes)
@@ -182,13 +183,13 @@ class MuxedOutput:
     # --- the thread's side -----------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = Backoff()
+        backoff = self._backoff
         origin: list[int] = []  # the first frame ever sent: time 0 of every connection
         try:
             self.prepare()
             while not self._stop.is_set():
                 try:
-                    self._connection(origin, backoff)
+                    self._connection(origin)
                 except Stopped:
                     return
                 except MuxError as exc:
@@ -222,24 +223,39 @@ class MuxedOutput:
         self._status.set("connecting")
         return True
 
-    def _connection(self, origin: list[int], backoff: Backoff) -> None:
+    def _connection(self, origin: list[int]) -> None:
         """One container, from a key frame until an error or a stop."""
         self._inbox.clear()
         self._request_keyframe()
         key, audio, size = self._wait_for_keyframe()
         if not origin:
             origin.append(key.index)
-        muxer = Muxer(self.target, origin[0], size)
         self.connections += 1
+        target = self.open_target()
         try:
-            muxer.video(key)  # writes the header: connects, or creates the file
-            for frame in audio:
-                muxer.audio(frame)
-            self._status.set("live")
-            backoff.reset()
-            self._feed(muxer)
+            muxer = Muxer(target, origin[0], size)
+            try:
+                muxer.video(key)  # writes the header: connects, or creates the file
+                for frame in audio:
+                    muxer.audio(frame)
+                self.header_written()
+                self._feed(muxer)
+            finally:
+                muxer.close()
         finally:
-            muxer.close()
+            self.close_target()
+
+    def open_target(self) -> Target:
+        """Where this connection's container goes (a process to pipe into starts here)."""
+        return self.target
+
+    def header_written(self) -> None:
+        """The container's header went out: for FFmpeg's own protocols, the link is up."""
+        self._status.set("live")
+        self._backoff.reset()
+
+    def close_target(self) -> None:
+        """After each connection's container has closed."""
 
     def _wait_for_keyframe(self) -> tuple[EncodedFrame, list[AVFrame], tuple[int, int]]:
         """The next key frame, the audio from its frame on (the tracks start together) and

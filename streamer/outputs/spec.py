@@ -10,17 +10,20 @@ hidden files, no overwriting).
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from streamer.outputs.base import OutputRejected
+from streamer.outputs.srt_url import parse_srt_url, redact_srt, tool_path
 from streamer.outputs.whipspec import check_token, check_whip_url, redact_whip
 from streamer.pipeline.codecs import VIDEO_BITRATE
 
-BUILT = ("rtmp", "record", "whip")
-PLANNED = ("srt", "virtualcam")  # in INTERFACE.md, not built yet: 501, not 400
+BUILT = ("rtmp", "record", "srt", "virtualcam", "whip")
+PLANNED: tuple[str, ...] = ()  # in INTERFACE.md, not built yet: 501, not 400
 RTMP_SCHEMES = ("rtmp", "rtmps")
 URL_SCHEMES = {
     "rtmp": "rtmp",
@@ -59,6 +62,7 @@ def parse_spec(
     kind: object,
     *,
     recordings: Path,
+    audio_pipes: Path | None = None,
     url: object = None,
     name: object = None,
     video_bitrate_kbps: object = None,
@@ -85,6 +89,14 @@ def parse_spec(
         if name is not None:
             raise OutputRejected(400, "invalid_request", "an rtmp output takes a url, not a name")
         return OutputSpec("rtmp", url=check_rtmp_url(url), video_bitrate_kbps=kbps)
+    if kind == "srt":
+        if name is not None:
+            raise OutputRejected(400, "invalid_request", "an srt output takes a url, not a name")
+        parse_srt_url(url)
+        tool_path()
+        return OutputSpec("srt", url=str(url), video_bitrate_kbps=kbps)
+    if kind == "virtualcam":
+        return virtualcam_spec(audio_pipes, url, name)
     if url is not None:
         raise OutputRejected(
             400, "invalid_request", "a record output takes a name (a file), not a url"
@@ -145,15 +157,21 @@ def check_rtmp_url(url: object) -> str:
     return url
 
 
-def recording_path(recordings: Path, name: object) -> Path:
-    """``recordings/name`` (``.mp4`` added when absent); nothing else can be named."""
+def file_name(name: object, what: str, where: str) -> str:
+    """A bare file name for a file in one of the server's folders, nothing else."""
     if not isinstance(name, str) or not RECORD_NAME.fullmatch(name) or ".." in name:
         raise OutputRejected(
             400,
             "invalid_name",
-            "a record output needs a name of letters, digits, '.', '_' and '-' (at most 128, "
-            "starting with a letter or digit, no '..'): it is a file in the recordings folder",
+            f"{what} needs a name of letters, digits, '.', '_' and '-' (at most 128, starting "
+            f"with a letter or digit, no '..'): it is a file in {where}",
         )
+    return name
+
+
+def recording_path(recordings: Path, name: object) -> Path:
+    """``recordings/name`` (``.mp4`` added when absent); nothing else can be named."""
+    name = file_name(name, "a record output", "the recordings folder")
     suffix = Path(name).suffix.lower()
     if suffix not in ("", ".mp4"):
         raise OutputRejected(
@@ -175,6 +193,34 @@ def whip_endpoint(url: str) -> str:
     return url[len("whip+") :] if url[:5].lower() == "whip+" else url
 
 
+def virtualcam_spec(audio_pipes: Path | None, url: object, name: object) -> OutputSpec:
+    """A virtual camera; ``name``, when given, is its voice's FIFO in the audio-pipes
+    folder (a file name only, like a recording's)."""
+    if importlib.util.find_spec("pyvirtualcam") is None:
+        raise OutputRejected(
+            424,
+            "output_unavailable",
+            "virtualcam outputs need pyvirtualcam on the server: "
+            "pip install 'avatarcast[virtualcam]'",
+        )
+    if url is not None:
+        raise OutputRejected(
+            400, "invalid_request", "a virtualcam output takes no url (name: its audio pipe)"
+        )
+    if name is None:
+        return OutputSpec("virtualcam")
+    if audio_pipes is None:
+        raise OutputRejected(400, "invalid_request", "this server has no audio-pipes folder")
+    name = file_name(name, "a virtualcam output (its audio pipe)", "the audio-pipes folder")
+    folder = audio_pipes.expanduser().resolve()
+    path = folder / name
+    if path.resolve().parent != folder:
+        raise OutputRejected(400, "invalid_name", f"{name!r} points outside the audio-pipes folder")
+    if path.exists() and not stat.S_ISFIFO(path.stat().st_mode):
+        raise OutputRejected(409, "not_a_fifo", f"{name!r} exists and is not a FIFO")
+    return OutputSpec("virtualcam", path=path)
+
+
 def kind_of_url(url: str) -> str:
     """The output type a ``serve --output`` URL asks for, by its scheme."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -190,6 +236,8 @@ def kind_of_url(url: str) -> str:
 
 def redact(url: str) -> str:
     """The URL with its stream key (the last path segment), password and query hidden."""
+    if url[:6].lower() == "srt://":
+        return redact_srt(url)
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
