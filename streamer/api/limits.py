@@ -40,7 +40,9 @@ class BodyTooLarge(HTTPException):
     code = "too_large"
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, too_large(limit))
+        # Closing the connection stops the rest of the upload: the server would otherwise
+        # read (and throw away) every remaining byte of it to keep the connection alive.
+        super().__init__(413, too_large(limit), {"Connection": "close"})
 
 
 def too_large(limit: int) -> str:
