@@ -98,7 +98,7 @@ bench: install
 	$(BIN)/avatarcast bench
 
 # schemathesis against /openapi.json, 1,000 cases (docs/benchmarks.md, "Fuzzing"); make test
-# runs about 60 of them (AVATARCAST_FUZZ_CASES).
+# runs about 50 (one per operation and mode; AVATARCAST_FUZZ_CASES=N for more).
 fuzz: install-dev
 	$(BIN)/python -m tests.fuzz_api --cases 1000
 

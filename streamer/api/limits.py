@@ -40,9 +40,7 @@ class BodyTooLarge(HTTPException):
     code = "too_large"
 
     def __init__(self, limit: int) -> None:
-        # Closing the connection stops the rest of the upload: the server would otherwise
-        # read (and throw away) every remaining byte of it to keep the connection alive.
-        super().__init__(413, too_large(limit), {"Connection": "close"})
+        super().__init__(413, too_large(limit))
 
 
 def too_large(limit: int) -> str:
