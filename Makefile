@@ -21,7 +21,7 @@ INT_BIN := $(INT_VENV)/bin
 INTEGRATIONS := integrations/livekit integrations/pipecat
 
 .PHONY: run test install install-dev lint typecheck unit apt-run apt-test default-avatar eval bench clean \
-	integrations-test
+	integrations-test fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -96,6 +96,11 @@ eval: install-dev
 
 bench: install
 	$(BIN)/avatarcast bench
+
+# schemathesis against /openapi.json, 1,000 cases (docs/benchmarks.md, "Fuzzing"); make test
+# runs about 50 (one per operation and mode; AVATARCAST_FUZZ_CASES=N for more).
+fuzz: install-dev
+	$(BIN)/python -m tests.fuzz_api --cases 1000
 
 clean:
 	rm -rf $(VENV) $(INT_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

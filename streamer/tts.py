@@ -19,6 +19,9 @@ from models.audio import SAMPLE_RATE
 from models.synth.espeak import engine
 
 MAX_CHUNK_CHARS = 400  # longer runs without punctuation are cut at a space
+# Control characters become spaces: espeak-ng reads its text as a C string, so a NUL would
+# silently end it there, and the others are not speech. Newlines still end a sentence.
+_CONTROLS = {c: " " for c in [*range(0x20), *range(0x7F, 0xA0)] if c != ord("\n")}
 _SENTENCE = re.compile(r"[^.!?;:\n]*(?:[.!?;:]+[\"')\]]*|\n|$)")
 
 
@@ -64,7 +67,7 @@ class TextToSpeech:
         return self._chunks(text)
 
     def _chunks(self, text: str) -> Iterator[np.ndarray]:
-        for sentence in split_sentences(text):
+        for sentence in split_sentences(text.translate(_CONTROLS)):
             chunk = self._speak(sentence)
             if len(chunk):
                 yield chunk

@@ -243,7 +243,27 @@ def _rejected(exc: SpeechRejected) -> ApiError:
     return ApiError(REJECTED_STATUS.get(exc.code, 400), exc.code, str(exc))
 
 
-@router.post("/{session_id}/speak", status_code=202)
+# The route reads its body raw (JSON or an audio file), so /openapi.json learns it from here.
+_AUDIO = {"schema": {"type": "string", "format": "binary"}}
+SPEAK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"text": {"type": "string"}},
+                    "required": ["text"],
+                }
+            },
+            **{kind: _AUDIO for kind in ("audio/wav", "audio/mpeg", "audio/ogg")},
+            "application/octet-stream": _AUDIO,
+        },
+    }
+}
+
+
+@router.post("/{session_id}/speak", status_code=202, openapi_extra=SPEAK_BODY)
 async def speak(request: Request, session_id: str) -> dict[str, str]:
     session = controlled_session(request, session_id)
     limits = app_state(request).settings.limits
@@ -282,7 +302,7 @@ async def speak(request: Request, session_id: str) -> dict[str, str]:
 def _text_of(body: bytes) -> str:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # decoding, syntax, 4300+ digits, nesting
         raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or "text" not in data:
         raise ApiError(422, "invalid_request", 'send {"text": "..."}')

@@ -55,6 +55,27 @@ class CorsRoute(APIRoute):
         return with_cors
 
 
+def raw_body(media_type: str, what: str) -> dict[str, Any]:
+    """An ``openapi_extra`` request body. These routes read their body raw (SDP is not JSON),
+    so FastAPI cannot describe it; /openapi.json (and so /docs and schemathesis) learns it here."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": what,
+            "content": {media_type: {"schema": {"type": "string"}}},
+        }
+    }
+
+
+OFFER = raw_body(SDP, "an SDP offer (at most 64 KiB, UTF-8)")
+FRAGMENT = raw_body(SDPFRAG, "trickle ICE: a=candidate lines, a=end-of-candidates")
+ANSWERED: dict[int | str, dict[str, Any]] = {
+    201: {
+        "description": "the SDP answer; the resource in Location, its ICE session in ETag",
+        "content": {SDP: {"schema": {"type": "string"}}},
+    }
+}
+
 router = APIRouter(tags=["webrtc"], route_class=CorsRoute)
 Kind = Literal["whep", "mic"]
 Viewed = Annotated[Session, Depends(viewed_session)]
@@ -134,6 +155,8 @@ async def resource_options(session_id: str, resource_id: str) -> Response:
     status_code=201,
     response_class=Response,
     summary="WHEP: play a session (an SDP recvonly offer in, the SDP answer out)",
+    openapi_extra=OFFER,
+    responses=ANSWERED,
 )
 async def whep_post(request: Request, session: Viewed) -> Response:
     offer = await _body(request, SDP)
@@ -171,7 +194,9 @@ async def _delete(request: Request, kind: Kind, session_id: str, resource_id: st
     return Response(status_code=200, headers=CORS)
 
 
-@router.patch("/v1/sessions/{session_id}/whep/{resource_id}", status_code=204)
+@router.patch(
+    "/v1/sessions/{session_id}/whep/{resource_id}", status_code=204, openapi_extra=FRAGMENT
+)
 async def whep_patch(request: Request, session: Viewed, resource_id: str) -> Response:
     """Trickle ICE: the client's candidates as an SDP fragment."""
     return await _patch(request, "whep", session.id, resource_id)
@@ -189,6 +214,8 @@ async def whep_delete(request: Request, session: Viewed, resource_id: str) -> Re
     response_class=Response,
     dependencies=KEY,
     summary="The host's microphone: an SDP offer sending audio; the voice becomes speech",
+    openapi_extra=OFFER,
+    responses=ANSWERED,
 )
 async def mic_post(request: Request, session_id: str) -> Response:
     session = controlled_session(request, session_id)
@@ -204,7 +231,12 @@ async def mic_post(request: Request, session_id: str) -> Response:
     return _created(peer, answer)
 
 
-@router.patch("/v1/sessions/{session_id}/mic/{resource_id}", status_code=204, dependencies=KEY)
+@router.patch(
+    "/v1/sessions/{session_id}/mic/{resource_id}",
+    status_code=204,
+    dependencies=KEY,
+    openapi_extra=FRAGMENT,
+)
 async def mic_patch(request: Request, session_id: str, resource_id: str) -> Response:
     controlled_session(request, session_id)
     return await _patch(request, "mic", session_id, resource_id)

@@ -20,7 +20,8 @@ from typing import Any
 
 import av
 import numpy as np
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from starlette.requests import HTTPConnection
 
 from models.audio import SAMPLE_RATE
 from streamer.api.auth import controlled_session
@@ -80,8 +81,8 @@ class PcmResampler:
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-def _sample_rate(websocket: WebSocket) -> int:
-    raw = websocket.query_params.get("sample_rate", str(SAMPLE_RATE))
+def _sample_rate(conn: HTTPConnection) -> int:
+    raw = conn.query_params.get("sample_rate", str(SAMPLE_RATE))
     rate = int(raw) if raw.isdigit() else 0
     if not MIN_RATE <= rate <= MAX_RATE:
         message = f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz, not {raw!r}"
@@ -177,7 +178,7 @@ class _Connection:
     async def on_text(self, text: str) -> None:
         try:
             message = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # also numbers over 4300 digits, deep nesting
             await self.error("invalid_json", "text messages must be JSON objects")
             return
         kind = message.get("type") if isinstance(message, dict) else None
@@ -233,3 +234,56 @@ async def session_ws(websocket: WebSocket, session_id: str) -> None:
         forwarder.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await forwarder
+
+
+# OpenAPI has no words for a WebSocket: the protocol is described on a GET of the same path,
+# which is what a plain HTTP client (or schemathesis) reaches. It checks what the handshake
+# checks, then answers 426: the route is only a WebSocket.
+WS_PARAMETERS = {
+    "parameters": [
+        {
+            "name": "sample_rate",
+            "in": "query",
+            "required": False,
+            "description": f"the PCM's rate in Hz, {MIN_RATE} to {MAX_RATE} "
+            f"(default {SAMPLE_RATE})",
+            "schema": {"type": "integer", "minimum": MIN_RATE, "maximum": MAX_RATE},
+        },
+        {
+            "name": "token",
+            "in": "query",
+            "required": False,
+            "description": "an API key, for browsers that cannot send Authorization",
+            "schema": {"type": "string"},
+        },
+    ]
+}
+WS_PROTOCOL = (
+    "Connect with `Upgrade: websocket`. Binary messages: signed 16-bit little-endian mono PCM "
+    "at `sample_rate`, one streamed utterance until `audio_end`. Text messages (JSON): "
+    '`{"type": "speak", "text": ...}`, `{"type": "audio_end"}`, `{"type": "interrupt"}`. '
+    "Text events out: `queued`, `interrupted`, `speaking_started`, `playback_finished` "
+    "(`position_s`, `interrupted`), `session_closed`, `error` (`code`, `message`). A message "
+    "over the size limit closes with 1009, too many a second or a full buffer with 1008, "
+    "each after an `error` event. A plain HTTP GET (no upgrade) is answered 426."
+)
+
+
+@router.get(
+    "/v1/sessions/{session_id}/ws",
+    summary="WebSocket: PCM and commands in, session events out",
+    description=WS_PROTOCOL,
+    status_code=101,
+    response_description="Switching Protocols: the WebSocket is open",
+    responses={426: {"description": "a plain HTTP request: connect as a WebSocket"}},
+    openapi_extra=WS_PARAMETERS,
+)
+async def session_ws_described(request: Request, session_id: str) -> None:
+    controlled_session(request, session_id)
+    _sample_rate(request)
+    raise ApiError(
+        426,
+        "upgrade_required",
+        "this is a WebSocket: connect with ws:// (or wss://) and Upgrade: websocket",
+        {"Upgrade": "websocket"},
+    )

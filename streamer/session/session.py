@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -55,6 +56,7 @@ from streamer.session.stats import SessionStats
 from streamer.session.utterances import Kind, LiveStream, SpeechRejected, UtteranceQueue
 
 log = logging.getLogger(__name__)
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 MAX_TEXT_CHARS = SessionConfig.max_text_chars  # the default; the server's is in its config
 
@@ -254,6 +256,8 @@ class Session:
                 "text_too_long",
                 f"text has {len(text)} characters; at most {self.config.max_text_chars}",
             )
+        if _SURROGATES.search(text):  # JSON's "\\ud800" escapes: no TTS can take them
+            raise SpeechRejected("invalid_text", "text holds unpaired surrogates: send Unicode")
         if self._speech is None:
             raise SpeechRejected("tts_unavailable", "this server has no text-to-speech")
         utt = self._new("text")

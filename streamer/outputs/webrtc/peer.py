@@ -100,6 +100,9 @@ class Peer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.pc.close()
+        try:
+            await self.pc.close()
+        except Exception:  # aiortc cannot close a pc an offer was half applied to (fuzzing)
+            log.warning("peer %s: its connection did not close cleanly", self.info.resource_id)
         if self._counted:
             self.session.viewer_removed()

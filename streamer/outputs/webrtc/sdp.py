@@ -12,9 +12,21 @@ from aiortc import RTCIceCandidate, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
-# What aiortc's parser raises on malformed SDP (it asserts on some lines).
-PARSE_ERRORS = (ValueError, KeyError, IndexError, AssertionError, StopIteration)
+# What aiortc's parser raises on malformed SDP (it asserts on some lines, and reads an
+# attribute without a value as None: "a=group" gives AttributeError). Found by hypothesis.
+PARSE_ERRORS = (
+    ValueError,
+    KeyError,
+    IndexError,
+    AssertionError,
+    StopIteration,
+    AttributeError,
+    TypeError,
+)
 MEDIA = frozenset({"audio", "video"})
+# A viewer's offer has two sections (audio, video), a page with a data channel three. Each
+# section costs an ICE transport and a DTLS handshake: more than this is refused, not answered.
+MAX_MEDIA_SECTIONS = 8
 
 
 class SdpError(ValueError):
@@ -47,6 +59,11 @@ class Offer:
 
 def parse_offer(sdp: str) -> Offer:
     """``sdp`` as an :class:`Offer`, or :class:`SdpError` saying what is wrong with it."""
+    sections = sum(1 for line in sdp.splitlines() if line.startswith("m="))
+    if sections > MAX_MEDIA_SECTIONS:
+        raise SdpError(
+            f"the offer has {sections} media sections; at most {MAX_MEDIA_SECTIONS} are answered"
+        )
     try:
         description = SessionDescription.parse(sdp)
     except PARSE_ERRORS as exc:
@@ -85,7 +102,7 @@ def trickle_candidates(fragment: str) -> list[RTCIceCandidate | None]:
         elif line.startswith("a=candidate:"):
             try:
                 candidate = candidate_from_sdp(line[len("a=") :])
-            except (ValueError, IndexError) as exc:
+            except PARSE_ERRORS as exc:
                 raise SdpError(f"bad candidate line {line!r}") from exc
             candidate.sdpMid = mid
             candidate.sdpMLineIndex = max(mline, 0)
