@@ -87,9 +87,7 @@ def test_bench_signals() -> None:
 def test_live_figures_through_the_real_server() -> None:
     plan = LivePlan(main_s=2.5, settle_s=0.5, interrupts=1, ttff_tries=1, ramp_s=1.5, ramp_max=1)
     messages: list[str] = []
-    figures = asyncio.run(
-        livebench.measure_live("default", "auto", 2, plan, None, None, messages.append)
-    )
+    figures = asyncio.run(livebench.measure_live("default", "auto", 2, plan, None, messages.append))
     json.dumps(figures)
     for key in bench.SERVER_FIGURES:
         assert key in figures

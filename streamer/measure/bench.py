@@ -87,13 +87,12 @@ def run_bench(
     avatar_name: str = "default",
     progress: Progress = _stderr,
     live: bool = False,
-    soak_s: float | None = None,
 ) -> dict[str, Any]:
     """Measure each requested backend (default: ``auto``) and return the INTERFACE.md object.
 
     With ``live`` the server figures are measured through the real server
     (:mod:`streamer.measure.livebench`): ``sessions`` tests exactly that many concurrent sessions
-    instead of the ramp, and ``soak_s`` runs one long session for the A/V drift instead.
+    instead of the ramp. (The soak is ``--soak``: :mod:`streamer.measure.soak`.)
     Without it they are null.
     """
     from models.avatar import load_avatar
@@ -119,7 +118,6 @@ def run_bench(
                 quick=quick,
                 threads=plan.threads,
                 sessions=sessions,
-                soak_s=soak_s,
                 progress=progress,
             )
             results[key].update(figures)
@@ -160,7 +158,6 @@ LIVE_TEXT = (
     "time_to_first_frame_ms",
     "av_offset_ms",
     "realtime_sessions",
-    "soak",
 )
 
 
@@ -207,9 +204,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--soak",
         type=_seconds,
+        nargs="?",
+        const=1800.0,
         default=None,
         metavar="SECONDS",
-        help="one session and viewer speaking that long: A/V offset at the start and the end",
+        help="only this: several sessions speaking, interrupted, watched by viewers that come "
+        "and go, with outputs added and removed, for SECONDS (default 1800): memory, file "
+        "descriptors, tasks, A/V and failures over time (see streamer/measure/soak.py)",
+    )
+    parser.add_argument(
+        "--soak-sessions",
+        type=_positive,
+        default=3,
+        metavar="N",
+        help="sessions in the soak (default 3)",
     )
     parser.add_argument(
         "--no-live", action="store_true", help="skip the figures measured through the server"
@@ -250,14 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _print(_viewers(args), args.json)
     if args.rtmp_soak is not None:
         return _print(_rtmp_soak(args), args.json)
-    result = run_bench(
-        args.quick,
-        args.backend,
-        args.sessions,
-        args.avatar,
-        live=not args.no_live,
-        soak_s=args.soak,
-    )
+    if args.soak is not None:
+        return _print(_soak(args), args.json)
+    result = run_bench(args.quick, args.backend, args.sessions, args.avatar, live=not args.no_live)
     print(json.dumps(result) if args.json else format_text(result))
     return 0
 
@@ -277,6 +280,15 @@ def _rtmp_soak(args: argparse.Namespace) -> dict[str, Any]:
 
     backend = (args.backend or ["auto"])[0]
     figures = run_rtmp_soak(args.avatar, backend, args.rtmp_soak, progress=_stderr)
+    return {"machine": machine_info(), "avatar": args.avatar, "backend": backend, **figures}
+
+
+def _soak(args: argparse.Namespace) -> dict[str, Any]:
+    from streamer.measure.soak import SoakPlan, run_soak
+
+    backend = (args.backend or ["auto"])[0]
+    plan = SoakPlan.for_seconds(args.soak, args.soak_sessions)
+    figures = run_soak(args.avatar, backend, plan, progress=_stderr)
     return {"machine": machine_info(), "avatar": args.avatar, "backend": backend, **figures}
 
 

@@ -205,54 +205,12 @@ async def measure_first_frame(
     return out
 
 
-async def measure_soak(live: Live, seconds: float, progress: Progress) -> dict[str, Any]:
-    """One session, one viewer, speech bursts for ``seconds``: the A/V offset at the start
-    and at the end (a window of up to 30 s each)."""
-    loop = asyncio.get_running_loop()
-    window = min(30.0, max(5.0, seconds / 3))
-    sid, token, session = await live.create()
-    tap = FrameTap(session.bus, live.region)
-    viewer = await live.viewer(sid, token)
-    speaker = Speaker(live.base, sid, bursts)
-    try:
-        begin = loop.time() + 1.0
-        end = begin + seconds
-        while loop.time() < end:
-            await asyncio.sleep(min(10.0, max(0.0, end - loop.time())))
-            if speaker.failed is not None:
-                raise RuntimeError(f"the WebSocket speaker failed: {speaker.failed}")
-            progress(f"soak: {loop.time() - begin:.0f} / {seconds:.0f} s")
-        offsets = []
-        for lo, hi in ((begin, begin + window), (end - window, end)):
-            recv, pub = viewer.av_lag_ms(lo, hi), tap.data.av_lag_ms(lo, hi)
-            offsets.append(None if recv is None or pub is None else recv - pub)
-        intervals = viewer.intervals_ms(begin, end)
-        stats = session.stats
-        out = {
-            "seconds": seconds,
-            "window_s": window,
-            "av_offset_ms_start": rounded(offsets[0]),
-            "av_offset_ms_end": rounded(offsets[1]),
-            "frame_interval_ms_p95": rounded(p95(intervals), 2),
-            "speech_to_mouth_ms_p95": rounded(p95(tap.data.latencies_ms(begin))),
-            "frames_dropped_ratio": round(stats.dropped / max(1, stats.frames), 4),
-        }
-        progress(f"soak: {out}")
-        return out
-    finally:
-        await speaker.aclose()
-        await viewer.aclose(live.http, token)
-        await tap.aclose()
-        await live.http.delete(f"/v1/sessions/{sid}")
-
-
 async def measure_live(
     avatar_name: str,
     backend: str,
     threads: int,
     plan: LivePlan,
     sessions: int | None,
-    soak_s: float | None,
     progress: Progress,
 ) -> dict[str, Any]:
     import os
@@ -260,12 +218,8 @@ async def measure_live(
     load = os.getloadavg()[0]
     progress(f"live: load average {load:.2f} on {os.cpu_count()} CPUs before the live part")
     async with live_server(avatar_name, backend, threads) as live:
-        if soak_s is not None:
-            soak = await measure_soak(live, soak_s, progress)
-            figures = {"av_offset_ms": soak["av_offset_ms_end"], "soak": soak}
-        else:
-            figures = await measure_main(live, plan, progress)
-            figures.update(await measure_ramp(live, plan, sessions, progress))
+        figures = await measure_main(live, plan, progress)
+        figures.update(await measure_ramp(live, plan, sessions, progress))
     # The machine's load around the measures (another process on these cores changes them).
     figures["load_avg_1m"] = {"before": round(load, 2), "after": round(os.getloadavg()[0], 2)}
     return figures
@@ -278,7 +232,6 @@ def run_live(
     quick: bool,
     threads: int = 2,
     sessions: int | None = None,
-    soak_s: float | None = None,
     progress: Progress = print,
     plan: LivePlan | None = None,
 ) -> dict[str, Any]:
@@ -293,9 +246,7 @@ def run_live(
     warnings.filterwarnings("ignore", "The `websockets` implementation is deprecated")
     plan = plan or LivePlan.for_mode(quick)
     try:
-        return asyncio.run(
-            measure_live(avatar_name, backend, threads, plan, sessions, soak_s, progress)
-        )
+        return asyncio.run(measure_live(avatar_name, backend, threads, plan, sessions, progress))
     except Exception as exc:  # reported; the figures stay null
         progress(f"live: not measured: {type(exc).__name__}: {exc}")
         return {}

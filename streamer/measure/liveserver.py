@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -102,8 +103,11 @@ class Live:
 
 
 @contextlib.asynccontextmanager
-async def live_server(avatar_name: str, backend: str, threads: int) -> AsyncIterator[Live]:
-    """The real app on uvicorn on a free loopback port, with an HTTP client for it."""
+async def live_server(
+    avatar_name: str, backend: str, threads: int, recordings: Path | None = None
+) -> AsyncIterator[Live]:
+    """The real app on uvicorn on a free loopback port, with an HTTP client for it;
+    ``recordings``: where its ``record`` outputs write (default: the server's own folder)."""
     import httpx
     import uvicorn
 
@@ -111,7 +115,13 @@ async def live_server(avatar_name: str, backend: str, threads: int) -> AsyncIter
     from streamer.app import UVICORN_OPTIONS, create_app
     from streamer.config import Settings
 
-    settings = Settings(avatar=avatar_name, backend=backend, threads=threads, port=free_port())
+    settings = Settings(
+        avatar=avatar_name,
+        backend=backend,
+        threads=threads,
+        port=free_port(),
+        recordings=recordings,
+    )
     app = create_app(settings)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=settings.port, log_level="warning", **UVICORN_OPTIONS
