@@ -208,14 +208,6 @@ async def test_bad_requests_get_clean_errors(
     assert_error(await call(client), status)
 
 
-async def test_outputs_not_built_yet_say_so(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
-    client, _ = api
-    sid = (await client.post("/v1/sessions", json={})).json()["id"]
-    r = await client.post(f"/v1/sessions/{sid}/outputs", json={"type": "srt", "url": "srt://x:1"})
-    assert_error(r, 501, "not_implemented")
-    assert "srt" in r.json()["error"]["message"]
-
-
 class FakeOutput:
     """An output as the session owns one: it describes itself and is stopped once."""
 

@@ -11,7 +11,7 @@ from models.avatar import Avatar
 from streamer.engine.base import Backend
 from tests.fuzz_api import fuzz
 
-CASES = int(os.environ.get("AVATARCAST_FUZZ_CASES", "40"))
+CASES = int(os.environ.get("AVATARCAST_FUZZ_CASES", "20"))
 
 
 def test_schemathesis_finds_no_5xx_and_no_crash(

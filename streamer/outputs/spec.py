@@ -23,7 +23,6 @@ from streamer.outputs.whipspec import check_token, check_whip_url, redact_whip
 from streamer.pipeline.codecs import VIDEO_BITRATE
 
 BUILT = ("rtmp", "record", "srt", "virtualcam", "whip")
-PLANNED: tuple[str, ...] = ()  # in INTERFACE.md, not built yet: 501, not 400
 RTMP_SCHEMES = ("rtmp", "rtmps")
 URL_SCHEMES = {
     "rtmp": "rtmp",
@@ -69,13 +68,8 @@ def parse_spec(
     token: object = None,
 ) -> OutputSpec:
     """The validated spec of a request, or :class:`OutputRejected` saying what to fix."""
-    if kind in PLANNED:
-        raise OutputRejected(
-            501, "not_implemented", f"{kind} outputs are not built yet: use rtmp or record"
-        )
     if kind not in BUILT:
-        known = ", ".join((*BUILT, *PLANNED))
-        raise OutputRejected(400, "unknown_output_type", f"type must be one of {known}")
+        raise OutputRejected(400, "unknown_output_type", f"type must be one of {', '.join(BUILT)}")
     kbps = check_bitrate(video_bitrate_kbps)
     if token is not None and kind != "whip":
         raise OutputRejected(400, "invalid_request", "only a whip output takes a token")
@@ -259,12 +253,6 @@ def specs_from_urls(
     specs = []
     for url in urls:
         kind = kind_of_url(url)
-        if kind in PLANNED:
-            raise OutputRejected(
-                501,
-                "not_implemented",
-                f"--output {redact(url)}: {kind} outputs are not built yet; use rtmp:// or rtmps://",
-            )
         if kind == "whip":
             specs.append(
                 parse_spec(kind, recordings=recordings, url=whip_endpoint(url), token=whip_token)
