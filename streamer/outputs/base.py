@@ -16,7 +16,8 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,44 @@ class OutputStatus:
             self._report(change)
         except Exception:
             log.exception("output %s: reporting its state failed", self.output_id)
+
+
+MAX_URL = 2048
+
+
+def split_url(url: object, needs: str) -> tuple[SplitResult, int | None]:
+    """A push URL's parts and port, checked for what every scheme refuses (``needs`` says
+    what a missing URL should have been): too long, spaces or control characters, unparsable."""
+    if not isinstance(url, str) or not url:
+        raise OutputRejected(400, "invalid_url", needs)
+    if len(url) > MAX_URL or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise OutputRejected(
+            400, "invalid_url", "the url is too long or has spaces or control characters"
+        )
+    try:
+        parts = urlsplit(url)
+        return parts, parts.port
+    except ValueError as exc:
+        raise OutputRejected(400, "invalid_url", f"the url cannot be parsed: {exc}") from None
+
+
+class HasStatus:
+    """What every output says of itself from its :class:`OutputStatus`: the ``state`` and
+    ``last_error`` the session's listing, events and metrics read."""
+
+    _status: OutputStatus
+
+    @property
+    def state(self) -> str:
+        return self._status.state
+
+    @property
+    def last_error(self) -> str | None:
+        return self._status.last_error
+
+    def _status_fields(self) -> dict[str, Any]:
+        """The first fields of ``describe()``, common to every output."""
+        return {"state": self._status.state, "last_error": self._status.last_error}
 
 
 class Backoff:

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from streamer.outputs.base import Backoff, OutputStatus, Report
+from streamer.outputs.base import Backoff, HasStatus, OutputStatus, Report
 from streamer.outputs.inbox import Inbox
 from streamer.outputs.mux import Muxer, MuxError, Target, describe_error
 from streamer.outputs.spec import OutputSpec
@@ -51,7 +51,7 @@ class Stopped(Exception):
     """The output was asked to stop while its thread waited."""
 
 
-class MuxedOutput:
+class MuxedOutput(HasStatus):
     """A session's media in a container (FLV over RTMP, a fragmented MP4), in a thread."""
 
     retry = True  # reconnect after an error (a push), or fail (a recording)
@@ -101,18 +101,9 @@ class MuxedOutput:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    @property
-    def state(self) -> str:
-        return self._status.state
-
-    @property
-    def last_error(self) -> str | None:
-        return self._status.last_error
-
     def describe(self) -> dict[str, Any]:
         return {
-            "state": self._status.state,
-            "last_error": self._status.last_error,
+            **self._status_fields(),
             "target": self.spec.target,
             "video_bitrate_kbps": self.spec.video_bitrate_kbps,
             "connections": self.connections,

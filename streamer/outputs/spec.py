@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from streamer.outputs.base import OutputRejected
+from streamer.outputs.base import OutputRejected, split_url
 from streamer.outputs.srt_url import parse_srt_url, redact_srt, tool_path
 from streamer.outputs.whipspec import check_token, check_whip_url, redact_whip
 from streamer.pipeline.codecs import VIDEO_BITRATE
@@ -31,7 +31,6 @@ URL_SCHEMES = {
     "whip+https": "whip",
     "whip+http": "whip",
 }
-MAX_URL = 2048
 RECORD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # The shared H.264 encode's bit rate (encode once): an output can cap it, never lower it.
 SESSION_VIDEO_KBPS = VIDEO_BITRATE // 1000
@@ -120,17 +119,7 @@ def check_bitrate(value: object) -> int:
 
 
 def check_rtmp_url(url: object) -> str:
-    if not isinstance(url, str) or not url:
-        raise OutputRejected(400, "invalid_url", "an rtmp output needs a url: rtmp://host/app/KEY")
-    if len(url) > MAX_URL or any(c.isspace() or ord(c) < 32 for c in url):
-        raise OutputRejected(
-            400, "invalid_url", "the url is too long or has spaces or control characters"
-        )
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise OutputRejected(400, "invalid_url", f"the url cannot be parsed: {exc}") from None
+    parts, port = split_url(url, "an rtmp output needs a url: rtmp://host/app/KEY")
     scheme = parts.scheme.lower()
     if scheme not in RTMP_SCHEMES:
         raise OutputRejected(
@@ -148,7 +137,7 @@ def check_rtmp_url(url: object) -> str:
             "invalid_url",
             "the url needs an application and a stream key, and no #fragment: rtmp://host/app/KEY",
         )
-    return url
+    return str(url)  # split_url checked it is one
 
 
 def file_name(name: object, what: str, where: str) -> str:

@@ -36,7 +36,7 @@ import av
 import numpy as np
 
 from models.audio import SAMPLE_RATE
-from streamer.outputs.base import OutputStatus, Report
+from streamer.outputs.base import HasStatus, OutputStatus, Report
 from streamer.outputs.muxed import MediaSource
 from streamer.outputs.spec import OutputSpec
 from streamer.pipeline.frames import FPS, AVFrame, Subscription
@@ -111,7 +111,7 @@ class AudioPipe:
             self._fd = None
 
 
-class VirtualcamOutput:
+class VirtualcamOutput(HasStatus):
     """The session's pictures to a virtual camera and, optionally, its voice to a FIFO."""
 
     def __init__(
@@ -141,19 +141,10 @@ class VirtualcamOutput:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    @property
-    def state(self) -> str:
-        return self._status.state
-
-    @property
-    def last_error(self) -> str | None:
-        return self._status.last_error
-
     def describe(self) -> dict[str, Any]:
         pipe = self._pipe
         return {
-            "state": self._status.state,
-            "last_error": self._status.last_error,
+            **self._status_fields(),
             "target": self.spec.target,
             "device": self.device,
             "frames_sent": self.frames_sent,

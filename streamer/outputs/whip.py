@@ -34,7 +34,7 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationEr
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription
 
-from streamer.outputs.base import Backoff, OutputStatus, Report
+from streamer.outputs.base import Backoff, HasStatus, OutputStatus, Report
 from streamer.outputs.spec import OutputSpec
 from streamer.outputs.webrtc.compat import add_loopback_candidates, route_keyframe_requests
 from streamer.outputs.webrtc.sdp import PARSE_ERRORS, codec_preferences
@@ -95,7 +95,7 @@ def answered_codec(sdp: str) -> VideoCodec:
     return cast(VideoCodec, picked)
 
 
-class WhipOutput:
+class WhipOutput(HasStatus):
     """Publish one session to one WHIP endpoint until removed or failed for good."""
 
     kind = "whip"
@@ -122,18 +122,9 @@ class WhipOutput:
     def start(self) -> None:
         self._task = self._loop.create_task(self._run(), name=f"output-whip-{self.id}")
 
-    @property
-    def state(self) -> str:
-        return self._status.state
-
-    @property
-    def last_error(self) -> str | None:
-        return self._status.last_error
-
     def describe(self) -> dict[str, Any]:
         return {
-            "state": self._status.state,
-            "last_error": self._status.last_error,
+            **self._status_fields(),
             "target": self.spec.target,
             "video_bitrate_kbps": self.spec.video_bitrate_kbps,
             "connections": self.connections,

@@ -17,9 +17,8 @@ import ipaddress
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-from streamer.outputs.base import OutputRejected
+from streamer.outputs.base import OutputRejected, split_url
 
-MAX_URL = 2048
 MAX_TOKEN = 4096
 # RFC 6750's b64token: what a Bearer token may hold (JWTs and stream keys fit).
 TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -37,19 +36,7 @@ def is_loopback(host: str) -> bool:
 
 def check_whip_url(url: object) -> str:
     """``url`` if it is a WHIP endpoint this server may POST to, else :class:`OutputRejected`."""
-    if not isinstance(url, str) or not url:
-        raise OutputRejected(
-            400, "invalid_url", "a whip output needs a url: https://host/path/to/whip"
-        )
-    if len(url) > MAX_URL or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
-        raise OutputRejected(
-            400, "invalid_url", "the url is too long or has spaces or control characters"
-        )
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise OutputRejected(400, "invalid_url", f"the url cannot be parsed: {exc}") from None
+    parts, port = split_url(url, "a whip output needs a url: https://host/path/to/whip")
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http"):
         raise OutputRejected(
@@ -78,7 +65,7 @@ def check_whip_url(url: object) -> str:
             "the SDP (the stream's encryption keys' fingerprint) would travel in clear "
             "(http:// is accepted for localhost only)",
         )
-    return url
+    return str(url)  # split_url checked it is one
 
 
 def check_token(token: object) -> str | None:
