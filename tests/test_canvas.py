@@ -82,7 +82,7 @@ async def test_a_recording_across_a_switch_to_another_size_is_one_mp4(
         assert session is not None
         output = session.outputs.get(r.json()["id"])
         assert output is not None
-        await wait_for(lambda: output.state == "live", 15, "recording")
+        await wait_for(lambda: output.describe()["state"] == "live", 15, "recording")
         session.speak_audio(tone(3.0))
         await asyncio.sleep(1.5)
         r = await client.patch(f"/v1/sessions/{sid}", json={"avatar": "tall"})
@@ -90,7 +90,7 @@ async def test_a_recording_across_a_switch_to_another_size_is_one_mp4(
         assert (r.json()["avatar"], r.json()["width"], r.json()["height"]) == ("tall", 512, 512)
         await asyncio.sleep(2.5)
         r = await client.delete(f"/v1/sessions/{sid}/outputs/{output.id}")
-        assert r.status_code == 204 and output.last_error is None
+        assert r.status_code == 204 and output.describe()["last_error"] is None
 
     path = str(home / "recordings" / "x.mp4")
     media = read_media(path)

@@ -74,7 +74,7 @@ async def test_revoking_a_key_closes_its_sockets_and_sessions(
             "reason": "key_revoked",
         }
         assert registry.get(sid) is None and session.closed
-        assert output is not None and output.state == "stopped"  # finalised, as DELETE does
+        assert output is not None and output.describe()["state"] == "stopped"  # as DELETE
         assert (tmp_path / "recordings" / "take.mp4").stat().st_size > 0
         view = await client.get(f"/view/{sid}", headers=bearer(made["view_token"]))
         assert view.status_code == 404  # its view tokens went with it
@@ -160,7 +160,12 @@ async def test_a_livekit_dispatch_leaves_the_room_with_its_key(
     app = keyed_app(standin, tmp_path)
     async with serving(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
         rooms: list[FakeRoom] = []
-        state_of(app).livekit_room = lambda: rooms.append(FakeRoom()) or rooms[-1]
+
+        def room() -> FakeRoom:
+            rooms.append(FakeRoom())
+            return rooms[-1]
+
+        state_of(app).livekit_room = room
         body = {"url": "wss://lk.example", "token": "t", "avatar": "default"}
         r = await client.post("/v1/livekit/sessions", json=body, headers=bearer(k.pub_default))
         assert r.status_code == 201, r.text

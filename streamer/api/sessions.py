@@ -36,6 +36,7 @@ router = APIRouter(
 AUDIO_TYPES = ("audio/", "video/")
 AUDIO_EXTRA = ("application/ogg", "application/octet-stream")
 MAX_PIXELS = 1920 * 1080  # a session's picture, unless its avatar's own is larger
+SIZE_DOC = "even: the session's picture size for its life; any avatar is fitted to it"
 REJECTED_STATUS = {
     "buffer_full": 413,
     "text_too_long": 413,
@@ -57,8 +58,8 @@ class CreateSession(BaseModel):
 
     avatar: str | None = None
     video_codec: Literal["vp8", "h264"] = "vp8"
-    width: int | None = Field(default=None, ge=16, le=4096, multiple_of=2)
-    height: int | None = Field(default=None, ge=16, le=4096, multiple_of=2)
+    width: int | None = Field(default=None, ge=16, le=4096, multiple_of=2, description=SIZE_DOC)
+    height: int | None = Field(default=None, ge=16, le=4096, multiple_of=2, description=SIZE_DOC)
     # "transparent": colour and the person's alpha side by side in one picture twice as wide
     background: Literal["opaque", "transparent"] = "opaque"
     # The visible "AI-generated" label; left out, it comes on with an RTMP/SRT output.
