@@ -155,9 +155,12 @@ def create_app(
         reaper = None
         if limits.idle_session_s > 0:
             reaper = asyncio.create_task(registry.reap_idle(limits.idle_session_s))
+        # A revoked key's sockets and sessions end within a second (api/revocation.py).
+        revoker = asyncio.create_task(app.state.avatarcast.access.watch_revocations(registry))
         try:
             yield
         finally:
+            revoker.cancel()
             if reaper is not None:
                 reaper.cancel()
             await webrtc.aclose()

@@ -10,7 +10,8 @@ Scopes: ``admin`` (everything), ``publisher`` (sessions of the avatars it names:
 speak, interrupt, outputs, WebSocket, microphone, view tokens), ``creator`` (avatars: those
 it owns it may create, train, export, delete, and stream). ``AVATARCAST_API_KEY`` is one more
 admin key, with id ``env``. The server re-reads the file when it changes (one ``stat`` per
-request), so ``avatarcast keys revoke`` takes effect at the next request without a restart.
+request), so ``avatarcast keys revoke`` takes effect at the next request without a restart;
+:mod:`streamer.api.revocation` also ends, within a second, what a revoked key had opened.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import logging
 import os
 import secrets
 import tempfile
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -167,49 +169,73 @@ class KeyFile:
             raise
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """The key file as last read: replaced whole, so a reader never sees half an update."""
+
+    stamp: tuple[int, int, int, int] | None = None
+    keys: dict[str, ApiKey] = field(default_factory=dict)
+    broken: bool = False
+
+
 class Keyring:
     """The server's view of the keys: the file (re-read when its stat changes) and the
-    environment's admin key. Fails closed: an unreadable file admits no file key."""
+    environment's admin key. Fails closed: an unreadable file admits no file key.
+
+    Requests refresh it on the event loop (a ``stat``); the revocation watch refreshes it in a
+    thread. One lock orders the two, so an older read never replaces a newer one."""
 
     def __init__(self, home: Path, env_key: str | None = None) -> None:
         self._file = KeyFile(home)
         self._env_digest = digest(env_key) if env_key else None
-        self._stamp: tuple[int, int, int, int] | None = None
-        self._keys: dict[str, ApiKey] = {}
-        self._broken = False
+        self._view = _Snapshot()
+        self._lock = threading.Lock()
 
-    def _refresh(self) -> None:
-        try:
-            st = os.stat(self._file.path)
-        except FileNotFoundError:
-            self._stamp, self._keys, self._broken = None, {}, False
-            return
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            self._keys = {k.id: k for k in self._file.load()}
-            self._broken = False
-        except KeyFileError as exc:
-            log.error("no key from the key file is accepted: %s", exc)
-            self._keys, self._broken = {}, True
+    def refresh(self) -> None:
+        """Re-read the key file if it changed since the last read."""
+        with self._lock:
+            try:
+                st = os.stat(self._file.path)
+            except FileNotFoundError:
+                self._view = _Snapshot()
+                return
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+            if stamp == self._view.stamp:
+                return
+            try:
+                self._view = _Snapshot(stamp, {k.id: k for k in self._file.load()})
+            except KeyFileError as exc:
+                log.error("no key from the key file is accepted: %s", exc)
+                self._view = _Snapshot(stamp, broken=True)
 
     def has_keys(self) -> bool:
         """Whether calls need a key: the environment's, or a key file with any record in it
         (revoked ones too: revoking the last key locks the server, it does not open it)."""
-        self._refresh()
-        return self._env_digest is not None or bool(self._keys) or self._broken
+        self.refresh()
+        view = self._view
+        return self._env_digest is not None or bool(view.keys) or view.broken
+
+    def ended(self, key_id: str) -> bool:
+        """Whether a key that made sessions or opened connections has lost its power, on the
+        file as last read (no refresh): revoked, or its record gone from a readable file.
+        ``env`` and ``local`` never end while the server runs. An unreadable file ends
+        nothing already running: it refuses every new call, but a half-edited file must not
+        hang up every stream."""
+        view = self._view
+        if key_id in (ENV_KEY_ID, LOCAL_ID) or view.broken:
+            return False
+        record = view.keys.get(key_id)
+        return record is None or record.revoked is not None
 
     def _match(self, token: str) -> ApiKey | None:
         key_id = token[len(PREFIX) : len(PREFIX) + ID_HEX] if token.startswith(PREFIX) else ""
-        record = self._keys.get(key_id)
+        record = self._view.keys.get(key_id)
         expected = record.digest if record is not None else _NO_MATCH
         return record if hmac.compare_digest(digest(token), expected) else None
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal of a valid, unrevoked key; None otherwise."""
-        self._refresh()
+        self.refresh()
         if self._env_digest is not None and hmac.compare_digest(digest(token), self._env_digest):
             return Principal(ENV_KEY_ID, "admin")
         record = self._match(token)

@@ -35,6 +35,7 @@ from models.avatar import Avatar
 from models.compositor import Compositor, unpack
 from models.media import clean, decode_audio
 from streamer.engine.base import Backend
+from streamer.pipeline.canvas import Canvas
 from streamer.pipeline.clock import VirtualClock
 from streamer.pipeline.frames import FRAME_SECONDS, FrameBus
 from streamer.pipeline.path import FramePath
@@ -311,8 +312,8 @@ def render_samples(
         raise RenderError(f"output folder {out.parent} does not exist")
     started = time.perf_counter()
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
-    width, height = avatar.manifest.frame_size
-    muxer = _Muxer(tmp, width, height, crf, preset, alpha=transparent)
+    canvas = Canvas.choose(avatar.manifest.frame_size, None, None)  # odd sides padded to even
+    muxer = _Muxer(tmp, canvas.width, canvas.height, crf, preset, alpha=transparent)
     mark_id = secrets.token_hex(8)
     provenance = Provenance(avatar.name, mark_id, label=label)
 
@@ -333,7 +334,7 @@ def render_samples(
             provenance=provenance,
         )
         for rgb in frames:
-            muxer.write_video(rgb)
+            muxer.write_video(canvas.fit(rgb, transparent))
             if progress is not None:
                 progress(muxer.frames)
         if muxer.samples == 0:

@@ -100,9 +100,10 @@ def stand_in_generator(path: Path) -> Path:
     return path
 
 
-def stand_in_assets() -> dict[str, np.ndarray]:
-    """A smooth synthetic face-like picture, blink frames with darker eyes, a feather mask."""
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+def stand_in_assets(width: int = SIZE, height: int = SIZE) -> dict[str, np.ndarray]:
+    """A smooth synthetic face-like picture, blink frames with darker eyes, a feather mask
+    (any size that holds ``BOX``: a second stand-in of another size for size switches)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base = np.stack(
         [120 + 80 * np.sin(xx / 90.0), 100 + 60 * np.cos(yy / 70.0), 90 + 0.2 * xx], axis=-1
     )
@@ -123,10 +124,13 @@ def stand_in_assets() -> dict[str, np.ndarray]:
     }
 
 
-def make_stand_in_avatar(directory: Path, name: str = "standin") -> Path:
+def make_stand_in_avatar(
+    directory: Path, name: str = "standin", size: tuple[int, int] = (SIZE, SIZE)
+) -> Path:
+    """The stand-in avatar package, ``size`` (width, height) pictures."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     model = stand_in_generator(directory.parent / f".{name}-generator.onnx")
-    assets = stand_in_assets()
+    assets = stand_in_assets(*size)
     return write_avatar(
         directory,
         name=name,

@@ -345,17 +345,25 @@ async def test_switch_avatar_keeps_the_stream_going(
         assert_error(await client.patch("/v1/sessions/nope", json={"avatar": "other"}), 404)
 
 
-async def test_width_and_height_name_the_avatars_own_size(
+async def test_width_and_height_fix_the_sessions_picture_size(
     api: tuple[httpx.AsyncClient, FastAPI], standin: tuple[Avatar, Backend]
 ) -> None:
-    """The server does not scale: the avatar's size is accepted, any other is refused."""
+    """Any even size up to 1080p's pixels (the avatar is fitted to it); one side alone keeps
+    the avatar's aspect; odd, out-of-range or too large sizes are a clear 422."""
     client, _ = api
     height, width = standin[0].frames.shape[1:3]
-    r = await client.post("/v1/sessions", json={"width": width, "height": height})
-    assert r.status_code == 201, r.text
-    assert (await client.post("/v1/sessions", json={"width": width})).status_code == 201
-    for size in ({"width": width + 2}, {"height": height * 2}, {"width": 640, "height": 360}):
-        r = await client.post("/v1/sessions", json=size)
-        assert_error(r, 422, "unsupported_size")
-        assert f"{width}x{height}" in r.json()["error"]["message"]
-    assert len((await client.get("/v1/sessions")).json()["sessions"]) == 2
+    for asked, size in (
+        ({}, (width, height)),
+        ({"width": 640, "height": 360}, (640, 360)),
+        ({"width": width // 2}, (width // 2, height // 2)),
+    ):
+        r = await client.post("/v1/sessions", json=asked)
+        assert r.status_code == 201, r.text
+        shown = (await client.get(f"/v1/sessions/{r.json()['id']}")).json()
+        assert (shown["width"], shown["height"]) == size
+    for asked in ({"width": 641}, {"height": 8}, {"width": 4098}):
+        assert_error(await client.post("/v1/sessions", json=asked), 422, "invalid_request")
+    r = await client.post("/v1/sessions", json={"width": 4096, "height": 4096})
+    assert_error(r, 422, "unsupported_size")
+    assert "1920x1080" in r.json()["error"]["message"]
+    assert len((await client.get("/v1/sessions")).json()["sessions"]) == 3

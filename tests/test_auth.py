@@ -137,10 +137,13 @@ def test_the_tables_cover_every_route() -> None:
 async def outcome(
     client: httpx.AsyncClient, method: str, path: str, token: str | None, extra: dict[str, Any]
 ) -> int | str:
-    """401 or 403 (with the error shape), else "ok": the call got past the access check."""
-    headers = {**bearer(token), **extra.get("headers", {})}
+    """401 or 403 (with the error shape), else "ok": the call got past the access check.
+    A token ``url:...`` is sent only as ``?token=``."""
+    in_url = token is not None and token.startswith("url:")
+    params = {"token": token[4:]} if in_url and token else None
+    headers = {**({} if in_url else bearer(token)), **extra.get("headers", {})}
     kwargs = {k: v for k, v in extra.items() if k != "headers"}
-    r = await client.request(method, path, headers=headers, **kwargs)
+    r = await client.request(method, path, headers=headers, params=params, **kwargs)
     assert r.status_code < 500, (method, path, r.text)
     if r.status_code in (401, 403):
         assert set(r.json()["error"]) == {"code", "message"}
@@ -173,6 +176,9 @@ async def test_every_route_class_with_every_credential(
         "creator": (403, 403, 403),
         "view token": (403, "ok", 403),
         "expired view token": (403, 401, 403),
+        # A key in the URL is refused everywhere but the WebSocket; a view token works there.
+        "admin in the URL": (401, 401, 401),
+        "view token in the URL": (403, "ok", 403),
     }
     tokens = {
         "none": None,
@@ -184,6 +190,8 @@ async def test_every_route_class_with_every_credential(
         "creator": k.creator,
         "view token": admin_view["view_token"],
         "expired view token": expiring,
+        "admin in the URL": f"url:{k.admin}",
+        "view token in the URL": f"url:{admin_view['view_token']}",
     }
     for name, token in tokens.items():
         got = (
@@ -261,6 +269,12 @@ async def test_websocket_needs_a_key_that_controls_the_session(
                 pass
         assert denied.value.response.status_code == status
     async with websockets.connect(ws + f"&token={k.pub_default}") as sock:
+        await sock.send(json.dumps({"type": "interrupt"}))
+        assert json.loads(await sock.recv())["type"] == "interrupted"
+    # What the control page sends: the key as a subprotocol; the server picks "avatarcast".
+    offered = ["avatarcast", f"avatarcast.bearer.{k.pub_default}"]
+    async with websockets.connect(ws, subprotocols=offered) as sock:  # type: ignore[arg-type]
+        assert sock.subprotocol == "avatarcast"
         await sock.send(json.dumps({"type": "interrupt"}))
         assert json.loads(await sock.recv())["type"] == "interrupted"
 

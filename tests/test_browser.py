@@ -372,7 +372,8 @@ async def test_pages_need_the_view_token(browser: Any) -> None:
     app = fake_app({session.id: session}, api_key="k3y")
     async with serving(app) as base, httpx.AsyncClient(base_url=base) as http:
         assert (await http.get(f"/view/{session.id}")).status_code == 401
-        assert (await http.get(f"/obs/{session.id}?token=k3y")).status_code == 200
+        assert (await http.get(f"/obs/{session.id}?token={session.view_token}")).status_code == 200
+        assert (await http.get(f"/obs/{session.id}?token=k3y")).status_code == 401  # a key
         assert (await http.get("/view/nope?token=k3y")).status_code == 404
         assert (await http.get("/")).status_code == 200
         js = await http.get("/web/whep.js")

@@ -79,8 +79,12 @@ function openEvents(s) {
   let url = s.ws_url || `/v1/sessions/${s.id}/ws`;
   url = new URL(url, location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  if (key()) url.searchParams.set("token", key());
-  const ws = new WebSocket(url);
+  // A browser's WebSocket cannot send Authorization: the key goes as a subprotocol (not in
+  // the URL, which proxies log). A key that is not a valid protocol name falls back to ?token=.
+  const protocols = [];
+  if (/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/.test(key())) protocols.push("avatarcast", `avatarcast.bearer.${key()}`);
+  else if (key()) url.searchParams.set("token", key());
+  const ws = new WebSocket(url, protocols);
   ws.onmessage = (m) => {
     try {
       const e = JSON.parse(m.data);
@@ -89,7 +93,7 @@ function openEvents(s) {
       log(e.type === "error" ? "error" : "event", `${e.type} ${e.utterance_id || e.message || ""}${extra}`);
     } catch (_) { /* binary */ }
   };
-  ws.onclose = () => log("info", "event stream closed");
+  ws.onclose = (e) => log(e.code >= 4000 ? "error" : "info", `event stream closed${e.reason ? `: ${e.reason}` : ""}`);
   state.ws = ws;
 }
 

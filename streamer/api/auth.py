@@ -1,8 +1,13 @@
 """The one access check of the API: who is calling, and what that caller may do.
 
 When keys exist (``HOME/keys.json`` or ``AVATARCAST_API_KEY``; see :mod:`streamer.keys`),
-every ``/v1/*`` call needs ``Authorization: Bearer <key>`` (or ``?token=``, which browsers
-need for a WebSocket), and a key acts only within its scope:
+every ``/v1/*`` call needs ``Authorization: Bearer <key>``, and a key acts only within its
+scope. A browser's WebSocket cannot set that header, so the WebSocket alone also takes the key
+as the subprotocol ``avatarcast.bearer.<key>`` (offered with ``avatarcast``, which the server
+picks; what the control page does) or, for older clients, ``?token=<key>``. Anywhere else an
+API key in the URL is refused (401 ``key_in_url``): query strings end up in proxy logs and
+browser history. View tokens, made to be put in a viewer's link, stay accepted as ``?token=``
+on WHEP and the pages.
 
 - an ``admin`` key controls everything;
 - a ``publisher`` key creates sessions with the avatars it names; a ``creator`` key with the
@@ -36,13 +41,39 @@ VIEW_TOKEN_ONLY_WATCHES = (
 )
 
 
-def presented_token(conn: HTTPConnection) -> str | None:
-    """The Bearer token of the Authorization header, else the ``token`` query parameter."""
-    header = conn.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+WS_SUBPROTOCOL = "avatarcast"  # the subprotocol the server picks when a client offers it
+WS_BEARER = "avatarcast.bearer."  # + the API key: a WebSocket's Authorization
+KEY_IN_URL = (
+    "an API key is not accepted in the URL (?token= ends up in proxy logs and browser "
+    "history): send Authorization: Bearer <key>"
+)
+
+
+def bearer_token(conn: HTTPConnection) -> str | None:
+    """The Bearer token of the Authorization header."""
+    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def query_token(conn: HTTPConnection) -> str | None:
     return conn.query_params.get("token") or None
+
+
+def offered_protocols(conn: HTTPConnection) -> list[str]:
+    raw = conn.headers.get("sec-websocket-protocol", "")
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def presented_token(conn: HTTPConnection) -> str | None:
+    """The API key as a control call may send it: the Bearer header; on a WebSocket also the
+    ``avatarcast.bearer.<key>`` subprotocol, else ``?token=``."""
+    token = bearer_token(conn)
+    if token is not None or conn.scope["type"] != "websocket":
+        return token
+    for offered in offered_protocols(conn):
+        if offered.startswith(WS_BEARER) and len(offered) > len(WS_BEARER):
+            return offered[len(WS_BEARER) :]
+    return query_token(conn)
 
 
 def _unauthorized(code: str, message: str) -> ApiError:
@@ -58,6 +89,11 @@ def principal(conn: HTTPConnection) -> Principal:
         return LOCAL
     token = presented_token(conn)
     if token is None:
+        in_url = query_token(conn)
+        if in_url is not None and state.access.views.is_view_token(in_url, state.registry.list()):
+            raise ApiError(403, "view_token_cannot_control", VIEW_TOKEN_ONLY_WATCHES)
+        if in_url is not None:
+            raise _unauthorized("key_in_url", KEY_IN_URL)
         raise _unauthorized("unauthorized", "send Authorization: Bearer <API key>")
     found = keyring.authenticate(token)
     if found is not None:
@@ -113,22 +149,28 @@ def controlled_session(conn: HTTPConnection, session_id: str) -> Session:
 
 def viewed_session(request: Request, session_id: str) -> Session:
     """The dependency of viewer routes: the session must exist (404), then a valid view
-    token of it, or a key that controls it. The token's id is left in
-    ``request.state.view_token_id`` (None for a key), so WHEP can tie its viewer to it."""
+    token of it, or a key that controls it (as Bearer only). The token's id is left in
+    ``request.state.view_token_id`` (None for a key), so WHEP can tie its viewer to it, and a
+    key's id in ``request.state.key_id`` (None for a token), so revoking the key hangs it up."""
     session = session_or_404(request, session_id)
     request.state.view_token_id = None
+    request.state.key_id = None
     access = app_state(request).access
     if not access.keyring.has_keys():
         return session
-    token = presented_token(request)
+    header = bearer_token(request)
+    token = header or query_token(request)
     if token is None:
         raise _unauthorized(
-            "unauthorized", "send the session's view_token (or an API key) as Bearer or ?token="
+            "unauthorized", "send the session's view_token as Bearer or ?token= (or an API key)"
         )
     who = access.keyring.authenticate(token)
     if who is not None:
+        if header is None:
+            raise _unauthorized("key_in_url", f"{KEY_IN_URL}, or use the session's view_token")
         if not may_control(who, session):
             raise _not_yours(who, session)
+        request.state.key_id = who.key_id
         return session
     view = access.views.match(session, token)
     if view is None:

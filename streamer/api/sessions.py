@@ -26,6 +26,7 @@ from streamer.engine.base import BackendError
 from streamer.outputs.base import OutputRejected
 from streamer.outputs.factory import attach_output
 from streamer.outputs.spec import parse_spec
+from streamer.pipeline.canvas import Canvas
 from streamer.session import Session, SessionOptions, SpeechRejected, TooManySessions
 
 router = APIRouter(
@@ -34,6 +35,8 @@ router = APIRouter(
 
 AUDIO_TYPES = ("audio/", "video/")
 AUDIO_EXTRA = ("application/ogg", "application/octet-stream")
+MAX_PIXELS = 1920 * 1080  # a session's picture, unless its avatar's own is larger
+SIZE_DOC = "even: the session's picture size for its life; any avatar is fitted to it"
 REJECTED_STATUS = {
     "buffer_full": 413,
     "text_too_long": 413,
@@ -47,15 +50,16 @@ REJECTED_STATUS = {
 
 
 class CreateSession(BaseModel):
-    """``width``/``height`` may only name the avatar's own frame size: the server does not
-    scale, and a size it would silently ignore is refused (422 ``unsupported_size``)."""
+    """``width``/``height``: the session's picture size for its whole life (see
+    :mod:`streamer.pipeline.canvas`); even (H.264's 4:2:0), 16 to 4096, else 422. Left out,
+    the avatar's own size (rounded up to even); one alone keeps the avatar's aspect."""
 
     model_config = ConfigDict(extra="forbid")
 
     avatar: str | None = None
     video_codec: Literal["vp8", "h264"] = "vp8"
-    width: int | None = Field(default=None, ge=16, le=4096, multiple_of=2)
-    height: int | None = Field(default=None, ge=16, le=4096, multiple_of=2)
+    width: int | None = Field(default=None, ge=16, le=4096, multiple_of=2, description=SIZE_DOC)
+    height: int | None = Field(default=None, ge=16, le=4096, multiple_of=2, description=SIZE_DOC)
     # "transparent": colour and the person's alpha side by side in one picture twice as wide
     background: Literal["opaque", "transparent"] = "opaque"
     # The visible "AI-generated" label; left out, it comes on with an RTMP/SRT output.
@@ -75,16 +79,19 @@ async def load_matte(request: Request, avatar: Avatar) -> None:
 
 
 def check_size(avatar: Avatar, options: SessionOptions) -> None:
-    """Refuse a ``width``/``height`` other than the avatar's own frame size (422)."""
+    """Refuse a size larger than 1080p's pixel count, or the avatar's own if larger (422):
+    every picture is scaled to it and encoded at it, and one session must not take the
+    machine's CPU from the others."""
     height, width = avatar.frames.shape[1:3]
-    if options.width in (None, width) and options.height in (None, height):
+    canvas = Canvas.choose((width, height), options.width, options.height)
+    if canvas.width * canvas.height <= max(MAX_PIXELS, width * height):
         return
-    asked = f"{options.width or width}x{options.height or height}"
     raise ApiError(
         422,
         "unsupported_size",
-        f"avatar {avatar.name!r} streams at {width}x{height}, not {asked}: "
-        "leave width and height out, or send its own size",
+        f"{canvas.width}x{canvas.height} is more pixels than a session may stream: at most "
+        f"1920x1080's, or the avatar's own size ({width}x{height}); leave width and height "
+        "out for the avatar's own",
     )
 
 
@@ -179,7 +186,8 @@ class UpdateSession(BaseModel):
 
 @router.patch("/{session_id}")
 async def update_session(request: Request, session_id: str, body: UpdateSession) -> dict[str, Any]:
-    """Switch the session to another avatar; its viewers and outputs stay connected."""
+    """Switch the session to another avatar; its viewers and outputs stay connected, and its
+    picture size stays (an avatar of another size is fitted: scaled, centred, padded)."""
     session = controlled_session(request, session_id)
     await check_avatar_use(request, require_api_key(request), body.avatar)
     try:
@@ -188,7 +196,6 @@ async def update_session(request: Request, session_id: str, body: UpdateSession)
         raise ApiError(400, "unknown_avatar", str(exc)) from None
     except BackendError as exc:
         raise ApiError(503, "backend_unavailable", str(exc)) from None
-    check_size(engine.avatar, session.options)
     if session.options.transparent:
         await load_matte(request, engine.avatar)
     session.switch_avatar(engine.avatar, engine.worker)

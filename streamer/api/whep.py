@@ -7,7 +7,9 @@ Every answer, errors included, carries CORS headers so a page on another origin 
 overlay, a player) can play it. Viewers authenticate with the session's view token (Bearer or
 ``?token=``) or a key that controls the session; the microphone uplink (``POST
 /v1/sessions/{id}/mic``) needs such a key, because it makes the avatar speak. A viewer that
-joined with a view token is hung up when that token is revoked.
+joined with a view token is hung up when that token is revoked; a viewer or an uplink
+opened with an API key, when that key is revoked (:mod:`streamer.api.revocation`). An API
+key is taken here as a Bearer token only, never in the URL.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from aiortc import MediaStreamTrack
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 
-from streamer.api.auth import controlled_session, require_api_key, viewed_session
+from streamer.api.auth import (
+    acting_key_id,
+    controlled_session,
+    require_api_key,
+    viewed_session,
+)
 from streamer.api.errors import ApiError
 from streamer.api.limits import check_viewers
 from streamer.api.state import app_state
@@ -170,7 +177,17 @@ async def whep_post(request: Request, session: Viewed) -> Response:
     token_id = request.state.view_token_id
     if token_id is not None:
         state.access.views.of(session)[token_id].peers.add(peer.info.resource_id)
+    if request.state.key_id is not None:
+        _held_by(request, request.state.key_id, peer)
     return _created(peer, answer)
+
+
+def _held_by(request: Request, key_id: str, peer: Peer) -> None:
+    """Revoking ``key_id`` hangs ``peer`` up (:mod:`streamer.api.revocation`)."""
+    webrtc, resource_id = app_state(request).webrtc, peer.info.resource_id
+    app_state(request).access.holds.hold(
+        key_id, lambda: webrtc.remove(resource_id), lambda: webrtc.get(resource_id) is not None
+    )
 
 
 async def _patch(request: Request, kind: Kind, session_id: str, resource_id: str) -> Response:
@@ -228,6 +245,7 @@ async def mic_post(request: Request, session_id: str) -> Response:
         peer, answer = await app_state(request).webrtc.add_uplink(session, offer, on_track)
     except SdpError as exc:
         raise ApiError(400, "bad_sdp", str(exc)) from None
+    _held_by(request, acting_key_id(request), peer)
     return _created(peer, answer)
 
 

@@ -6,7 +6,13 @@ streamed utterance until ``{"type": "audio_end"}``. Text messages: ``speak``, ``
 the session can buffer (more than its 60 s), a message over ``ws_max_message_bytes`` or
 more messages than ``ws_max_messages_per_s`` gets an error event and is disconnected (1008
 or 1009, with the reason); what it had sent before still plays, and the session, and every
-other, keeps running.
+other, keeps running. When the key it was opened with is revoked, it gets an ``error`` event
+``key_revoked`` and close code 4401 (:mod:`streamer.api.revocation`); nothing it sends after
+that is taken.
+
+A browser's WebSocket cannot send an Authorization header: it offers the subprotocols
+``avatarcast`` and ``avatarcast.bearer.<key>`` (``?token=<key>`` is still taken, for older
+clients; see :mod:`streamer.api.auth`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from starlette.requests import HTTPConnection
 
 from models.audio import SAMPLE_RATE
-from streamer.api.auth import controlled_session
+from streamer.api.auth import WS_SUBPROTOCOL, acting_key_id, controlled_session, offered_protocols
 from streamer.api.errors import ApiError
 from streamer.api.limits import MessageRate
 from streamer.api.state import app_state
@@ -36,6 +42,7 @@ router = APIRouter(tags=["websocket"])
 
 MIN_RATE, MAX_RATE = 8_000, 48_000
 CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_GOING_AWAY = 1008, 1009, 1001
+CLOSE_KEY_REVOKED = 4401  # 4000 + the 401 a call with the revoked key gets
 
 
 class PcmResampler:
@@ -114,6 +121,7 @@ class _Connection:
         self.messages = MessageRate(limits.ws_max_messages_per_s)
         self.resampler = PcmResampler(rate)
         self.stream: LiveStream | None = None
+        self.revoked = False
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -147,6 +155,13 @@ class _Connection:
         await self.error(code, message)
         await self.ws.close(close_code, reason=message[:120])
         return False
+
+    async def revoke(self) -> None:
+        """The key this socket was opened with was revoked: take nothing more, say why, close."""
+        self.revoked = True
+        message = "the API key this WebSocket was opened with was revoked"
+        with contextlib.suppress(Exception):  # the client may be gone already
+            await self.refuse("key_revoked", message, CLOSE_KEY_REVOKED)
 
     async def admit(self, size: int) -> bool:
         """The message limits: its size, and the rate of messages."""
@@ -205,18 +220,23 @@ async def session_ws(websocket: WebSocket, session_id: str) -> None:
     try:
         # A key that controls the session (never a view token): the socket makes it speak.
         session = controlled_session(websocket, session_id)
+        key_id = acting_key_id(websocket)
         rate = _sample_rate(websocket)
     except ApiError as exc:
         await _deny(websocket, exc)
         return
-    await websocket.accept()
-    conn = _Connection(websocket, session, rate, app_state(websocket).settings.limits)
+    # A client that offered a subprotocol must be answered with one it offered: never the key.
+    chosen = WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered_protocols(websocket) else None
+    await websocket.accept(subprotocol=chosen)
+    state = app_state(websocket)
+    conn = _Connection(websocket, session, rate, state.settings.limits)
+    held = state.access.holds.hold(key_id, conn.revoke)
     events = session.subscribe_events()
     forwarder = asyncio.create_task(conn.forward_events(events))
     try:
         while True:
             message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
+            if message["type"] == "websocket.disconnect" or conn.revoked:
                 break
             data, text = message.get("bytes"), message.get("text")
             if not await conn.admit(len(data if data is not None else (text or "").encode())):
@@ -229,6 +249,7 @@ async def session_ws(websocket: WebSocket, session_id: str) -> None:
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client went away, or the session closed the socket
     finally:
+        state.access.holds.release(held)
         conn.end_stream()
         session.unsubscribe_events(events)
         forwarder.cancel()
@@ -253,7 +274,9 @@ WS_PARAMETERS = {
             "name": "token",
             "in": "query",
             "required": False,
-            "description": "an API key, for browsers that cannot send Authorization",
+            "description": "an API key, for clients that can send neither Authorization nor "
+            "the subprotocol avatarcast.bearer.<key> (this route only: elsewhere a key in the "
+            "URL is refused)",
             "schema": {"type": "string"},
         },
     ]

@@ -9,7 +9,9 @@ A transparent renderer's pictures are colour and alpha side by side (twice as wi
 :mod:`models.compositor`).
 
 With a :class:`~streamer.pipeline.provenance.Provenance`, every picture is labelled and
-marked here, the one place that all pictures of a session or a render pass through.
+marked here, the one place that all pictures of a session or a render pass through. With a
+:class:`~streamer.pipeline.canvas.Canvas`, every picture is first fitted to the session's
+fixed size, so an avatar of another size never changes the size its outputs were made for.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from models.audio import silence_mel
 from models.avatar import Avatar
 from models.compositor import Compositor
+from streamer.pipeline.canvas import Canvas
 from streamer.pipeline.provenance import Provenance
 
 
@@ -55,8 +58,10 @@ class FrameRenderer:
         *,
         transparent: bool = False,
         provenance: Provenance | None = None,
+        canvas: Canvas | None = None,
     ) -> None:
         self.avatar = avatar
+        self.canvas = canvas
         self.generator = generator
         self.compositor = compositor or Compositor(avatar, transparent=transparent)
         self.provenance = provenance
@@ -67,11 +72,13 @@ class FrameRenderer:
     def still(self, k: int) -> np.ndarray:
         """Frame ``k``'s base frame as it is: the picture when none was ever rendered."""
         still = self.compositor.still(k)
-        if self.provenance is None:
+        if self.provenance is None and self.canvas is None:
             return still
         return self._finish(k, still.copy())  # the base frame itself stays unmarked
 
     def _finish(self, k: int, picture: np.ndarray) -> np.ndarray:
+        if self.canvas is not None:
+            picture = self.canvas.fit(picture, self.compositor.transparent)
         if self.provenance is not None:
             self.provenance.apply(picture, transparent=self.compositor.transparent)
         return picture

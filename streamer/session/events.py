@@ -75,7 +75,8 @@ class SessionFailed(SessionEvent):
 class SessionClosed(SessionEvent):
     """The last event of a session. ``reason``: ``deleted`` (DELETE), ``idle`` (nothing to
     do for ``idle_session_s``), ``failed`` (after an ``error``), ``shutdown`` (the server
-    is stopping: its recordings are finalised)."""
+    is stopping: its recordings are finalised), ``key_revoked`` (the key that created it
+    was revoked: :mod:`streamer.api.revocation`)."""
 
     type: ClassVar[str] = "session_closed"
     session_id: str

@@ -34,6 +34,7 @@ from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from models.avatar import Avatar
 from streamer.engine.worker import InferenceWorker
 from streamer.metrics import Metrics
+from streamer.pipeline.canvas import Canvas
 from streamer.pipeline.clock import FrameClock, LiveClock
 from streamer.pipeline.encode import EncodedStream, EncodeStage, VideoCodec
 from streamer.pipeline.frames import AVFrame, FrameBus
@@ -89,6 +90,8 @@ class Session:
         self.view_token = secrets.token_urlsafe(24)
         self.created = time.time()
         self.options = options or SessionOptions()
+        height, width = avatar.frames.shape[1:3]  # the canvas: every output's size, for life
+        self.canvas = Canvas.choose((width, height), self.options.width, self.options.height)
         self.config = config or SessionConfig()
         self.bus: FrameBus[AVFrame] = FrameBus()
         self.viewers = 0
@@ -115,6 +118,7 @@ class Session:
                 executor,
                 transparent=self.options.transparent,
                 provenance=self.provenance,
+                canvas=self.canvas,
             ),
             self.bus,
             sinks=self._encode.running,
@@ -301,8 +305,8 @@ class Session:
 
     def switch_avatar(self, avatar: Avatar, worker: InferenceWorker) -> None:
         """Show ``avatar`` from the next frame prepared on. The clock, the speech and the
-        outputs carry on, so viewers stay connected (they get the new frame size, if it
-        differs); frames already in flight finish with the avatar they started with."""
+        outputs carry on (another size is fitted to :attr:`canvas`: no output sees a change);
+        frames already in flight finish with the avatar they started with."""
         self.avatar = avatar
         self._worker = worker
         self.provenance.switch(avatar.name)
@@ -312,6 +316,7 @@ class Session:
             self._executor,
             transparent=self.options.transparent,
             provenance=self.provenance,
+            canvas=self.canvas,
         )
         self._path.switch(renderer)
         self._events.emit(AvatarChanged(avatar.name))
@@ -384,6 +389,8 @@ class Session:
             "outputs": self.outputs.describe(),
             "created": self.created,
             "video_codec": self.options.video_codec,
+            "width": self.canvas.width,
+            "height": self.canvas.height,
             "background": self.options.background,
             "label": bool(self.provenance.label),
             **self.stats.figures(),

@@ -127,7 +127,7 @@ class LiveKitWorker:
         )
 
     async def _publish(self) -> None:
-        height, width = self._session.avatar.frames.shape[1:3]
+        width, height = self._session.canvas.width, self._session.canvas.height  # fixed
         if self._session.options.transparent:
             width *= 2  # colour and alpha side by side
         self._audio = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=AUDIO_QUEUE_MS)
