@@ -44,6 +44,28 @@ def test_step_figures_from_known_arrivals() -> None:
     assert viewers.held(step | {"viewers": 2})
     assert not viewers.held(step | {"viewers": 3})  # one viewer never connected
     assert not viewers.held(step | {"frames_received_ratio": 0.5})
+    assert step["frame_interval_ms_p95_socket"] is None  # this report had no socket stamps
+
+
+def test_a_step_is_judged_on_the_socket_stamps() -> None:
+    """Receivers whose own loop ran late (every 5th frame stamped 30 ms late) while their
+    sockets got every frame 40 ms apart: the step holds at the sockets, not at the loops."""
+    lo, hi = 10.0, 12.0
+    steady = list(10.0 + 0.04 * np.arange(50))
+    late = [t + (0.03 if i % 5 == 0 else 0.0) for i, t in enumerate(steady)]
+    report = {
+        "connected": 1,
+        "video": [late],
+        "video_socket": [steady],
+        "audio": [[(10.0 + 0.02 * i, i, 960 * i) for i in range(100)]],
+        "cpu_percent": 30.0,
+        "loop_lag_ms_p95": 25.0,
+        "loop_lag_ms_max": 40.0,
+    }
+    step = viewers.step_figures(1, [report], lo, hi)
+    assert step["frame_interval_ms_p95_socket"] == pytest.approx(40.0, abs=0.5)
+    assert step["frame_interval_ms_p95"] > 60.0
+    assert viewers.held(step) and not viewers.held(step, "loop")
 
 
 def test_viewer_counts_are_checked() -> None:
@@ -69,7 +91,9 @@ def test_three_viewers_of_a_real_session(
     assert step["viewers"] == 3 and step["connected"] == 3 and step["processes"] == 2
     assert step["shared_encoders"] == 1  # every viewer reads the session's one encoder
     assert step["frames_received_ratio"] > 0 and step["frame_interval_ms_p95"] is not None
+    # The kernel stamped the packets at the receivers' sockets (Linux's SIOCGSTAMP).
+    assert step["frame_interval_ms_p95_socket"] is not None
     assert 0 <= step["audio_packets_lost_ratio"] <= 1 and step["audio_received_ratio"] > 0
     assert step["receivers_cpu_percent"] > 0 and step["loop_cpu_percent"] > 0
     assert step["server_loop_lag_ms_max_connecting"] >= 0 and step["server_loop_lag_ms_p99"] >= 0
-    assert result["viewers_held"] in (0, 3)
+    assert result["viewers_held"] in (0, 3) and result["viewers_held_by_loop_stamps"] in (0, 3)

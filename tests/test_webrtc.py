@@ -25,10 +25,10 @@ from streamer.config import Settings
 from streamer.outputs.webrtc import (
     AVVideoTrack,
     EncodedAudioTrack,
-    EncodedVideoTrack,
     PeerRegistry,
     SharedStart,
     add_loopback_candidates,
+    fanout,
 )
 from streamer.pipeline.codecs import EncodedFrame
 from streamer.pipeline.frames import Subscription
@@ -125,7 +125,10 @@ async def test_viewers_of_a_session_share_one_encoder(
     plays = asyncio.gather(play(base, session, 3.0), play(base, session, 3.0))
     await asyncio.sleep(1.5)
     (encoder,) = registry.encoders()
-    assert encoder.viewers == 2 and encoder.codec == "vp8"
+    # Both viewers are legs of the encoder's one fan-out (its one subscriber).
+    legs = fanout.fanout_of(encoder).legs
+    assert encoder.viewers == 1 and encoder.codec == "vp8"
+    assert [leg.kind for leg in legs].count("video") == 2
     frames, published = encoder.frames, session.frames
     await asyncio.sleep(1.0)
     # Each published frame was encoded once, not once per viewer.
@@ -151,7 +154,7 @@ async def test_h264_session_and_a_viewer_without_vp8(
     await asyncio.sleep(1.0)
     assert [e.codec for e in registry.encoders()] == ["h264"]
     (peer,) = registry.of_session(session.id)
-    assert isinstance(peer.video, EncodedVideoTrack)
+    assert isinstance(peer.video, fanout.LegTrack)
     got, _ = await task
     mouth = np.array([m for _, _, m in got.video])
     assert len(mouth) > 30 and mouth.max() - mouth.min() > 100

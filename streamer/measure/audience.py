@@ -8,6 +8,14 @@ arrival, sequence number and RTP timestamp. It then prints one JSON report with 
 process's own CPU time and its event loop's lag, so that the receivers' cost and lateness are
 told apart from the server's.
 
+Each video frame's arrival is stamped twice: when this process's event loop handles its last
+packet (what it has always been), and when the packet reached the viewer's socket (the
+kernel's receive time, ``SIOCGSTAMP``, read as aioice takes the datagram; RTP headers travel
+in the clear under SRTP, so the packet is known by SSRC and sequence number before it is
+decrypted). The receivers share the server's cores, so their loop stamps carry their own
+lateness (hundreds of Python receivers in a few processes); a player on its own machine
+sees what the socket stamps show.
+
 Each viewer is a real aiortc peer: ICE, DTLS, SRTP and RTCP as a player does them. By default
 the packets stop there (:func:`~streamer.measure.viewer.tap_rtp`): decoding is the work of
 the viewer's own machine, and hundreds of VP8 decoders would take the very cores the server
@@ -18,18 +26,61 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import struct
 import sys
 import time
 from typing import Any
 
 import httpx
 import numpy as np
+from aioice.ice import StunProtocol
 
 from streamer.measure.viewer import Viewer, tap_rtp
 
 CONNECTING_AT_ONCE = 4
 LAG_PROBE_S = 0.005
+SIOCGSTAMP = 0x8906  # Linux: the receive time of the last datagram read from a socket
+
+
+class SocketClock:
+    """Kernel receive times of RTP packets on this process's ICE sockets, by (SSRC, seq)."""
+
+    def __init__(self) -> None:
+        self.stamps: dict[tuple[int, int], float] = {}
+        self.working = True
+        self._to_monotonic = time.time() - time.monotonic()  # SIOCGSTAMP is wall-clock
+
+    def install(self) -> None:
+        """Stamp every datagram aioice receives (this process only: a measuring client)."""
+        received = StunProtocol.datagram_received
+        clock = self
+
+        def stamped(protocol: StunProtocol, data: bytes, addr: tuple[str, int]) -> None:
+            # RTP (version 2, payload types 96-127 with or without the marker), not RTCP.
+            if clock.working and len(data) >= 12 and data[0] >> 6 == 2 and data[1] & 0x7F >= 96:
+                clock.stamp(protocol, data)
+            received(protocol, data, addr)
+
+        StunProtocol.datagram_received = stamped  # type: ignore[method-assign,assignment]
+
+    def stamp(self, protocol: Any, data: bytes) -> None:
+        try:
+            sock = protocol.transport.get_extra_info("socket")
+            raw = fcntl.ioctl(sock.fileno(), SIOCGSTAMP, bytes(16))
+        except (AttributeError, OSError):
+            self.working = False  # not Linux, or no socket: only loop stamps then
+            return
+        seconds, micros = struct.unpack("qq", raw)
+        seq, ssrc = struct.unpack_from("!H", data, 2)[0], struct.unpack_from("!I", data, 8)[0]
+        self.stamps[(ssrc, seq)] = seconds + micros / 1e6 - self._to_monotonic
+
+    def pop(self, packet: Any) -> float | None:
+        return self.stamps.pop((packet.ssrc, packet.sequence_number), None)
+
+
+SOCKETS = SocketClock()
 
 
 class Receiver(Viewer):
@@ -39,6 +90,7 @@ class Receiver(Viewer):
         super().__init__(None)
         self.decode = decode
         self.frames: list[float] = []  # arrival of each video frame's last packet
+        self.frames_socket: list[float] = []  # the same packets' arrival at the socket
         self.audio_packets: list[tuple[float, int, int]] = []  # arrival, sequence, timestamp
 
     def _watch(self, receiver: Any) -> None:
@@ -46,9 +98,12 @@ class Receiver(Viewer):
         if receiver.track.kind == "video":
 
             def on_video(packet: Any) -> None:
+                at_socket = SOCKETS.pop(packet)
                 if packet.marker:
                     now = loop.time()
                     self.frames.append(now)
+                    if at_socket is not None:
+                        self.frames_socket.append(at_socket)
                     if not self.first_frame.done():
                         self.first_frame.set_result(now)
 
@@ -56,6 +111,7 @@ class Receiver(Viewer):
         else:
 
             def on_audio(packet: Any) -> None:
+                SOCKETS.pop(packet)
                 self.audio_packets.append((loop.time(), packet.sequence_number, packet.timestamp))
 
             tap_rtp(receiver, on_audio, self.decode)
@@ -105,6 +161,7 @@ async def audience(base: str, sid: str, token: str, count: int, decode: bool) ->
             return {
                 "connected": len(viewers),
                 "video": [v.frames for v in viewers],
+                "video_socket": [v.frames_socket for v in viewers],
                 "audio": [v.audio_packets for v in viewers],
                 "cpu_percent": round(100.0 * cpu / max(elapsed, 1e-9), 1),
                 "loop_lag_ms_p95": round(float(np.percentile(lags, 95)), 1) if lags else None,
@@ -125,6 +182,7 @@ def audience_main(argv: list[str]) -> int:
     logging.getLogger("aiortc").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     request = json.loads(argv[0])
+    SOCKETS.install()
     report = asyncio.run(
         audience(
             request["base"],

@@ -106,9 +106,13 @@ class EncodedStream:
 
     def subscribe(self) -> Subscription[EncodedFrame]:
         """A viewer's queues: 3 pictures (a drop costs it a key frame), 5 s of audio."""
+        return self.attach(Subscription(video_depth=3))
+
+    def attach(self, sub: Subscription[EncodedFrame]) -> Subscription[EncodedFrame]:
+        """Add a subscriber of one's own kind (one that sends as it is offered, say)."""
         if self._closed:
             raise ConnectionError(f"session {self.session_id} is closed")
-        sub = self.bus.subscribe(video_depth=3)
+        self.bus.attach(sub)
         self.request_keyframe()
         if self._task is None:
             log.info("session %s: encoding %s + Opus once", self.session_id, self.codec)

@@ -145,7 +145,11 @@ class FrameBus(Generic[T]):
         self.last: T | None = None
 
     def subscribe(self, video_depth: int = 2, audio_depth: int = 5 * FPS) -> Subscription[T]:
-        sub: Subscription[T] = Subscription(video_depth=video_depth, audio_depth=audio_depth)
+        return self.attach(Subscription(video_depth=video_depth, audio_depth=audio_depth))
+
+    def attach(self, sub: Subscription[T]) -> Subscription[T]:
+        """Add ``sub`` (a :class:`Subscription` or a subclass that handles what it is offered
+        at once) to the subscribers."""
         self._subscriptions.add(sub)
         return sub
 

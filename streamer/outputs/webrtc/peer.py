@@ -8,9 +8,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from aiortc import RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection
 
-from streamer.outputs.webrtc.tracks import AVVideoTrack, EncodedStream, EncodedVideoTrack
+from streamer.outputs.webrtc.tracks import EncodedStream
 from streamer.pipeline.codecs import EncodedFrame, VideoCodec
 from streamer.pipeline.frames import AVFrame, FrameBus, Subscription
 
@@ -51,8 +51,10 @@ class Peer:
         self.pc = pc
         self.session = session
         self.subscription: Subscription[AVFrame] | None = None  # raw frames, if a track wants
-        self.encoded: tuple[EncodedStream, Subscription[EncodedFrame]] | None = None
-        self.video: AVVideoTrack | EncodedVideoTrack | None = None
+        # The shared encoder, and this viewer's queue of it (None: its legs of the fan-out).
+        self.encoded: tuple[EncodedStream, Subscription[EncodedFrame] | None] | None = None
+        self.tracks: list[MediaStreamTrack] = []  # stopped on close, sent or not
+        self.video: MediaStreamTrack | None = None  # (tests look at which kind it is)
         self.connected_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._counted = False
@@ -94,7 +96,10 @@ class Peer:
             self.session.bus.unsubscribe(self.subscription)
         if self.encoded is not None:
             encoder, sub = self.encoded
-            encoder.unsubscribe(sub)
+            if sub is not None:
+                encoder.unsubscribe(sub)
+        for track in self.tracks:
+            track.stop()  # a fan-out leg leaves its fan-out even if it never sent
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for task in tasks:

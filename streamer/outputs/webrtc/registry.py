@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from streamer.outputs.webrtc import fanout
 from streamer.outputs.webrtc.compat import add_loopback_candidates, route_keyframe_requests
 from streamer.outputs.webrtc.peer import Peer, PeerInfo, PeerKind, Viewable
 from streamer.outputs.webrtc.sdp import (
@@ -144,7 +145,15 @@ class PeerRegistry:
         shared = offer.shared(session.video_codec)
         start = SharedStart(video="video" in kinds)
         tracks: dict[str, MediaStreamTrack] = {}
-        if shared:
+        if shared and fanout.supported():
+            encoder = self._encoded(session)
+            peer.encoded = (encoder, None)
+            fan = fanout.fanout_of(encoder)
+            for kind in shared:
+                leg = fanout.Leg(kind, start, encoder)
+                fan.add(leg)
+                tracks[kind] = fanout.LegTrack(kind, leg, fan)
+        elif shared:
             encoder = self._encoded(session)
             sub = encoder.subscribe()
             peer.encoded = (encoder, sub)
@@ -158,7 +167,7 @@ class PeerRegistry:
             tracks.setdefault("video", AVVideoTrack(raw, start))
             tracks.setdefault("audio", AVAudioTrack(raw, start))
         video = tracks.get("video")
-        if isinstance(video, AVVideoTrack | EncodedVideoTrack):
+        if isinstance(video, AVVideoTrack | EncodedVideoTrack | fanout.LegTrack):
             peer.video = video
         # Transceivers made before the offer is applied take its sections, and their codec
         # preferences decide what the answer picks: the shared encoder's codec.
@@ -169,10 +178,13 @@ class PeerRegistry:
     @staticmethod
     def _add_track(peer: Peer, track: MediaStreamTrack, shared: bool) -> None:
         transceiver = peer.pc.addTransceiver(track, direction="sendonly")
+        peer.tracks.append(track)
         if not shared:
             return
         name = peer.session.video_codec if track.kind == "video" else "opus"
         transceiver.setCodecPreferences(codec_preferences(track.kind, name))
+        if isinstance(track, fanout.LegTrack):
+            track.leg.bind(transceiver.sender)
         if track.kind == "video" and peer.encoded is not None:
             route_keyframe_requests(transceiver.sender, peer.encoded[0])
 

@@ -63,6 +63,8 @@ class EncodedStream(Protocol):
 
     def subscribe(self) -> Subscription[EncodedFrame]: ...
 
+    def attach(self, sub: Subscription[EncodedFrame]) -> Subscription[EncodedFrame]: ...
+
     def unsubscribe(self, sub: Subscription[EncodedFrame]) -> None: ...
 
     def request_keyframe(self) -> None: ...
@@ -94,6 +96,10 @@ class SharedStart:
             self.base = index
             self._fixed.set()
         return index - self.base if index >= self.base else None
+
+    def waiting_for_video(self, until: float) -> bool:
+        """True while this viewer's audio should still wait for its video's first frame."""
+        return self._video and self.base is None and asyncio.get_running_loop().time() < until
 
     async def skip_to_live(self, subscription: Subscription[Item]) -> None:
         """Drop the audio queued while the connection was set up, called as sending starts.

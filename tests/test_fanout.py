@@ -1,0 +1,98 @@
+"""The fan-out (streamer/outputs/webrtc/fanout.py): every viewer's RTP sent in one pass.
+
+Playback through it is what tests/test_webrtc.py checks; here, what the fan-out owes aiortc
+and the other viewers: RTCP's counters kept, a failing viewer isolated, nothing left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from streamer.outputs.webrtc import PeerRegistry, fanout
+from tests.conftest import serving
+from tests.webrtc_fakes import FakeSession, fake_app, play, whep_offer
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[tuple[str, FakeSession, PeerRegistry]]:
+    session = FakeSession()
+    app = fake_app({session.id: session}, api_key="k3y")
+    async with serving(app) as base:
+        for _ in range(100):
+            if session.ready:
+                break
+            await asyncio.sleep(0.01)
+        yield base, session, app.state.avatarcast.webrtc
+
+
+def test_aiortc_still_has_what_a_leg_keeps() -> None:
+    """An aiortc upgrade that drops the sender's RTCP counters fails here, not in a player."""
+    assert fanout.supported()
+
+
+async def test_sender_reports_count_what_the_fan_out_sent(
+    live: tuple[str, FakeSession, PeerRegistry],
+) -> None:
+    base, session, registry = live
+    task = asyncio.ensure_future(play(base, session, 2.0))
+    await asyncio.sleep(1.5)
+    (peer,) = registry.of_session(session.id)
+    counts = {}
+    for transceiver in peer.pc.getTransceivers():
+        report = await transceiver.sender.getStats()
+        (outbound,) = [s for s in report.values() if s.type == "outbound-rtp"]
+        counts[transceiver.kind] = outbound.packetsSent
+    got, _ = await task
+    # What aiortc's RTCP sender reports and getStats read: the packets the legs sent.
+    assert counts["video"] >= 20 and counts["audio"] >= 40, counts
+    assert len(got.video) > 30 and len(got.audio) > 60
+
+
+async def test_a_failing_viewer_leaves_the_others_playing(
+    live: tuple[str, FakeSession, PeerRegistry],
+) -> None:
+    base, session, registry = live
+    first = asyncio.ensure_future(play(base, session, 3.0))
+    await asyncio.sleep(1.0)
+    (encoder,) = registry.encoders()
+    fan = fanout.fanout_of(encoder)
+    (broken,) = [leg for leg in fan.legs if leg.kind == "video"]
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("this viewer's socket is gone")
+
+    broken.video = fail  # type: ignore[method-assign]
+    second = asyncio.ensure_future(play(base, session, 1.5))
+    got, _ = await second
+    assert len(got.video) > 20  # the other viewer kept receiving
+    assert broken not in fan.legs and broken.ended.is_set()
+    await first
+
+
+async def test_a_viewer_that_never_connects_leaves_no_leg(
+    live: tuple[str, FakeSession, PeerRegistry],
+) -> None:
+    base, session, registry = live
+    pc = await whep_offer()
+    auth = {"Authorization": "Bearer k3y"}
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            res = await http.post(
+                f"/v1/sessions/{session.id}/whep",
+                content=pc.localDescription.sdp,
+                headers={"Content-Type": "application/sdp", **auth},
+            )
+            assert res.status_code == 201, res.text
+            (encoder,) = registry.encoders()
+            assert len(fanout.fanout_of(encoder).legs) == 2
+            res = await http.delete(
+                res.headers["Location"], headers={"Authorization": "Bearer k3y"}
+            )
+            assert res.status_code == 200
+    finally:
+        await pc.close()
+    assert registry.encoders() == [] and encoder.viewers == 0
