@@ -151,6 +151,33 @@ async def test_one_slow_call_does_not_stop_the_worker_for_good() -> None:
         await worker.aclose()
 
 
+async def test_a_scheduling_error_fails_its_frames_not_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = VirtualClock()
+    worker = InferenceWorker(Model("m", clock), clock=clock)
+    device = worker.device_worker
+    batch = device._batch
+    calls = []
+
+    def broken_once(live: list, now: float) -> list:  # type: ignore[type-arg]
+        calls.append(now)
+        if len(calls) == 1:
+            raise KeyError("a bug in the scheduling")
+        return batch(live, now)
+
+    monkeypatch.setattr(device, "_batch", broken_once)
+    try:
+        # (Bounded waits: a dead worker thread would leave these futures pending for good.)
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(worker.submit(*frame(1.0), clock() + 1.0), 10.0)
+        # The thread lives on: the next frame is generated.
+        mouth = await asyncio.wait_for(worker.submit(*frame(2.0), clock() + 1.0), 10.0)
+        assert np.all(mouth == 2.0)
+    finally:
+        await worker.aclose()
+
+
 async def test_phases_belong_to_the_device_not_to_the_model() -> None:
     clock = VirtualClock()
     cpu = DeviceWorker("cpu", clock=clock)

@@ -213,11 +213,23 @@ class DeviceWorker:
 
     def _run(self) -> None:
         while True:
-            batch = self._take()
+            try:
+                batch = self._take()
+            except Exception as exc:  # a bug here must not stop every session's pictures
+                log.exception("the inference worker's scheduling failed: its pending frames fail")
+                self._fail_pending(exc)
+                continue
             if batch is None:
                 return
             if batch:
                 self._call(batch)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        """Fail what is queued (those frames keep their previous picture); the thread goes on."""
+        with self._cond:
+            pending, self._pending = self._pending, []
+        for r in pending:
+            _resolve(r, None, exc)
 
     def _call(self, batch: list[_Request]) -> None:
         """One backend call for a batch of one model's frames, timed on the worker's clock."""
