@@ -191,7 +191,8 @@ class DeviceWorker:
             # this round has its estimate lowered, until one is tried again. A model that
             # still gets calls (an overloaded machine) keeps its measured cost.
             for backend in hopeless - {id(r.backend) for r in live}:
-                self._frame_s[backend] *= SKIP_DECAY
+                if backend in self._frame_s:  # a model never called yet has no estimate
+                    self._frame_s[backend] *= SKIP_DECAY
             live.sort(key=_by_due)
             batch = self._batch(live, now)
             taken = {id(r) for r in batch}
