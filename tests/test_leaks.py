@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -15,7 +18,7 @@ from typing import Any
 import httpx
 
 from models.avatar import read_avatar
-from streamer.allocator import limit_arenas, malloc_figures
+from streamer.allocator import malloc_figures
 from streamer.app import create_app
 from streamer.config import Settings
 from streamer.measure.audience import Receiver
@@ -89,10 +92,21 @@ async def test_closed_viewers_outputs_and_sessions_leave_nothing_alive(tmp_path:
         assert sid not in state.access.views  # its view tokens went with it
 
 
+def _capped(env: dict[str, str]) -> str:
+    """What :func:`limit_arenas` answers in a fresh process (it changes the process's malloc)."""
+    code = "from streamer.allocator import limit_arenas; print(limit_arenas())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
 def test_the_malloc_arena_cap_and_figures() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     figures = malloc_figures()
     if figures is None:  # not glibc: nothing to cap or read
-        assert limit_arenas() is False
+        assert _capped(env) == "False"
         return
     assert figures["heap_used_mb"] > 0 and figures["heap_free_mb"] >= 0
-    assert isinstance(limit_arenas(), bool)
+    assert _capped(env) == "True"
+    assert _capped({**env, "MALLOC_ARENA_MAX": "4"}) == "False"  # glibc's own setting wins
