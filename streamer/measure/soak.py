@@ -16,6 +16,7 @@ session's cadence through ``GET /v1/sessions/{id}``. Reported:
 
 - ``rss_mb``: from the first sample after ``warmup_s`` to the last, and ``growth_percent``
   (target <= 5 %); ``fds``, ``tasks`` and ``threads`` at the start and the end (no growth).
+  Each sample also has malloc's ``heap_used_mb`` and ``heap_free_mb``: leak or allocator.
 - ``av_offset_ms_end``: at the end, a new WHEP viewer of the first session measures mouth
   onsets against voice onsets on the RTCP-mapped sender clock, minus the same on the frames
   the session published (:mod:`~streamer.measure.livebench`'s A/V measure; target +-20 ms).
