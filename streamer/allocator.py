@@ -5,8 +5,9 @@ threads (the inference worker, ONNX Runtime's pool, the compositing and encoding
 PyAV's codec threads) allocate pictures of about 0.8 MB and free them on other threads; the
 memory freed into one thread's arena stays there, mapped, and each arena grows to its own
 high-water mark. The resident size then climbs for many minutes under steady use without a
-single object being kept (docs/benchmarks.md, "Soak"). Two arenas hold it down at no
-measurable cost in speed here.
+single object being kept (docs/benchmarks.md, "Soak"). Two arenas halved that growth in the
+soak, whose sessions kept their 25 fps; on two cores more arenas than threads running at
+once buy little.
 
 ``MALLOC_ARENA_MAX`` in the environment (glibc's own setting) wins: when it is set, nothing is
 changed. Elsewhere than glibc (musl, macOS) :func:`limit_arenas` does nothing.
