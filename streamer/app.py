@@ -19,6 +19,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from models.avatar import Avatar, load_avatar
+from streamer.allocator import limit_arenas
 from streamer.api import core_routers, redact
 from streamer.api.cors import ApiCors
 from streamer.api.errors import install_error_handlers
@@ -127,10 +128,15 @@ def create_app(
             )
 
         webrtc = PeerRegistry()
+
+        async def closed(session: Session) -> None:
+            app.state.avatarcast.access.views.forget(session.id)  # its tokens go with it
+            await webrtc.remove_session(session.id)  # hang up its viewers
+
         registry = SessionRegistry(
             make_session,
             max_sessions or settings.max_sessions,
-            lambda session: webrtc.remove_session(session.id),  # hang up its viewers
+            closed,
             per_key=limits.sessions_per_key,
         )
         metrics.bind(
@@ -264,6 +270,7 @@ def serve(settings: Settings) -> int:
 
     from streamer.shutdown import DrainingServer
 
+    limit_arenas()  # before the backend and the executors start their threads: see allocator
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # httpx logs each request's URL at INFO: a WHIP output's URL may hold a stream key.
     logging.getLogger("httpx").setLevel(logging.WARNING)

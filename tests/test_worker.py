@@ -133,6 +133,21 @@ async def test_hopeless_frames_fail_with_too_late_on_the_workers_clock() -> None
         await worker.aclose()
 
 
+async def test_a_frame_already_late_before_any_call_does_not_stop_the_worker() -> None:
+    """A session's first frame can be due before the model was ever called (a busy machine at
+    start): it is given up, and the worker, with no estimate yet to lower, goes on."""
+    clock = VirtualClock()
+    clock.advance(1.0)
+    worker = InferenceWorker(Model("fresh", clock), clock=clock)
+    try:
+        with pytest.raises(TooLate):
+            await worker.submit(*frame(1.0), clock() - 0.010)
+        mouth = await asyncio.wait_for(worker.submit(*frame(2.0), clock() + 1.0), 10)
+        assert np.all(mouth == 2.0)
+    finally:
+        await worker.aclose()
+
+
 async def test_one_slow_call_does_not_stop_the_worker_for_good() -> None:
     clock = VirtualClock()
     model = Model("cold", clock, fixed=0.0, per_frame=0.200)  # a cold start: 200 ms

@@ -125,6 +125,15 @@ class ViewTokens:
         self.forget_except({s.id for s in live})
         return any(self.match(session, token) is not None for session in live)
 
+    def __contains__(self, session_id: object) -> bool:
+        """Whether any token of the session is held."""
+        return session_id in self._by_session
+
+    def forget(self, session_id: str) -> None:
+        """Drop a closed session's tokens: a server that makes and closes sessions for days
+        would otherwise keep every one it ever made."""
+        self._by_session.pop(session_id, None)
+
     def forget_except(self, live_ids: set[str]) -> None:
         """Drop the tokens of sessions that are gone."""
         for gone in [sid for sid in self._by_session if sid not in live_ids]:

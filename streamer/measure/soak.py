@@ -16,6 +16,7 @@ session's cadence through ``GET /v1/sessions/{id}``. Reported:
 
 - ``rss_mb``: from the first sample after ``warmup_s`` to the last, and ``growth_percent``
   (target <= 5 %); ``fds``, ``tasks`` and ``threads`` at the start and the end (no growth).
+  Each sample also has malloc's ``heap_used_mb`` and ``heap_free_mb``: leak or allocator.
 - ``av_offset_ms_end``: at the end, a new WHEP viewer of the first session measures mouth
   onsets against voice onsets on the RTCP-mapped sender clock, minus the same on the frames
   the session published (:mod:`~streamer.measure.livebench`'s A/V measure; target +-20 ms).
@@ -38,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from streamer.allocator import limit_arenas, malloc_figures
 from streamer.measure.avsync import FrameTap, rounded
 from streamer.measure.clients import ClientProcess
 from streamer.measure.liveplan import Progress
@@ -72,7 +74,9 @@ class SoakPlan:
 
 
 def process_figures() -> dict[str, float]:
-    """This process's RSS (MB), open file descriptors, asyncio tasks and threads."""
+    """This process's RSS (MB), open file descriptors, asyncio tasks and threads, and what
+    malloc holds (used and freed-but-kept, where malloc is glibc's): RSS that grows while
+    ``heap_used_mb`` stays flat is the allocator's, not a leak."""
     with open("/proc/self/status") as status:
         kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     return {
@@ -80,6 +84,7 @@ def process_figures() -> dict[str, float]:
         "fds": len(os.listdir("/proc/self/fd")),
         "tasks": len(asyncio.all_tasks()),
         "threads": threading.active_count(),
+        **(malloc_figures() or {}),
     }
 
 
@@ -216,7 +221,8 @@ class Soak:
             fps = [x.get("fps") for x in s["sessions"] if x is not None]
             self.progress(
                 f"soak: {s['t_s']:.0f} / {plan.seconds:.0f} s: RSS {s['rss_mb']} MB, "
-                f"{s['fds']} fds, {s['tasks']} tasks, {s['threads']} threads, fps {fps}"
+                f"{s['fds']} fds, {s['tasks']} tasks, {s['threads']} threads, fps {fps}, "
+                f"malloc used {s.get('heap_used_mb')} MB, kept free {s.get('heap_free_mb')} MB"
             )
 
     async def av_offset(self, when: str) -> dict[str, Any]:
@@ -362,6 +368,7 @@ def run_soak(
     """The soak's figures, with the machine's load before and after."""
     import warnings
 
+    limit_arenas()  # as `avatarcast serve` runs: the figures are the served app's
     logging.getLogger("aiortc").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", "The `websockets` implementation is deprecated")
     use_rtmp = plan.rtmp and nginx_rtmp_missing() is None
