@@ -310,6 +310,12 @@ UVICORN_OPTIONS: dict[str, Any] = {
     # PCM does not compress: deflating every 20 ms message would only cost CPU on both ends.
     "ws_per_message_deflate": False,
     "lifespan": "on",
+    # Clients keep an idle connection for some seconds (httpx 5 s, browsers more) and send
+    # the next request on it. A server that closes idle connections after the same 5 s (the
+    # default) races them: the client reads a closed connection (httpx's ReadError) for a
+    # request the server never saw, which the 30-minute soak hit twice under load. Holding
+    # idle connections longer than clients do leaves the closing to the client.
+    "timeout_keep_alive": 75,
     # After draining the sessions, a connection still open is closed after this long.
     "timeout_graceful_shutdown": 10,
 }

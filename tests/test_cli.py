@@ -204,3 +204,15 @@ def test_serve_on_a_busy_port_is_a_clear_error(capsys: pytest.CaptureFixture[str
         assert main(["serve", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("avatarcast: error: cannot listen on 127.0.0.1:") and "--port" in err
+
+
+def test_served_connections_outlive_clients_idle_keep_alive() -> None:
+    """The server leaves closing an idle connection to its clients (httpx keeps one 5 s): at
+    equal timeouts a request sent as the server closes gets a closed connection back."""
+    import httpx
+
+    from streamer.app import UVICORN_OPTIONS
+
+    client_expiry = httpx.Limits().keepalive_expiry
+    assert client_expiry is not None
+    assert UVICORN_OPTIONS["timeout_keep_alive"] > 2 * client_expiry
