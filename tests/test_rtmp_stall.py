@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import streamer
 from streamer.measure.nginx import NginxRtmp as Nginx
 from streamer.measure.nginx import nginx_rtmp_missing
 from streamer.outputs import rtmp_link
@@ -143,6 +148,63 @@ async def test_a_server_that_never_answers_stalls_nothing_and_is_given_up(
     assert await session.outputs.remove(output.id)
     assert output.child_pid is None and output.state == "stopped"
     assert children() <= before  # no child left, not even a zombie
+
+
+# A server process of a few lines whose output's child is stuck in the RTMP handshake.
+SERVER = """
+import sys, threading
+import av
+from streamer.outputs.mux import Target
+from streamer.outputs.rtmp_link import RtmpLink
+from streamer.pipeline.codecs import EncodedFrame
+encoder = av.CodecContext.create("libx264", "w")
+encoder.width = encoder.height = 64
+encoder.pix_fmt = "yuv420p"
+encoder.options = {"tune": "zerolatency"}
+picture = av.VideoFrame(64, 64, "yuv420p")
+picture.pts = 0
+key = bytes(encoder.encode(picture)[0])
+link = RtmpLink(threading.Event())
+link.connect(Target(sys.argv[1], "flv"), 0, (64, 64)).video(EncodedFrame(0, (), key, True))
+print(link.pid, flush=True)
+threading.Event().wait()
+"""
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (reaped, or a zombie its new parent has not reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] in "ZX"
+
+
+def test_the_child_dies_with_the_server(silent: Server) -> None:
+    home = str(Path(streamer.__file__).resolve().parent.parent)
+    url = f"rtmp://127.0.0.1:{silent.port}/live/k"
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, url],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": home},
+    )
+    try:
+        assert server.stdout is not None
+        child = int(server.stdout.readline())
+        deadline = time.monotonic() + 30
+        while silent.accepted < 1:  # the child is in the handshake, holding its GIL
+            assert time.monotonic() < deadline, "the child never connected"
+            time.sleep(0.05)
+        assert not gone(child)
+        server.send_signal(signal.SIGKILL)  # no clean-up of any kind
+        server.wait(10)
+        while not gone(child):
+            assert time.monotonic() < deadline, f"the muxing child {child} outlived its server"
+            time.sleep(0.05)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 @pytest.mark.skipif(nginx_rtmp_missing() is not None, reason=f"{nginx_rtmp_missing()}")
