@@ -143,6 +143,7 @@ class Child:
 
 
 def main(argv: list[str]) -> int:
+    """Run until the end of stdin (exit status 0), or 2 for a wrong command line."""
     if len(argv) != 1 or not argv[0].isdigit():
         print("usage: python -m streamer.outputs.rtmp_child PARENT_PID", file=sys.stderr)
         return 2
@@ -151,8 +152,9 @@ def main(argv: list[str]) -> int:
     stdin = sys.stdin.buffer
     while (got := read_message(stdin)) is not None:
         child.handle(*got)
-    child.handle(CLOSE, 0, b"")
-    return 0
+    child.handle(CLOSE, 0, b"")  # the trailer written, the connection closed
+    sys.stdout.flush()
+    os._exit(0)  # nothing left to clean: skip the interpreter's teardown, a DELETE waits on it
 
 
 if __name__ == "__main__":
