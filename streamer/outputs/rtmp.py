@@ -13,8 +13,10 @@ does can stall the server, and a connection that stalls is killed after a deadli
 
 from __future__ import annotations
 
+import contextlib
+
 from streamer.outputs.base import Report
-from streamer.outputs.mux import Container, Target
+from streamer.outputs.mux import Container, MuxError, Target
 from streamer.outputs.muxed import MediaSource, MuxedOutput
 from streamer.outputs.rtmp_link import RtmpLink
 from streamer.outputs.spec import OutputSpec
@@ -42,6 +44,10 @@ class RtmpOutput(MuxedOutput):
     def child_pid(self) -> int | None:
         """The muxing child's process id while one runs."""
         return self._link.pid
+
+    def prepare(self) -> None:
+        with contextlib.suppress(MuxError):  # the first connection tries again, and says why
+            self._link.start()
 
     def open_container(self, target: Target, origin: int, size: tuple[int, int]) -> Container:
         return self._link.connect(target, origin, size)
