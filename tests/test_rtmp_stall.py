@@ -236,3 +236,26 @@ async def test_a_push_whose_link_goes_silent_reconnects(
         assert await session.outputs.remove(output.id)
     finally:
         proxy.close()
+
+
+@pytest.mark.skipif(nginx_rtmp_missing() is not None, reason=f"{nginx_rtmp_missing()}")
+async def test_a_child_that_stops_reading_is_replaced(
+    live: Live,
+    nginx: Nginx,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The back-stop: a child that takes nothing from its pipe (stopped here, so its own
+    watch on the network is stopped too) is killed, and a new one carries on."""
+    session = live.session
+    output = attach(session, "rtmp", tmp_path, url=nginx.url("stuck"))
+    assert isinstance(output, RtmpOutput)
+    await wait_for(lambda: output.state == "live", 15, "live")
+    stuck = output.child_pid
+    assert stuck is not None
+    os.kill(stuck, signal.SIGSTOP)
+    await wait_for(lambda: output.state == "retrying", 30, "retrying after the child stuck")
+    assert output.last_error == "the muxing process took no data for 2 s: timed out"
+    assert gone(stuck)
+    await wait_for(lambda: output.state == "live", 15, f"live again ({output.last_error})")
+    assert output.child_pid not in (None, stuck) and output.connections >= 2
+    assert await session.outputs.remove(output.id)

@@ -164,7 +164,11 @@ class RtmpLink:
             rest = _after(rest, written)
             if not rest:
                 break
-            self._wait(number, SLICE_S, writing=True)
+            try:
+                self._wait(number, SLICE_S, writing=True)
+            except MuxError:
+                self._reap(0.0)  # a message cut in two: the child cannot read on
+                raise
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + CHECK_EVERY_S
@@ -199,17 +203,18 @@ class RtmpLink:
         into = [self._stdin_fd()] if writing else []
         readable, _, _ = select.select([out, self._pidfd], into, [], timeout)
         if out in readable:
-            self._read_lines(out, number)
+            with contextlib.suppress(BlockingIOError):
+                self._lines += os.read(out, 4096)
+            self._heard(number)
         if self._pidfd in readable:
             raise self._ended(number)
         if writing and self._stop.is_set():
-            raise self._kill("stopped")  # a message cut in two: the child cannot go on
+            raise self._kill("stopped")
         if self._connected == number:
             self._check_progress()
 
-    def _read_lines(self, out: int, number: int) -> None:
-        with contextlib.suppress(BlockingIOError):
-            self._lines += os.read(out, 4096)
+    def _heard(self, number: int) -> None:
+        """Act on the child's whole lines about connection ``number``."""
         while (end := self._lines.find(b"\n")) >= 0:
             line = self._lines[:end].decode(errors="replace")
             del self._lines[: end + 1]
@@ -244,12 +249,11 @@ class RtmpLink:
         """The child exited by itself: its last word about ``number``, or its exit status."""
         assert self._process is not None and self._process.stdout is not None
         out = self._process.stdout.fileno()
+        with contextlib.suppress(OSError):  # all it wrote, up to the end of its stdout
+            while len(self._lines) < 65536 and (chunk := os.read(out, 4096)):
+                self._lines += chunk
         try:
-            while select.select([out], [], [], 0)[0] and len(self._lines) < 65536:
-                before = len(self._lines)
-                self._read_lines(out, number)
-                if len(self._lines) == before:
-                    break  # the end of its stdout
+            self._heard(number)
         except MuxError as said:
             self._reap(EXIT_WAIT_S)
             return said
