@@ -7,9 +7,9 @@ parameter sets PyAV copies into the header (``add_mux_stream`` extracts them fro
 packet). Audio is AAC, encoded here from the AV frames' 16 kHz PCM, resampled to 48 kHz
 stereo (what live platforms ask for; the AAC header carries the rate, so FLV takes it), with
 FFmpeg's ``fast`` AAC coder: half the CPU of its default ``twoloop`` (0.57 against 1.21 ms
-per frame here), and at 128 kbps its authors judge it as good or better (FFmpeg made it the
-default in 2018 for that reason: "at higher bitrates [twoloop] sounds worse than the fast
-coder and needs quite a lot more CPU").
+per frame here), and at 128 kbps the encoder's author rates it as good or better: "at higher
+bitrates [twoloop] sounds worse than the fast coder and needs quite a lot more CPU" (FFmpeg
+commit fcb681ac, 2018).
 
 Timestamps are the session clock's: frame ``k`` is at ``(k - origin + 1) × 40 ms``, video and
 audio alike, where ``origin`` is the first frame the output ever sent. The one frame of lead
