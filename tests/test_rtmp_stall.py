@@ -34,6 +34,10 @@ from tests.conftest import Live, tone, wait_for
 from tests.test_outputs import attach
 from tests.test_rtmp import nginx  # noqa: F401  (the fixture)
 
+needs_nginx = pytest.mark.skipif(
+    nginx_rtmp_missing() is not None, reason=f"{nginx_rtmp_missing()} (make test installs them)"
+)
+
 
 @pytest.fixture(autouse=True)
 def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,7 +216,7 @@ def test_the_child_dies_with_the_server(silent: Server) -> None:
             server.wait()
 
 
-@pytest.mark.skipif(nginx_rtmp_missing() is not None, reason=f"{nginx_rtmp_missing()}")
+@needs_nginx
 async def test_a_push_whose_link_goes_silent_reconnects(
     live: Live,
     nginx: Nginx,  # noqa: F811
@@ -238,7 +242,7 @@ async def test_a_push_whose_link_goes_silent_reconnects(
         proxy.close()
 
 
-@pytest.mark.skipif(nginx_rtmp_missing() is not None, reason=f"{nginx_rtmp_missing()}")
+@needs_nginx
 async def test_a_child_that_stops_reading_is_replaced(
     live: Live,
     nginx: Nginx,  # noqa: F811
