@@ -4,9 +4,11 @@ and recording share.
 On the loop, two small tasks only listen: one takes the session's shared H.264 pictures
 (``session.encoded("h264")``, encode once), the other each AV frame's audio
 (``session.bus``); both hand them to an :class:`~streamer.outputs.inbox.Inbox` without
-waiting. The thread opens a :class:`~streamer.outputs.mux.Muxer` at a key frame and feeds
-it. It asks the encoder for a key frame every 2 s (the GOP a live platform expects), after
-losing a picture, and on each (re)connection.
+waiting. The thread opens a container at a key frame and feeds it: a
+:class:`~streamer.outputs.mux.Muxer` in the thread (a recording), or a connection of a
+muxing child process (an RTMP push, :mod:`~streamer.outputs.rtmp_link`). It asks the
+encoder for a key frame every 2 s (the GOP a live platform expects), after losing a
+picture, and on each (re)connection.
 
 A network error is the thread's alone: the output goes ``retrying``, waits (0.5 s doubling
 to 10 s) and connects again at a fresh key frame; a recording, which cannot retry, goes
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 
 from streamer.outputs.base import Backoff, HasStatus, OutputStatus, Report
 from streamer.outputs.inbox import Inbox
-from streamer.outputs.mux import Muxer, MuxError, Target, describe_error
+from streamer.outputs.mux import Container, Muxer, MuxError, Target, describe_error
 from streamer.outputs.spec import OutputSpec
 from streamer.pipeline.codecs import EncodedFrame
 from streamer.pipeline.encode import EncodedStream, VideoCodec
@@ -84,7 +86,8 @@ class MuxedOutput(HasStatus):
         self._backoff = Backoff()
         self._last_key = -GOP_FRAMES
         self._frames_sent = 0  # AV frames muxed over all connections
-        self._cpu_s = 0.0  # the thread's CPU time so far (muxing, AAC, network writes)
+        self._cpu_s = 0.0  # CPU time so far: the thread's and its child processes' (muxing,
+        # AAC, network writes)
         self._closed = False
 
     # --- the loop's side -------------------------------------------------------------------
@@ -224,17 +227,27 @@ class MuxedOutput(HasStatus):
         self.connections += 1
         target = self.open_target()
         try:
-            muxer = Muxer(target, origin[0], size)
+            muxer = self.open_container(target, origin[0], size)
             try:
-                muxer.video(key)  # writes the header: connects, or creates the file
+                muxer.video(key)  # the header: connects, or creates the file
                 for frame in audio:
                     muxer.audio(frame)
+                if not muxer.ready(self._stop):
+                    return
                 self.header_written()
                 self._feed(muxer)
             finally:
                 muxer.close()
         finally:
             self.close_target()
+
+    def open_container(self, target: Target, origin: int, size: tuple[int, int]) -> Container:
+        """This connection's container (PyAV's, in this thread, unless overridden)."""
+        return Muxer(target, origin, size)
+
+    def child_cpu_s(self) -> float:
+        """CPU time of the processes this output ran, for ``cpu_ms_per_frame``."""
+        return 0.0
 
     def open_target(self) -> Target:
         """Where this connection's container goes (a process to pipe into starts here)."""
@@ -269,7 +282,7 @@ class MuxedOutput(HasStatus):
             if item is not None:
                 return item
 
-    def _feed(self, muxer: Muxer) -> None:
+    def _feed(self, muxer: Container) -> None:
         """Mux until an error (raised) or a stop (returns)."""
         broken = False  # a picture was lost: skip to the next key frame
         while True:
@@ -284,7 +297,7 @@ class MuxedOutput(HasStatus):
                 muxer.audio(item)
                 self._frames_sent += 1
                 if self._frames_sent % FPS == 0:
-                    self._cpu_s = time.thread_time()
+                    self._cpu_s = time.thread_time() + self.child_cpu_s()
                 continue
             if self._inbox.take_loss():
                 broken = True
