@@ -77,14 +77,14 @@ typecheck: install-dev
 	$(BIN)/mypy
 
 unit: install-dev
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 test: apt-test install-dev
 	$(BIN)/ruff check streamer models tests
 	$(BIN)/ruff format --check streamer models tests
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 	$(MAKE) integrations-test
 
 # The built-in avatar's whole recipe (teacher data -> SyncNet -> generator -> ONNX -> models/default/).
