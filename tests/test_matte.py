@@ -158,3 +158,18 @@ def test_edge_colours_come_from_the_person() -> None:
     packed = pack(out, alpha)
     assert packed.shape == (64, 128, 3)
     np.testing.assert_array_equal(unpack(packed)[..., 3], alpha)
+
+
+def test_opencvs_guided_filter_matches_ours() -> None:
+    """Mattes use OpenCV's C++ guided filter where the contrib build has it; it must give what
+    the numpy one (the fallback) gives."""
+    from models.matte import guided_filter
+
+    fast = getattr(getattr(cv2, "ximgproc", None), "guidedFilter", None)
+    if fast is None:
+        pytest.skip("this OpenCV build has no ximgproc: mattes use the numpy filter")
+    rng = np.random.default_rng(1)
+    guide = rng.random((96, 128, 3), dtype=np.float32)
+    src = cv2.GaussianBlur((rng.random((96, 128)) > 0.5).astype(np.float32), (0, 0), 4)
+    ours, theirs = guided_filter(guide, src, 3, 1e-3), fast(guide, src, 3, 1e-3)
+    assert np.abs(ours - theirs).mean() < 0.01 and np.abs(ours - theirs).max() < 0.1
