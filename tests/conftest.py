@@ -8,7 +8,8 @@
   and :func:`tone`.
 - The app: :func:`make_app` on the stand-in, :func:`state_of`, and :func:`serving` (a real
   uvicorn server on a free loopback port).
-- :func:`write_video`: a small MP4 for the avatar-creation tests.
+- :func:`write_video`: a small MP4 for the avatar-creation tests; ``talking_video``: the
+  default face talking for 10 s (tests/talking_video.py), made once per run.
 
 Fixtures need no import; helpers are imported as ``from tests.conftest import ...``.
 """
@@ -282,6 +283,13 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
 
 
 # --- videos ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def talking_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.talking_video import make_talking_video
+
+    return make_talking_video(tmp_path_factory.mktemp("talk") / "talk.mp4", seconds=10.0)
 
 
 def write_video(

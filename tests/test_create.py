@@ -15,7 +15,7 @@ from models.tracking import MAX_GAP_FRAMES, FaceObservation, landmark_mask, smoo
 from models.videoio import display_rotation, iter_frames, probe
 from streamer.cli import main
 from tests.conftest import write_video
-from tests.talking_video import HEIGHT, RATE, WIDTH, make_talking_video
+from tests.talking_video import HEIGHT, RATE, WIDTH
 
 CONSENT = ("--consent", "I, the person in these test pictures, consent to being an avatar.")
 
@@ -173,18 +173,13 @@ def test_photo_avatar(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
 # --- end to end --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def talking(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_talking_video(tmp_path_factory.mktemp("talk") / "talk.mp4", seconds=10.0)
-
-
 @pytest.mark.slow
 def test_create_then_render(
-    home: Path, talking: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    home: Path, talking_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    info = probe(talking)
+    info = probe(talking_video)
     assert (info.width, info.height, round(info.source_fps)) == (WIDTH, HEIGHT, RATE)
-    args = ["twin", "--video", str(talking), "--steps", "0", "--no-check", *CONSENT]
+    args = ["twin", "--video", str(talking_video), "--steps", "0", "--no-check", *CONSENT]
     made = main(["avatar", "create", *args])
     assert made == 0
     summary = capsys.readouterr().err

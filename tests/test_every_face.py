@@ -22,7 +22,7 @@ from models.avatar import load_avatar
 pytest.importorskip("mediapipe")
 
 FACES = Path(__file__).parent / "fixtures" / "faces"
-SHORT = AdaptConfig(utterances=6, steps=120)
+SHORT = AdaptConfig(utterances=6, steps=70)
 CASES = 3
 
 

@@ -15,7 +15,6 @@ from models.finetune import STATE_FILE, FinetuneConfig, Finetuner, work_dir
 from models.person import GAP_FRAMES, load_person, split_holdout
 from models.person_eval import PersonScore, lag_correlation, shifted
 from streamer.cli import main
-from tests.talking_video import make_talking_video
 from tests.test_create import CONSENT
 
 
@@ -61,14 +60,17 @@ def _sha(path: Path) -> str:
 
 @pytest.mark.slow
 def test_train_created_avatar(
-    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    home: Path, talking_video: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from models.avatar import load_avatar
     from models.checkpoint import load_checkpoint
 
-    video = make_talking_video(tmp_path / "talk.mp4", seconds=10.0)
+    # No adaptation in create: on this video of the default face the default model is the one
+    # create would keep anyway (it beats an adaptation on the held-out end), and train starts
+    # from the package's checkpoint either way.
+    video = str(talking_video)
     made = main(
-        ["avatar", "create", "twin", "--video", str(video), "--steps", "60", "--no-check", *CONSENT]
+        ["avatar", "create", "twin", "--video", video, "--steps", "0", "--no-check", *CONSENT]
     )
     assert made == 0
     package = home / "avatars" / "twin"
