@@ -11,17 +11,10 @@ once buy little.
 
 ``MALLOC_ARENA_MAX`` in the environment (glibc's own setting) wins: when it is set, nothing is
 changed. Elsewhere than glibc (musl, macOS) :func:`limit_arenas` does nothing.
-
-What the arenas still keep after a free, a busy minute can leave mapped for good (31 → 44 MB
-over a 30-minute soak with 2 arenas, while what was handed out stayed flat: RSS +5 %).
-:func:`trim_every` hands it back to the system once a minute with ``malloc_trim(0)``, in a
-thread: a few milliseconds, during which another thread that allocates may wait on its arena's
-lock, about as long as one picture's encode.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -30,7 +23,6 @@ import os
 log = logging.getLogger(__name__)
 
 ARENAS = 2
-TRIM_EVERY_S = 60.0
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 
@@ -96,20 +88,3 @@ def malloc_figures() -> dict[str, float] | None:
         "heap_used_mb": round((info.uordblks + info.hblkhd) / mb, 1),
         "heap_free_mb": round(info.fordblks / mb, 1),
     }
-
-
-def trim() -> bool:
-    """Give the memory malloc keeps free back to the system (glibc); whether any went."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "malloc_trim"):
-        return False
-    return bool(libc.malloc_trim(0))
-
-
-async def trim_every(seconds: float = TRIM_EVERY_S) -> None:
-    """Run :func:`trim` every ``seconds`` off the event loop, until cancelled."""
-    if _libc() is None:
-        return
-    while True:
-        await asyncio.sleep(seconds)
-        await asyncio.to_thread(trim)

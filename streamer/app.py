@@ -19,7 +19,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from models.avatar import Avatar, load_avatar
-from streamer.allocator import limit_arenas, trim_every
+from streamer.allocator import limit_arenas
 from streamer.api import core_routers, redact
 from streamer.api.cors import ApiCors
 from streamer.api.errors import install_error_handlers
@@ -163,11 +163,9 @@ def create_app(
             reaper = asyncio.create_task(registry.reap_idle(limits.idle_session_s))
         # A revoked key's sockets and sessions end within a second (api/revocation.py).
         revoker = asyncio.create_task(app.state.avatarcast.access.watch_revocations(registry))
-        trimmer = asyncio.create_task(trim_every())  # malloc's kept-free memory: see allocator
         try:
             yield
         finally:
-            trimmer.cancel()
             revoker.cancel()
             if reaper is not None:
                 reaper.cancel()

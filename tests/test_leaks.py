@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from models.avatar import read_avatar
-from streamer.allocator import malloc_figures, trim
+from streamer.allocator import malloc_figures
 from streamer.app import create_app
 from streamer.config import Settings
 from streamer.measure.audience import Receiver
@@ -110,22 +110,3 @@ def test_the_malloc_arena_cap_and_figures() -> None:
     assert figures["heap_used_mb"] > 0 and figures["heap_free_mb"] >= 0
     assert _capped(env) == "True"
     assert _capped({**env, "MALLOC_ARENA_MAX": "4"}) == "False"  # glibc's own setting wins
-
-
-def _resident_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def test_trim_gives_kept_free_memory_back() -> None:
-    """Memory freed into malloc's heap goes back to the system after a trim (glibc)."""
-    if malloc_figures() is None:
-        assert not trim()
-        return
-    # Blocks below mmap's threshold live in the heap; freed (all but the last, which keeps
-    # the heap's top in place), their pages stay resident until a trim releases them.
-    blocks = [bytearray(64 * 1024) for _ in range(400)]
-    del blocks[:-1]
-    kept = _resident_mb()
-    trim()
-    assert _resident_mb() < kept - 10.0  # about 25 MB were freed
