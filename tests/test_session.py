@@ -187,7 +187,7 @@ async def test_late_generation_drops_video_but_never_audio(
     standin: tuple[Avatar, Backend],
 ) -> None:
     avatar, backend = standin
-    made = Live(avatar, SlowBackend(backend))
+    made = Live(avatar, SlowBackend(backend), config=SessionConfig(lead_extra_max_s=0.0))
     await made.session.start()
     try:
         x = tone(0.6)

@@ -249,6 +249,13 @@ async def measure_step(
             await process.aclose()
 
 
+def _dropped(session: Any, frames: int, dropped: int) -> float:
+    """The share of the session's pictures since (``frames``, ``dropped``) that repeated the
+    previous one because the new one was not ready in time."""
+    frames, dropped = session.stats.frames - frames, session.stats.dropped - dropped
+    return round(dropped / max(1, frames), 4)
+
+
 def _p99(values: list[float]) -> float | None:
     return float(np.percentile(values, 99)) if values else None
 
@@ -275,13 +282,14 @@ async def measure_viewers(
     lag = LoopLag()
     try:
         await asyncio.sleep(plan.settle_s)
+        frames, dropped = session.stats.frames, session.stats.dropped
         steps = [await _baseline(live, plan)]
+        steps[0]["frames_dropped_ratio"] = _dropped(session, frames, dropped)
         progress(f"viewers: none, the session speaking: {steps[0]}")
         for n in counts:
             frames, dropped = session.stats.frames, session.stats.dropped
             step = await measure_step(live, sid, token, n, plan, lag)
-            frames, dropped = session.stats.frames - frames, session.stats.dropped - dropped
-            step["frames_dropped_ratio"] = round(dropped / max(1, frames), 4)
+            step["frames_dropped_ratio"] = _dropped(session, frames, dropped)
             steps.append(step)
             progress(f"viewers: {n}: " + ("held" if step["held"] else "did not hold") + f" {step}")
             if speaker.process.returncode is not None:

@@ -15,7 +15,8 @@ SpeechSource = Callable[[str], Iterator[np.ndarray]]  # text -> 16 kHz float32 c
 @dataclass(frozen=True)
 class SessionConfig:
     latency_s: float = 0.135  # speech is written this far ahead of the sample playing now
-    lead_s: float = 0.025  # a frame's window is taken this long before it is published
+    lead_s: float = 0.025  # a frame's window is taken this long before it is published ...
+    lead_extra_max_s: float = 0.08  # ... plus up to this while pictures come late (lead.py)
     max_buffer_s: float = 60.0  # audio buffered ahead (timeline + queued) per session
     tts_ahead_s: float = 4.0  # synthesise the next sentence when less than this is buffered
     start_delay_s: float = 0.05

@@ -52,11 +52,14 @@ class Feeder:
         speech_executor: Executor | None,
         start_task: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]],
         name: str,
+        extra_latency_s: Callable[[], float] | None = None,
     ) -> None:
         self._queue = queue
         self._timeline = timeline
         self._config = config
-        self._latency = int(config.latency_s * SAMPLE_RATE)
+        # The latency budget grows with the session's frame lead (streamer/pipeline/lead.py):
+        # windows taken earlier must still find the audio they look ahead into.
+        self._extra_latency_s = extra_latency_s or (lambda: 0.0)
         self._limit = int(config.max_buffer_s * SAMPLE_RATE)
         self._now_pos = now_pos
         self._now = now
@@ -66,6 +69,11 @@ class Feeder:
         self._start_task = start_task  # the session owns the task (and its failure)
         self._name = name
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def latency(self) -> int:
+        """Samples between the one playing and where new speech is written."""
+        return int((self._config.latency_s + self._extra_latency_s()) * SAMPLE_RATE)
 
     def start(self) -> None:
         self._task = self._start_task(self.run(), "feeder")
@@ -84,7 +92,7 @@ class Feeder:
 
     def excess(self) -> int:
         """How far the timeline is written beyond ``now + latency``, in samples."""
-        return self._timeline.write_pos - (self._now_pos() + self._latency)
+        return self._timeline.write_pos - (self._now_pos() + self.latency)
 
     async def run(self) -> None:
         while True:
@@ -145,7 +153,7 @@ class Feeder:
         pos = self._timeline.write(
             chunk,
             now_pos=self._now_pos(),
-            latency=self._latency,
+            latency=self.latency,
             utterance_id=utt.id,
             arrived_at=self._now(),
             # A live stream's next piece joins the last one (jitter costs no gap)

@@ -38,6 +38,7 @@ from streamer.pipeline.canvas import Canvas
 from streamer.pipeline.clock import FrameClock, LiveClock
 from streamer.pipeline.encode import EncodedStream, EncodeStage, VideoCodec
 from streamer.pipeline.frames import AVFrame, FrameBus
+from streamer.pipeline.lead import AdaptiveLead
 from streamer.pipeline.path import FramePath
 from streamer.pipeline.prepare import PreparedFrame, prepare_frame
 from streamer.pipeline.provenance import Provenance
@@ -108,6 +109,8 @@ class Session:
         self.outputs = SessionOutputs(self._events.emit, on_add=self.provenance.output_added)
         self._utterances = UtteranceQueue(self._events.emit)
         self._timeline = Timeline(self.config.max_buffer_s)
+        self.lead = AdaptiveLead(self.config.lead_s, self.config.lead_extra_max_s)
+        self.stats.lead_ms = round(self.lead.lead_s * 1000.0, 1)
         self._clock = clock
         self._encode = EncodeStage(self.id, self.bus, lambda: self.options.video_codec)
         self._path = FramePath(
@@ -136,6 +139,7 @@ class Session:
             speech_executor=speech_executor or executor,
             start_task=self._own,
             name=f"session {self.id}",
+            extra_latency_s=lambda: self.lead.extra_s,
         )
         self._ready = asyncio.Event()
         self._last_published: float | None = None
@@ -175,7 +179,7 @@ class Session:
     async def _run_clock(self) -> None:
         config = self.config
         if self._clock is None:
-            self._clock = LiveClock(config.lead_s, config.start_delay_s, self._worker)
+            self._clock = LiveClock(self.lead.lead_s, config.start_delay_s, self._worker)
         clock = self._clock
         while True:
             await clock.tick(self._path)
@@ -358,26 +362,21 @@ class Session:
         return prepare_frame(self._timeline, k, self.avatar.window, self._utterances.is_live)
 
     def _published(self, frame: PreparedFrame, out: AVFrame, fresh: bool) -> None:
-        stats, metrics, now = self.stats, self._metrics, out.published_at
-        if fresh:
-            stats.generated += 1
-        else:
-            stats.dropped += 1
-        stats.frames += 1
+        now = out.published_at
         self._ready.set()
         interval = None if self._last_published is None else (now - self._last_published) * 1e3
         self._last_published = now
-        if interval is not None:
-            stats.intervals_ms.append(interval)
         latency = None if frame.live_in_at is None else (now - frame.live_in_at) * 1000.0
-        if latency is not None:
-            stats.latency_ms.append(latency)
         audible = [
             (now - u.requested_at) * 1000.0 for u in self._utterances.played(frame) if not u.live
         ]
-        stats.first_audible_ms.extend(audible)
-        if metrics is not None:
-            metrics.observe_frame(fresh, interval, latency, audible)
+        self.stats.record(fresh, interval, latency, audible)
+        if self._metrics is not None:
+            self._metrics.observe_frame(fresh, interval, latency, audible)
+        if self.lead.observe(fresh):  # late pictures: prepare earlier (streamer/pipeline/lead.py)
+            self.stats.lead_ms = round(self.lead.lead_s * 1000.0, 1)
+            if self._clock is not None:
+                self._clock.lead_s = self.lead.lead_s
 
     def describe(self) -> dict[str, Any]:
         return {

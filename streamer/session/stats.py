@@ -32,6 +32,23 @@ class SessionStats:
     intervals_ms: collections.deque[float] = field(default_factory=_recent)
     latency_ms: collections.deque[float] = field(default_factory=_recent)  # live streams
     first_audible_ms: collections.deque[float] = field(default_factory=_recent)  # queued
+    lead_ms: float = 0.0  # how long before its due time a frame is prepared now (adaptive)
+
+    def record(
+        self, fresh: bool, interval: float | None, latency: float | None, audible: list[float]
+    ) -> None:
+        """One published frame: fresh or a repeated picture, its interval after the previous
+        one, its live stream's latency and the queued utterances it made audible (ms)."""
+        self.frames += 1
+        if fresh:
+            self.generated += 1
+        else:
+            self.dropped += 1
+        if interval is not None:
+            self.intervals_ms.append(interval)
+        if latency is not None:
+            self.latency_ms.append(latency)
+        self.first_audible_ms.extend(audible)
 
     def figures(self) -> dict[str, Any]:
         """The frame and latency figures of the session's JSON."""
@@ -47,6 +64,7 @@ class SessionStats:
             "speech_to_mouth_ms_p95": _round(percentile(self.latency_ms, 95)),
             "first_audible_ms_p50": _round(percentile(self.first_audible_ms, 50)),
             "first_audible_ms_p95": _round(percentile(self.first_audible_ms, 95)),
+            "frame_lead_ms": self.lead_ms,
         }
 
 
