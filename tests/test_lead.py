@@ -17,8 +17,14 @@ from streamer.session import SessionConfig
 from tests.conftest import Live, tone
 
 
+def past_warmup(lead: AdaptiveLead) -> AdaptiveLead:
+    for _ in range(lead.policy.warmup_frames):
+        assert not lead.observe(False)  # the first frames are late anyway: not judged
+    return lead
+
+
 def test_two_late_pictures_in_a_second_raise_the_lead() -> None:
-    lead = AdaptiveLead(0.025, 0.08)
+    lead = past_warmup(AdaptiveLead(0.025, 0.08))
     assert lead.lead_s == 0.025
     assert not lead.observe(False)
     assert lead.observe(False)  # the second within a second: one step up
@@ -30,7 +36,7 @@ def test_two_late_pictures_in_a_second_raise_the_lead() -> None:
 
 
 def test_scattered_late_pictures_leave_it() -> None:
-    lead = AdaptiveLead(0.025, 0.08)
+    lead = past_warmup(AdaptiveLead(0.025, 0.08))
     for _ in range(10):
         for _ in range(30):  # more than a second of fresh pictures between two late ones
             lead.observe(True)
@@ -40,7 +46,7 @@ def test_scattered_late_pictures_leave_it() -> None:
 
 def test_calm_lowers_it_back_to_the_base() -> None:
     policy = LeadPolicy()
-    lead = AdaptiveLead(0.025, 0.08, policy)
+    lead = past_warmup(AdaptiveLead(0.025, 0.08, policy))
     lead.observe(False)
     lead.observe(False)
     steps = [lead.observe(True) for _ in range(policy.calm_frames * 4)]

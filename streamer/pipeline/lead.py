@@ -11,7 +11,8 @@ ten viewers repeated 12 % of its pictures at 25 ms and none at 65 ms.
 
 :class:`AdaptiveLead` watches which frames came out fresh. Two late pictures within a second
 raise the lead by a step (up to a ceiling); ten seconds without a late one lower it a little,
-back towards the base. The speech latency budget grows with the lead (the session's feeder
+back towards the base. A session's first two seconds are not judged (a model's first calls are
+slow). The speech latency budget grows with the lead (the session's feeder
 adds :attr:`AdaptiveLead.extra_s`), so windows taken earlier still see the audio they need:
 under load the mouth follows a few tens of milliseconds later instead of stuttering.
 """
@@ -32,6 +33,9 @@ class LeadPolicy:
     window: int = FPS  # frames judged together: one second
     late_in_window: int = 2  # this many late pictures in a window raise the lead
     calm_frames: int = 10 * FPS  # this many fresh pictures in a row lower it
+    # A session's first pictures come late anyway (the first calls of a model, the viewers'
+    # encoders starting): they say nothing about the lead the machine needs.
+    warmup_frames: int = 2 * FPS
 
 
 class AdaptiveLead:
@@ -53,6 +57,8 @@ class AdaptiveLead:
         """One published frame, fresh or with the previous picture; whether the lead changed."""
         policy = self.policy
         self._frame += 1
+        if self._frame <= policy.warmup_frames:
+            return False
         if fresh:
             self._calm += 1
             if self._calm < policy.calm_frames or self.extra_s <= 0.0:
