@@ -20,7 +20,7 @@ from models.avatar import Avatar
 from streamer.api.revocation import KeyHolds, sweep
 from streamer.engine.base import Backend
 from streamer.keys import KeyFile, Keyring
-from tests.conftest import serving, state_of, wait_for
+from tests.conftest import serving, state_of, tone, wait_for
 from tests.test_auth import Keys, bearer, create, keyed_app, make_keys
 
 CLOSED_IN_S = 5.0  # the watch polls every 0.25 s; this only bounds a stuck test
@@ -108,14 +108,32 @@ async def test_an_admin_keys_socket_on_another_keys_session_ends_alone(
     made = await create(client, k.pub_default)
     admin_ws = await websockets.connect(made["ws_url"] + f"&token={k.admin}")
     own_ws = await websockets.connect(made["ws_url"] + f"&token={k.pub_default}")
+    # The admin key streams 4 s of speech into the publisher's session, ahead of real time.
+    pcm = (tone(4.0) * 32767).astype("<i2").tobytes()
+    for start in range(0, len(pcm), 3200):
+        await admin_ws.send(pcm[start : start + 3200])
+    started = await next_event(own_ws, "speaking_started")
     KeyFile(tmp_path).revoke(k.ids["admin"])
     events, code = await until_closed(admin_ws)
     assert code == 4401 and events[-1]["type"] == "error"
+    # What it streamed stops playing with it: interrupted long before its 4 s.
+    finished = await next_event(own_ws, "playback_finished")
+    assert finished["utterance_id"] == started["utterance_id"] and finished["interrupted"]
+    assert finished["position_s"] < 3.0
     # The publisher's socket and session carry on.
     await own_ws.send(json.dumps({"type": "interrupt"}))
-    assert json.loads(await own_ws.recv())["type"] == "interrupted"
+    assert (await next_event(own_ws, "interrupted"))["type"] == "interrupted"
     assert state_of(app).registry.get(made["id"]) is not None
     await own_ws.close()
+
+
+async def next_event(sock: Any, kind: str) -> dict[str, Any]:
+    """The next event of type ``kind`` on a session's socket (others are passed over)."""
+    async with asyncio.timeout(CLOSED_IN_S):
+        while True:
+            event = json.loads(await sock.recv())
+            if event["type"] == kind:
+                return dict(event)
 
 
 class Registry:

@@ -8,7 +8,8 @@ more messages than ``ws_max_messages_per_s`` gets an error event and is disconne
 or 1009, with the reason); what it had sent before still plays, and the session, and every
 other, keeps running. When the key it was opened with is revoked, it gets an ``error`` event
 ``key_revoked`` and close code 4401 (:mod:`streamer.api.revocation`); nothing it sends after
-that is taken.
+that is taken, and what it streamed and has not played yet is dropped (``playback_finished``
+with ``interrupted``), while speech queued after it by others plays.
 
 A browser's WebSocket cannot send an Authorization header: it offers the subprotocols
 ``avatarcast`` and ``avatarcast.bearer.<key>`` (``?token=<key>`` is still taken, for older
@@ -159,6 +160,9 @@ class _Connection:
     async def revoke(self) -> None:
         """The key this socket was opened with was revoked: take nothing more, say why, close."""
         self.revoked = True
+        if self.stream is not None:  # what it streamed and has not played goes with the key
+            self.session.drop_stream(self.stream)
+            self.stream = None
         message = "the API key this WebSocket was opened with was revoked"
         with contextlib.suppress(Exception):  # the client may be gone already
             await self.refuse("key_revoked", message, CLOSE_KEY_REVOKED)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -44,6 +43,7 @@ from streamer.pipeline.prepare import PreparedFrame, prepare_frame
 from streamer.pipeline.provenance import Provenance
 from streamer.pipeline.render import FrameRenderer
 from streamer.pipeline.timeline import Timeline
+from streamer.session import utterances
 from streamer.session.config import SessionConfig, SessionOptions, SpeechSource
 from streamer.session.events import (
     AvatarChanged,
@@ -58,7 +58,6 @@ from streamer.session.stats import SessionStats
 from streamer.session.utterances import Kind, LiveStream, SpeechRejected, UtteranceQueue
 
 log = logging.getLogger(__name__)
-_SURROGATES = re.compile("[\ud800-\udfff]")
 
 MAX_TEXT_CHARS = SessionConfig.max_text_chars  # the default; the server's is in its config
 
@@ -257,15 +256,7 @@ class Session:
         return self._utterances.new(kind, self._now())
 
     def speak_text(self, text: str) -> str:
-        if not isinstance(text, str) or not any(c.isalnum() for c in text):
-            raise SpeechRejected("empty_text", "text is empty: give at least one word to speak")
-        if len(text) > self.config.max_text_chars:
-            raise SpeechRejected(
-                "text_too_long",
-                f"text has {len(text)} characters; at most {self.config.max_text_chars}",
-            )
-        if _SURROGATES.search(text):  # JSON's "\\ud800" escapes: no TTS can take them
-            raise SpeechRejected("invalid_text", "text holds unpaired surrogates: send Unicode")
+        utterances.check_text(text, self.config.max_text_chars)
         if self._speech is None:
             raise SpeechRejected("tts_unavailable", "this server has no text-to-speech")
         utt = self._new("text")
@@ -332,6 +323,15 @@ class Session:
         first_unprepared = self._path.reset()
         self._timeline.cut(first_unprepared * SAMPLES_PER_VIDEO_FRAME)
         return [u.id for u in self._utterances.drop_all()]
+
+    def drop_stream(self, stream: LiveStream) -> None:
+        """Interrupt one live stream alone, its sender having lost the right to it (a revoked
+        key): what it sent and has not played is dropped; speech queued after it plays."""
+        feeding = self._utterances.feeding is stream.utterance
+        stream.drop()  # the feeder finds it ended, and feeds what is queued after it
+        if feeding:  # only its audio is written past what is prepared: cut from there
+            self._timeline.cut(self._path.reset() * SAMPLES_PER_VIDEO_FRAME)
+            self._utterances.finish(stream.utterance, interrupted=True)
 
     # --- events and encoded frames out -----------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,20 @@ class SpeechRejected(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str, most: int) -> None:
+    """Raise :class:`SpeechRejected` for text no TTS should be given: empty (no word), longer
+    than ``most`` characters, or holding unpaired surrogates (JSON's "\\ud800" escapes)."""
+    if not isinstance(text, str) or not any(c.isalnum() for c in text):
+        raise SpeechRejected("empty_text", "text is empty: give at least one word to speak")
+    if len(text) > most:
+        raise SpeechRejected("text_too_long", f"text has {len(text)} characters; at most {most}")
+    if _SURROGATES.search(text):
+        raise SpeechRejected("invalid_text", "text holds unpaired surrogates: send Unicode")
 
 
 @dataclass(eq=False)
