@@ -12,7 +12,8 @@ rewrites it) and, within :data:`POLL_S` of a key being revoked or removed:
   recordings finalised, a LiveKit room left), with ``session_closed`` ``"reason":
   "key_revoked"``; its view tokens go with it. This holds for an admin key too: a revoked key
   is presumed leaked, so what it started ends. Sessions of other keys that an admin key only
-  controlled go on; the connections it opened on them are closed.
+  controlled go on; the connections it opened on them are closed, and the speech it queued
+  or streamed into them is dropped (``playback_finished`` interrupted).
 
 ``AVATARCAST_API_KEY`` cannot be revoked while the server runs. The watch costs a ``stat`` of
 the key file in a thread every :data:`POLL_S` while any session or connection is open; the
@@ -96,6 +97,9 @@ async def sweep(keyring: Keyring, holds: KeyHolds, registry: SessionRegistry) ->
     # Its own sockets first, so they hear "key revoked" rather than "session closed".
     await _all(held.close() for held in holds.take(ended))
     await _all(registry.delete(s.id, REVOKED_REASON) for s in sessions if s.options.key_id in ended)
+    for session in sessions:  # what they asked others' sessions to say stops
+        if session.options.key_id not in ended and not session.closed:
+            session.interrupt(ended)
     return ended
 
 

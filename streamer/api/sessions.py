@@ -18,7 +18,13 @@ from models.audio import SAMPLE_RATE
 from models.avatar import Avatar, AvatarError
 from models.matte import Matte, MatteError
 from models.media import AudioDecodeError, decode_audio
-from streamer.api.auth import check_avatar_use, controlled_session, may_control, require_api_key
+from streamer.api.auth import (
+    acting_key_id,
+    check_avatar_use,
+    controlled_session,
+    may_control,
+    require_api_key,
+)
 from streamer.api.errors import ApiError
 from streamer.api.limits import RETRY_AFTER, too_large
 from streamer.api.state import app_state
@@ -278,7 +284,7 @@ async def speak(request: Request, session_id: str) -> dict[str, str]:
     if content_type == "application/json" or content_type.endswith("+json"):
         text = _text_of(await read_body(request, limits.max_body_bytes))
         try:
-            return {"utterance_id": session.speak_text(text)}
+            return {"utterance_id": session.speak_text(text, acting_key_id(request))}
         except SpeechRejected as exc:
             raise _rejected(exc) from None
     if not (content_type.startswith(AUDIO_TYPES) or content_type in AUDIO_EXTRA):
@@ -299,7 +305,7 @@ async def speak(request: Request, session_id: str) -> dict[str, str]:
         samples = await loop.run_in_executor(
             state.decode_pool, decode_bytes, data, suffix, session.config.max_buffer_s
         )
-        return {"utterance_id": session.speak_audio(samples)}
+        return {"utterance_id": session.speak_audio(samples, acting_key_id(request))}
     except AudioDecodeError as exc:
         raise ApiError(400, "bad_audio", f"the audio cannot be decoded: {exc}") from None
     except SpeechRejected as exc:

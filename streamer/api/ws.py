@@ -115,7 +115,10 @@ class _Connection:
     """One client: its outgoing messages go through one lock so events and replies never
     interleave mid-frame."""
 
-    def __init__(self, websocket: WebSocket, session: Session, rate: int, limits: Limits) -> None:
+    def __init__(
+        self, websocket: WebSocket, session: Session, rate: int, limits: Limits, key_id: str
+    ) -> None:
+        self.key_id = key_id  # what it asks for is this key's (revocation drops it)
         self.ws = websocket
         self.session = session
         self.limits = limits
@@ -161,7 +164,7 @@ class _Connection:
         """The key this socket was opened with was revoked: take nothing more, say why, close."""
         self.revoked = True
         if self.stream is not None:  # what it streamed and has not played goes with the key
-            self.session.drop_stream(self.stream)
+            self.session.interrupt({self.key_id})
             self.stream = None
         message = "the API key this WebSocket was opened with was revoked"
         with contextlib.suppress(Exception):  # the client may be gone already
@@ -188,7 +191,7 @@ class _Connection:
         samples = self.resampler.feed(data)
         try:
             if self.stream is None or self.stream.dropped:
-                self.stream = self.session.open_stream()
+                self.stream = self.session.open_stream(self.key_id)
             self.stream.push(samples)
         except SpeechRejected as exc:
             return await self.refuse(exc.code, str(exc), CLOSE_POLICY)
@@ -203,7 +206,7 @@ class _Connection:
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "speak":
             try:
-                uid = self.session.speak_text(message.get("text", ""))
+                uid = self.session.speak_text(message.get("text", ""), self.key_id)
             except SpeechRejected as exc:
                 await self.error(exc.code, str(exc))
                 return
@@ -233,7 +236,7 @@ async def session_ws(websocket: WebSocket, session_id: str) -> None:
     chosen = WS_SUBPROTOCOL if WS_SUBPROTOCOL in offered_protocols(websocket) else None
     await websocket.accept(subprotocol=chosen)
     state = app_state(websocket)
-    conn = _Connection(websocket, session, rate, state.settings.limits)
+    conn = _Connection(websocket, session, rate, state.settings.limits, key_id)
     held = state.access.holds.hold(key_id, conn.revoke)
     events = session.subscribe_events()
     forwarder = asyncio.create_task(conn.forward_events(events))

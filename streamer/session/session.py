@@ -243,7 +243,7 @@ class Session:
 
     # --- speech in -------------------------------------------------------------------------
 
-    def _new(self, kind: Kind) -> Any:
+    def _new(self, kind: Kind, key_id: str | None = None) -> Any:
         if self._closed:
             raise SpeechRejected("session_closed", f"session {self.id} is closed")
         most = self.config.max_queued_utterances
@@ -253,27 +253,27 @@ class Session:
                 f"this session already has {most} utterances queued or playing: wait for "
                 "playback_finished, or interrupt",
             )
-        return self._utterances.new(kind, self._now())
+        return self._utterances.new(kind, self._now(), key_id)
 
-    def speak_text(self, text: str) -> str:
+    def speak_text(self, text: str, key_id: str | None = None) -> str:
         utterances.check_text(text, self.config.max_text_chars)
         if self._speech is None:
             raise SpeechRejected("tts_unavailable", "this server has no text-to-speech")
-        utt = self._new("text")
+        utt = self._new("text", key_id)
         utt.text = text
         return self._utterances.add(utt)
 
-    def speak_audio(self, samples16k: np.ndarray) -> str:
+    def speak_audio(self, samples16k: np.ndarray, key_id: str | None = None) -> str:
         x = np.asarray(samples16k, np.float32).reshape(-1)
         if not len(x):
             raise SpeechRejected("empty_audio", "the audio has no samples")
-        utt = self._new("audio")
+        utt = self._new("audio", key_id)
         self._check_budget(len(x))
         utt.samples = np.clip(np.nan_to_num(x), -1.0, 1.0)
         return self._utterances.add(utt)
 
-    def open_stream(self) -> LiveStream:
-        utt = self._new("stream")
+    def open_stream(self, key_id: str | None = None) -> LiveStream:
+        utt = self._new("stream", key_id)
         stream = LiveStream(utt, self._check_budget)
         utt.stream = stream
         self._utterances.add(utt)
@@ -316,22 +316,19 @@ class Session:
         self._path.switch(renderer)
         self._events.emit(AvatarChanged(avatar.name))
 
-    def interrupt(self) -> list[str]:
-        """Drop queued and playing speech; the next frame published is silent and idle."""
-        if not self._closed:
+    def interrupt(self, key_ids: set[str] | None = None) -> list[str]:
+        """Drop queued and playing speech; the next frame published is silent and idle. With
+        ``key_ids`` (revoked keys), only what they asked for (:meth:`UtteranceQueue.drop_of`):
+        the rest plays."""
+        if key_ids is None:
+            dropped, cut, feeding = self._utterances.drop_all(), True, True
+        else:
+            dropped, cut, feeding = self._utterances.drop_of(key_ids, self._timeline.write_pos)
+        if feeding and not self._closed:
             self.feeder.reset()
-        first_unprepared = self._path.reset()
-        self._timeline.cut(first_unprepared * SAMPLES_PER_VIDEO_FRAME)
-        return [u.id for u in self._utterances.drop_all()]
-
-    def drop_stream(self, stream: LiveStream) -> None:
-        """Interrupt one live stream alone, its sender having lost the right to it (a revoked
-        key): what it sent and has not played is dropped; speech queued after it plays."""
-        feeding = self._utterances.feeding is stream.utterance
-        stream.drop()  # the feeder finds it ended, and feeds what is queued after it
-        if feeding:  # only its audio is written past what is prepared: cut from there
+        if cut:
             self._timeline.cut(self._path.reset() * SAMPLES_PER_VIDEO_FRAME)
-            self._utterances.finish(stream.utterance, interrupted=True)
+        return [u.id for u in dropped]
 
     # --- events and encoded frames out -----------------------------------------------------
 

@@ -62,6 +62,7 @@ class Utterance:
     started: bool = False
     audible: bool = False  # a frame with its sound in it has been published
     finished: bool = False
+    key_id: str | None = None  # the API key that asked for it
 
     @property
     def live(self) -> bool:
@@ -143,8 +144,8 @@ class UtteranceQueue:
         self._active: dict[str, Utterance] = {}  # written into the timeline, not finished
 
     @staticmethod
-    def new(kind: Kind, requested_at: float) -> Utterance:
-        return Utterance(id=secrets.token_hex(6), kind=kind, requested_at=requested_at)
+    def new(kind: Kind, requested_at: float, key_id: str | None = None) -> Utterance:
+        return Utterance(secrets.token_hex(6), kind, requested_at, key_id=key_id)
 
     def add(self, utt: Utterance) -> str:
         self._queue.append(utt)
@@ -199,6 +200,27 @@ class UtteranceQueue:
             self.finish(utt, interrupted=True)
         self._active.clear()
         return dropped
+
+    def drop_of(self, keys: set[str], write_pos: int) -> tuple[list[Utterance], bool, bool]:
+        """End as interrupted what ``keys`` asked for: its queued utterances, and the one being
+        fed or, when nothing was written after it, the one written last. Returns them, whether
+        the timeline must be cut after what is prepared (their audio is at its end), and
+        whether that one was being fed (the feeder must then start afresh)."""
+        dropped = [u for u in self._queue if u.key_id in keys]
+        self._queue = collections.deque(u for u in self._queue if u.key_id not in keys)
+        last = self.feeding
+        if last is None:
+            last = next((u for u in self._active.values() if u.end_pos >= write_pos), None)
+        cut = last is not None and last.key_id in keys and not last.finished
+        feeding = cut and last is self.feeding
+        if cut and last is not None:
+            dropped.append(last)
+            self.feeding = None if feeding else self.feeding
+        for utt in dropped:
+            if utt.stream is not None:
+                utt.stream.drop()
+            self.finish(utt, interrupted=True)
+        return dropped, cut, feeding
 
     def finish(self, utt: Utterance, interrupted: bool) -> None:
         if utt.finished:
