@@ -6,7 +6,9 @@ tables)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,32 @@ async def next_event(sock: Any, kind: str) -> dict[str, Any]:
             event = json.loads(await sock.recv())
             if event["type"] == kind:
                 return dict(event)
+
+
+async def test_an_admin_keys_speech_in_another_keys_session_stops(
+    server: tuple[httpx.AsyncClient, FastAPI, Keys], tmp_path: Path
+) -> None:
+    """Speech an admin key asked for by POST (no socket of its own) stops with the key."""
+    client, _, k = server
+    made = await create(client, k.pub_default)
+    own_ws = await websockets.connect(made["ws_url"] + f"&token={k.pub_default}")
+    wav = io.BytesIO()
+    with wave.open(wav, "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+        out.writeframes((tone(4.0) * 32767).astype("<i2").tobytes())
+    r = await client.post(
+        f"/v1/sessions/{made['id']}/speak",
+        content=wav.getvalue(),
+        headers={**bearer(k.admin), "content-type": "audio/wav"},
+    )
+    assert r.status_code == 202, r.text
+    uid = r.json()["utterance_id"]
+    assert (await next_event(own_ws, "speaking_started"))["utterance_id"] == uid
+    KeyFile(tmp_path).revoke(k.ids["admin"])
+    finished = await next_event(own_ws, "playback_finished")
+    assert finished["utterance_id"] == uid and finished["interrupted"]
+    assert finished["position_s"] < 3.0
+    await own_ws.close()
 
 
 class Registry:

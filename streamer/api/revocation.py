@@ -90,7 +90,8 @@ async def sweep(keyring: Keyring, holds: KeyHolds, registry: SessionRegistry) ->
         return set()
     await asyncio.to_thread(keyring.refresh)  # a stat; a read only when the file changed
     owners = {s.options.key_id for s in sessions}
-    ended = {k for k in owners | held if keyring.ended(k)}
+    asking = set().union(*(s.asking_keys() for s in sessions))
+    ended = {k for k in owners | held | asking if keyring.ended(k)}
     if not ended:
         return ended
     log.warning("API key(s) %s revoked: closing what they opened", ", ".join(sorted(ended)))

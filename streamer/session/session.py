@@ -279,6 +279,10 @@ class Session:
         self._utterances.add(utt)
         return stream
 
+    def asking_keys(self) -> set[str]:
+        """The API keys whose speech is queued or playing here."""
+        return {u.key_id for u in self._utterances.pending() if u.key_id and not u.finished}
+
     def buffered_samples(self) -> int:
         """Audio ahead of the clock: in the timeline plus queued and not yet written."""
         return self._timeline.ahead(self._now_pos()) + sum(
