@@ -13,23 +13,16 @@ import httpx
 import pytest
 
 from streamer.outputs.webrtc import PeerRegistry, fanout
-from tests.conftest import serving
-from tests.webrtc_fakes import FakeSession, fake_app, play, whep_offer
+from tests.webrtc_fakes import FakeSession, play, served_fake, whep_offer
 
 
 @pytest.fixture
 async def live() -> AsyncIterator[tuple[str, FakeSession, PeerRegistry]]:
-    session = FakeSession()
-    app = fake_app({session.id: session}, api_key="k3y")
-    async with serving(app) as base:
-        for _ in range(100):
-            if session.ready:
-                break
-            await asyncio.sleep(0.01)
-        yield base, session, app.state.avatarcast.webrtc
+    async with served_fake() as made:
+        yield made
 
 
-def test_aiortc_still_has_what_a_leg_keeps() -> None:
+async def test_aiortc_still_has_what_a_leg_keeps() -> None:
     """An aiortc upgrade that drops the sender's RTCP counters fails here, not in a player."""
     assert fanout.supported()
 

@@ -4,9 +4,7 @@ prepare its frames earlier, with a latency budget to match; calm brings it back.
 from __future__ import annotations
 
 import asyncio
-import time
 
-import numpy as np
 import pytest
 
 from models.audio import SAMPLE_RATE
@@ -15,6 +13,7 @@ from streamer.engine.base import Backend
 from streamer.pipeline.lead import AdaptiveLead, LeadPolicy
 from streamer.session import SessionConfig
 from tests.conftest import Live, tone
+from tests.test_session import SlowBackend
 
 
 def past_warmup(lead: AdaptiveLead) -> AdaptiveLead:
@@ -54,24 +53,12 @@ def test_calm_lowers_it_back_to_the_base() -> None:
     assert not any(lead.observe(True) for _ in range(policy.calm_frames))  # never below
 
 
-class LateBackend:
-    """The stand-in generator plus 30 ms per call: always late for the base lead of 25 ms,
-    in time for a lead a step or two longer."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.name, self.device = "late", inner.device
-
-    def infer(self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        time.sleep(0.03)
-        return self.inner.infer(reference, masked, mel)
-
-
 async def test_a_session_with_late_pictures_prepares_earlier(
     standin: tuple[Avatar, Backend],
 ) -> None:
     avatar, backend = standin
-    made = Live(avatar, LateBackend(backend))
+    # 30 ms a call: always late for the base lead of 25 ms, in time for a step or two more.
+    made = Live(avatar, SlowBackend(backend, 0.03))
     session = made.session
     await session.start()
     try:

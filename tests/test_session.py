@@ -172,14 +172,14 @@ async def test_interrupt_goes_idle_within_two_frames(virtual: Live) -> None:
 
 
 class SlowBackend:
-    """The stand-in generator plus 70 ms per call: generation is always late."""
+    """The stand-in generator plus ``delay_s`` per call (70 ms: generation is always late)."""
 
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+    def __init__(self, inner: Backend, delay_s: float = 0.07) -> None:
+        self.inner, self.delay_s = inner, delay_s
         self.name, self.device = "slow", inner.device
 
     def infer(self, reference: np.ndarray, masked: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        time.sleep(0.07)
+        time.sleep(self.delay_s)
         return self.inner.infer(reference, masked, mel)
 
 

@@ -37,22 +37,16 @@ from tests.webrtc_fakes import (
     EnergyBackend,
     FakeSession,
     av_offset_ms,
-    fake_app,
     play,
+    served_fake,
     whep_offer,
 )
 
 
 @pytest.fixture
 async def live() -> AsyncIterator[tuple[str, FakeSession, PeerRegistry]]:
-    session = FakeSession()
-    app = fake_app({session.id: session}, api_key="k3y")
-    async with serving(app) as base:
-        for _ in range(100):
-            if session.ready:
-                break
-            await asyncio.sleep(0.01)
-        yield base, session, app.state.avatarcast.webrtc
+    async with served_fake() as made:
+        yield made
 
 
 def queued_audio(indices: range) -> Subscription[EncodedFrame]:

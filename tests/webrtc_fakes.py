@@ -159,6 +159,21 @@ def fake_app(sessions: dict[str, FakeSession], api_key: str | None) -> FastAPI:
     return app
 
 
+@contextlib.asynccontextmanager
+async def served_fake() -> AsyncIterator[tuple[str, FakeSession, PeerRegistry]]:
+    """One ready fake session on a served fake app (key ``k3y``): base URL, session, peers."""
+    from tests.conftest import serving
+
+    session = FakeSession()
+    app = fake_app({session.id: session}, api_key="k3y")
+    async with serving(app) as base:
+        for _ in range(100):
+            if session.ready:
+                break
+            await asyncio.sleep(0.01)
+        yield base, session, app.state.avatarcast.webrtc
+
+
 async def whep_offer(video_codec: str | None = None) -> RTCPeerConnection:
     """A recvonly offer; ``video_codec`` ("H264", "VP8") limits its video to that codec."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
