@@ -86,9 +86,11 @@ async def test_sigterm_tells_sessions_and_finalises_recordings(
             assert res.status_code == 201, res.text
             ws_url = f"ws://127.0.0.1:{port}/v1/sessions/{sid}/ws?sample_rate=16000"
             async with connect(ws_url) as ws:
+                # Speech once the recording runs: on a busy machine it can take longer to go
+                # live than the second of speech takes to play.
+                await recording_live(http, sid)
                 await ws.send((tone(1.0) * 32767).astype("<i2").tobytes())
                 await ws.send(json.dumps({"type": "audio_end"}))
-                await recording_live(http, sid)
                 await asyncio.sleep(2.5)  # a second of speech, then idle: past a 2 s GOP
                 proc.send_signal(signal.SIGTERM)
                 events = []
