@@ -47,7 +47,7 @@ def _open(path: Path) -> av.container.InputContainer:
     if path.stat().st_size == 0:
         raise VideoError(f"{path} is empty")
     try:
-        return av.open(str(path), "r")
+        return av.open(str(path), "r", metadata_errors="replace")
     except av.FFmpegError as exc:
         raise VideoError(f"{path} is not a video PyAV can read ({type(exc).__name__})") from None
 

@@ -57,7 +57,7 @@ class Verdict:
 def lumas(path: Path) -> Iterator[np.ndarray]:
     """The luma plane of every video frame of ``path``."""
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), metadata_errors="replace")
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise UnreadableVideo(f"{path}: not a video PyAV can read ({exc})") from None
     with container:

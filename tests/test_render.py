@@ -136,6 +136,27 @@ def test_decode_errors_are_clear(tmp_path: Path) -> None:
             list(decode_audio(path))
 
 
+def test_metadata_that_is_not_utf8_is_no_error(tmp_path: Path) -> None:
+    """A WAV whose INFO title holds invalid UTF-8 (found by the upload fuzzer: a 500) decodes:
+    the tag is read with replacement characters, the audio is untouched."""
+    import io
+    import struct
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(SAMPLE_RATE)
+        out.writeframes((np.sin(np.arange(SAMPLE_RATE) * 0.1) * 10000).astype("<i2").tobytes())
+    data = bytearray(buf.getvalue())
+    title = b"caf\xdd\xff name\x00"
+    tag = b"INAM" + struct.pack("<I", len(title)) + title
+    data += b"LIST" + struct.pack("<I", 4 + len(tag)) + b"INFO" + tag
+    struct.pack_into("<I", data, 4, len(data) - 8)  # the RIFF size, with the LIST chunk
+    path = tmp_path / "tagged.wav"
+    path.write_bytes(bytes(data))
+    assert sum(len(chunk) for chunk in decode_audio(path)) == SAMPLE_RATE
+
+
 # --- compositor and idle motion ---------------------------------------------------------------
 
 
