@@ -34,7 +34,7 @@ def decode_audio(path: Path | str, chunk: int = CHUNK) -> Iterator[np.ndarray]:
     p = Path(path)
     _check_file(p)
     try:
-        container = av.open(str(p), "r", )
+        container = av.open(str(p), "r", metadata_errors="replace")
     except av.FFmpegError as exc:
         raise AudioDecodeError(f"{p} is not a readable audio file ({_reason(exc)})") from None
     try:
