@@ -90,17 +90,20 @@ def cmd_render(args: argparse.Namespace) -> int:
     from streamer.config import Settings
     from streamer.engine import backend_key, make_backend
     from streamer.progress import progress_bar
-    from streamer.render import BATCH, render
+    from streamer.render import ALPHA_SUFFIXES, BATCH, render
 
     settings = Settings.from_env(avatar=args.avatar, backend=args.backend)
     if args.text is not None and not args.text.strip():
         raise UserError("--text is empty: give some words to say")
     out = Path(args.out)
-    transparent = args.transparent or out.suffix.lower() == ".webm"
-    if transparent and out.suffix.lower() != ".webm":
-        raise UserError(f"--out {out} must be a .webm file for --transparent (VP9 with alpha)")
-    if out.suffix.lower() not in (".mp4", ".webm"):
-        raise UserError(f"--out {out} must be an .mp4 file (or .webm for --transparent)")
+    suffix = out.suffix.lower()
+    transparent = args.transparent or suffix in ALPHA_SUFFIXES
+    if transparent and suffix not in ALPHA_SUFFIXES:
+        raise UserError(
+            f"--out {out} must be a .webm (VP9) or .mov (ProRes 4444) file for --transparent"
+        )
+    if suffix not in (".mp4", *ALPHA_SUFFIXES):
+        raise UserError(f"--out {out} must be an .mp4 file (or .webm or .mov for --transparent)")
     if args.audio is not None:
         # Fail on a bad input before the model loads.
         from models.media import decode_audio
@@ -178,11 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio", help="audio file in any format PyAV decodes")
     source.add_argument("--text", help="text spoken by the built-in TTS")
-    p.add_argument("--out", required=True, help="output .mp4 file (.webm: transparent)")
+    p.add_argument("--out", required=True, help="output .mp4 file (.webm or .mov: transparent)")
     p.add_argument(
         "--transparent",
         action="store_true",
-        help="the person over a transparent background: WebM, VP9 with alpha (see docs/obs.md)",
+        help="the person over a transparent background: .webm (VP9 with alpha) or .mov "
+        "(ProRes 4444 with alpha, signed C2PA manifest); see docs/obs.md",
     )
     p.add_argument("--label", action="store_true", help='draw an "AI-generated" label')
     p.add_argument("--avatar", default=None, help="avatar name (default: default)")

@@ -205,15 +205,21 @@ def avatar_owner(package: Path) -> str:
 
 
 def sign_in_place(
-    path: Path, title: str, avatar: str, package: Path, mark: dict[str, Any], home: Path
+    path: Path,
+    title: str,
+    avatar: str,
+    package: Path,
+    mark: dict[str, Any],
+    home: Path,
+    mime: str = "video/mp4",
 ) -> None:
-    """Replace the finished MP4 ``path`` by a copy carrying the signed manifest titled
-    ``title`` for ``avatar`` (its package at ``package``, for the owner), made with the chain
-    under ``home``."""
+    """Replace the finished file ``path`` (MP4, or QuickTime with ``mime``) by a copy carrying
+    the signed manifest titled ``title`` for ``avatar`` (its package at ``package``, for the
+    owner), made with the chain under ``home``."""
     definition = manifest_definition(title, avatar, avatar_owner(package), mark)
     signed = path.with_name(path.name + ".signed")
     try:
-        sign(path, signed, SigningChain.load_or_create(home), definition, "video/mp4")
+        sign(path, signed, SigningChain.load_or_create(home), definition, mime)
         os.replace(signed, path)
     finally:
         signed.unlink(missing_ok=True)

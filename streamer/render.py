@@ -6,8 +6,9 @@ long the audio is. The audio track is the decoded 16 kHz signal
 itself, zero-padded to the end of the last video frame, and both tracks start at pts 0:
 video frame k shows the mouth for samples [640k, 640k + 640).
 
-A transparent render (``transparent=True``, or an output ending in .webm) writes WebM with
-VP9 carrying the person's alpha (yuva420p, libvpx-vp9) and Opus audio.
+A transparent render (``transparent=True``, or an output ending in .webm or .mov) writes the
+person's alpha: WebM with VP9 (yuva420p, libvpx-vp9) and Opus audio, or QuickTime with ProRes
+4444 (yuva444p10le) and 16-bit PCM, the editors' format, which also carries the C2PA manifest.
 
 A render is marked like a session (:mod:`streamer.pipeline.provenance`), under its own random
 id, optionally labelled, and its finished file gets a signed C2PA manifest
@@ -25,7 +26,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import av
 import numpy as np
@@ -45,6 +46,7 @@ from streamer.pipeline.render import FrameRenderer
 from streamer.pipeline.timeline import Timeline
 
 T = TypeVar("T")
+ALPHA_SUFFIXES = (".webm", ".mov")  # outputs that carry the person's alpha
 BATCH = 8  # frames per generator call: amortises per-call overhead, adds 320 ms of buffering
 
 
@@ -228,27 +230,42 @@ class _OfflineRun:
 
 class _Muxer:
     """H.264 + AAC in MP4, both tracks stamped in their own sample counts from 0; with
-    ``alpha``, VP9 with alpha + Opus in WebM, from side-by-side colour and alpha pictures."""
+    ``alpha``, from side-by-side colour and alpha pictures: VP9 with alpha + Opus in WebM,
+    or ProRes 4444 with alpha + 16-bit PCM in QuickTime (``mov``), which editors take and the
+    C2PA SDK signs."""
 
     def __init__(
-        self, path: Path, width: int, height: int, crf: int, preset: str, alpha: bool = False
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        crf: int,
+        preset: str,
+        alpha: bool = False,
+        mov: bool = False,
     ) -> None:
         self._alpha = alpha
-        self._container = av.open(str(path), "w", format="webm" if alpha else "mp4")
-        video = self._container.add_stream("libvpx-vp9" if alpha else "libx264", rate=FPS)
-        video.width, video.height = width, height
-        video.pix_fmt = "yuva420p" if alpha else "yuv420p"
-        video.codec_context.time_base = Fraction(1, FPS)
-        # VP9: constant quality (b=0), and libvpx's fast settings: a render, not an archive.
+        container = "mov" if mov else "webm" if alpha else "mp4"
+        self._container = av.open(str(path), "w", format=container)
+        codec, pix_fmt, audio_codec = "libx264", "yuv420p", "aac"
+        # VP9: constant quality (b=0) with libvpx's fast settings: a render, not an archive.
         options: dict[str, object] = {"crf": str(crf), "preset": preset}
-        if alpha:  # VP9: constant quality (b=0) with libvpx's faster settings
+        if mov:
+            codec, pix_fmt, audio_codec = "prores_ks", "yuva444p10le", "pcm_s16le"
+            options = {"profile": "4444", "vendor": "apl0", "alpha_bits": "8"}
+        elif alpha:
+            codec, pix_fmt, audio_codec = "libvpx-vp9", "yuva420p", "libopus"
             options = {"crf": str(crf + 10), "b": "0", "deadline": "good", "cpu-used": "5"}
+        video = cast(av.VideoStream, self._container.add_stream(codec, rate=FPS))
+        video.width, video.height = width, height
+        video.pix_fmt = pix_fmt
+        video.codec_context.time_base = Fraction(1, FPS)
         video.options = options
-        audio = self._container.add_stream(
-            "libopus" if alpha else "aac", rate=48_000 if alpha else SAMPLE_RATE
-        )
+        rate = 48_000 if audio_codec == "libopus" else SAMPLE_RATE
+        audio = cast(av.AudioStream, self._container.add_stream(audio_codec, rate=rate))
         audio.layout = "mono"
-        audio.bit_rate = 64_000
+        if audio_codec != "pcm_s16le":
+            audio.bit_rate = 64_000
         self._video, self._audio = video, audio
         self.frames = 0
         self.samples = 0
@@ -303,17 +320,23 @@ def render_samples(
     that holds, or gets, the C2PA chain) the file carries a signed C2PA manifest.
     """
     out = Path(out_path)
-    transparent = transparent or out.suffix.lower() == ".webm"
-    if transparent and out.suffix.lower() != ".webm":
-        raise RenderError(f"output {out} must end in .webm for a transparent render (VP9+alpha)")
-    if out.suffix.lower() not in (".mp4", ".m4v", ".mov", ".webm"):
-        raise RenderError(f"output {out} must end in .mp4 (or .webm for a transparent render)")
+    suffix = out.suffix.lower()
+    transparent = transparent or suffix in ALPHA_SUFFIXES
+    if transparent and suffix not in ALPHA_SUFFIXES:
+        raise RenderError(
+            f"output {out} must end in .webm (VP9) or .mov (ProRes 4444) for a transparent render"
+        )
+    if suffix not in (".mp4", ".m4v", *ALPHA_SUFFIXES):
+        raise RenderError(
+            f"output {out} must end in .mp4 (or .webm or .mov for a transparent render)"
+        )
     if not out.parent.is_dir():
         raise RenderError(f"output folder {out.parent} does not exist")
     started = time.perf_counter()
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial{out.suffix}")
     canvas = Canvas.choose(avatar.manifest.frame_size, None, None)  # odd sides padded to even
-    muxer = _Muxer(tmp, canvas.width, canvas.height, crf, preset, alpha=transparent)
+    mov = suffix == ".mov"
+    muxer = _Muxer(tmp, canvas.width, canvas.height, crf, preset, alpha=transparent, mov=mov)
     mark_id = secrets.token_hex(8)
     provenance = Provenance(avatar.name, mark_id, label=label)
 
@@ -345,11 +368,12 @@ def render_samples(
             np.zeros(muxer.frames * SAMPLES_PER_VIDEO_FRAME - muxer.samples, np.float32)
         )
         muxer.close()
-        if signing is not None and not transparent:  # the C2PA SDK does not take WebM
+        if signing is not None and suffix != ".webm":  # the C2PA SDK does not take WebM
             from streamer.credentials import sign_in_place
 
             mark = provenance.describe()
-            sign_in_place(tmp, out.name, avatar.name, avatar.path, mark, signing)
+            mime = "video/quicktime" if mov else "video/mp4"
+            sign_in_place(tmp, out.name, avatar.name, avatar.path, mark, signing, mime)
         os.replace(tmp, out)
     except BaseException:
         muxer.abort()

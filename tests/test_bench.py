@@ -119,7 +119,10 @@ def test_quick_bench_has_the_interface_shape(
         quick=True, backends=["onnx"], avatar_name=standin_avatar, progress=messages.append
     )
     json.dumps(result)  # plain JSON values only
-    assert set(result) == {"machine", "avatar", "backends"}
+    assert set(result) == {"machine", "avatar", "backends", "components"}  # + the parts' speed
+    speeds = result["components"]["tts_seconds_per_speech_second"]
+    assert set(speeds) == {"espeak:en-us", "festival:kal_diphone", "festival:cmu_us_slt_arctic_hts"}
+    assert all(v > 0 for v in speeds.values()) and result["components"]["teacher_ms_per_frame"] > 0
     assert set(result["machine"]) == {"cpu", "cores", "gpu", "python"}
     assert result["avatar"] == "standin"
     figures = result["backends"]["onnx-cpu"]

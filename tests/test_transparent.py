@@ -116,12 +116,36 @@ def test_transparent_render_writes_vp9_with_alpha(
             assert corner.max() == 0
 
 
+def test_transparent_mov_is_prores_4444_with_alpha_and_signed(
+    matted: tuple[Avatar, Backend], tmp_path: Path
+) -> None:
+    from streamer.credentials import read
+
+    avatar, _ = matted
+    out = tmp_path / "talk.mov"
+    result = render_samples([tone(1.0)], out, avatar, MeanBackend(), signing=tmp_path)  # type: ignore[arg-type]
+    assert result.frames == 25
+    with av.open(str(out)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.name, audio.codec_context.name) == ("prores", "pcm_s16le")
+        assert video.codec_context.pix_fmt.startswith("yuva444")  # FFmpeg decodes 4444 at 12 bits
+        frames = [f.to_ndarray(format="rgba") for f in container.decode(video=0)]
+    assert len(frames) == 25
+    for rgba in frames:
+        alpha = rgba[..., 3]
+        assert alpha[SIZE // 2 - 50 : SIZE // 2 + 50, SIZE // 2 - 50 : SIZE // 2 + 50].min() == 255
+        assert alpha[:20, :20].max() == 0 and alpha[-20:, -20:].max() == 0
+    store = read(out)  # the C2PA SDK signs QuickTime, unlike WebM
+    assert store is not None
+    assert store.get("validation_state") in ("Valid", "Trusted"), store.get("validation_status")
+
+
 def test_webm_output_means_transparent_and_mp4_refuses_it(
     matted: tuple[Avatar, Backend], tmp_path: Path
 ) -> None:
     avatar, _ = matted
     backend = MeanBackend()
-    with pytest.raises(RenderError, match=r"must end in \.webm"):
+    with pytest.raises(RenderError, match=r"must end in \.webm \(VP9\) or \.mov"):
         render_samples([tone(0.2)], tmp_path / "a.mp4", avatar, backend, transparent=True)  # type: ignore[arg-type]
     render_samples([tone(0.2)], tmp_path / "b.webm", avatar, backend)  # type: ignore[arg-type]
     assert decoded_alpha(tmp_path / "b.webm")[0][0, 0] == 0

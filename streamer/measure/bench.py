@@ -121,7 +121,15 @@ def run_bench(
                 progress=progress,
             )
             results[key].update(figures)
-    return {"machine": machine_info(), "avatar": avatar.name, "backends": results}
+    from streamer.measure.components import component_figures
+
+    progress("components: TTS voices and the teacher")
+    return {
+        "machine": machine_info(),
+        "avatar": avatar.name,
+        "backends": results,
+        "components": component_figures(),
+    }
 
 
 def format_text(result: dict[str, Any]) -> str:
@@ -129,6 +137,11 @@ def format_text(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, gpu {m['gpu']}, python {m['python']}"]
     lines.append(f"avatar: {result['avatar']}")
+    parts = result.get("components") or {}
+    for voice, ratio in parts.get("tts_seconds_per_speech_second", {}).items():
+        lines.append(f"TTS {voice}: {ratio} s per second of speech")
+    if "teacher_ms_per_frame" in parts:
+        lines.append(f"teacher: {parts['teacher_ms_per_frame']} ms per frame")
     for name, figures in result["backends"].items():
         gen = ", ".join(f"b{b} {v} ms" for b, v in figures["generator_ms_per_frame"].items())
         lines.append(f"{name}: generator per frame {gen}")
