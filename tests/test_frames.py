@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from streamer.pipeline.frames import AVFrame, FrameBus
+from streamer.pipeline.frames import AVFrame, FrameBus, without_picture
 
 
 def _frame(k: int) -> AVFrame:
@@ -44,3 +44,13 @@ async def test_close_wakes_readers() -> None:
 def test_audio_must_be_one_frame() -> None:
     with pytest.raises(ValueError):
         AVFrame(0, np.zeros((4, 4, 3), np.uint8), np.zeros(320, np.int16))
+
+
+def test_a_frame_without_its_picture_keeps_audio_and_size_only() -> None:
+    frame = AVFrame(7, np.full((720, 1280, 3), 200, np.uint8), np.arange(640, dtype=np.int16))
+    light = without_picture(frame)
+    assert (light.index, light.video.shape) == (7, (720, 1280, 3))
+    assert np.array_equal(light.audio, frame.audio)
+    assert not np.shares_memory(light.video, frame.video)
+    assert light.video.strides[:2] == (0, 0)  # one pixel, broadcast: no picture kept alive
+    assert not light.video.flags.writeable

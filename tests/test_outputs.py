@@ -26,9 +26,11 @@ from streamer.config import ConfigError, Settings
 from streamer.engine.base import Backend
 from streamer.outputs.base import MAX_OUTPUTS_PER_SESSION, OutputRejected
 from streamer.outputs.factory import attach_output
+from streamer.outputs.inbox import Inbox
 from streamer.outputs.muxed import MuxedOutput
 from streamer.outputs.record import RecordOutput
 from streamer.outputs.spec import SESSION_VIDEO_KBPS, OutputSpec, parse_spec, redact
+from streamer.pipeline.frames import AVFrame
 from streamer.session import Session
 from streamer.session.events import OutputState
 from tests.conftest import Live, make_app, serving, tone, wait_for
@@ -200,9 +202,18 @@ def free_port() -> int:
 # --- recording -------------------------------------------------------------------------------
 
 
-async def test_record_writes_a_playable_fragmented_mp4(live: Live, tmp_path: Path) -> None:
+async def test_record_writes_a_playable_fragmented_mp4(
+    live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """3 s recorded, read back: 25 fps H.264, continuous AAC as long as the video; a copy of
-    the file taken mid-write and cut mid-fragment (what a kill leaves) still decodes."""
+    the file taken mid-write and cut mid-fragment (what a kill leaves) still decodes. The
+    audio handed to the output's thread holds no pictures (a stalled thread's backlog would
+    keep them all alive)."""
+    handed: list[AVFrame] = []
+    put_audio = Inbox.put_audio
+    monkeypatch.setattr(
+        Inbox, "put_audio", lambda inbox, f: (handed.append(f), put_audio(inbox, f))
+    )
     session = live.session
     events = session.subscribe_events()
     output = attach(session, "record", tmp_path, name="take")
@@ -232,6 +243,9 @@ async def test_record_writes_a_playable_fragmented_mp4(live: Live, tmp_path: Pat
     torn = read_media(str(cut))
     assert torn.pictures >= 2 * 25  # every whole 2 s fragment before the tear
     torn.check_25_fps()
+
+    assert len(handed) >= 75
+    assert all(f.video.shape == (512, 512, 3) and f.video.strides[:2] == (0, 0) for f in handed)
 
 
 class FullDisk(RecordOutput):

@@ -31,7 +31,7 @@ from streamer.outputs.mux import Container, Muxer, MuxError, Target, describe_er
 from streamer.outputs.spec import OutputSpec
 from streamer.pipeline.codecs import EncodedFrame
 from streamer.pipeline.encode import EncodedStream, VideoCodec
-from streamer.pipeline.frames import FPS, AVFrame, FrameBus, Subscription
+from streamer.pipeline.frames import FPS, AVFrame, FrameBus, Subscription, without_picture
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,9 @@ class MuxedOutput(HasStatus):
 
     async def _pump_audio(self, sub: Subscription[AVFrame]) -> None:
         while True:
-            self._inbox.put_audio(await sub.next_audio())
+            # The thread needs the audio and the frame size: a stalled connection's backlog
+            # (up to 5 s) must not keep the session's pictures alive.
+            self._inbox.put_audio(without_picture(await sub.next_audio()))
 
     def _request_keyframe(self) -> None:  # from the thread
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
