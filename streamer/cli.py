@@ -90,7 +90,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     from streamer.config import Settings
     from streamer.engine import backend_key, make_backend
     from streamer.progress import progress_bar
-    from streamer.render import ALPHA_SUFFIXES, BATCH, render
+    from streamer.render import BATCH, render
+    from streamer.render_file import ALPHA_SUFFIXES
 
     settings = Settings.from_env(avatar=args.avatar, backend=args.backend)
     if args.text is not None and not args.text.strip():
