@@ -194,10 +194,7 @@ class UtteranceQueue:
         dropped = [u for u in self.pending() if not u.finished]
         self._queue.clear()
         self.feeding = None
-        for utt in dropped:
-            if utt.stream is not None:
-                utt.stream.drop()
-            self.finish(utt, interrupted=True)
+        self._interrupt(dropped)
         self._active.clear()
         return dropped
 
@@ -216,11 +213,14 @@ class UtteranceQueue:
         if cut and last is not None:
             dropped.append(last)
             self.feeding = None if feeding else self.feeding
+        self._interrupt(dropped)
+        return dropped, cut, feeding
+
+    def _interrupt(self, dropped: list[Utterance]) -> None:
         for utt in dropped:
             if utt.stream is not None:
                 utt.stream.drop()
             self.finish(utt, interrupted=True)
-        return dropped, cut, feeding
 
     def finish(self, utt: Utterance, interrupted: bool) -> None:
         if utt.finished:
