@@ -12,7 +12,11 @@ import numpy as np
 CAVITY_RGB = np.array([40.0, 14.0, 16.0], dtype=np.float32)
 TONGUE_RGB = np.array([128.0, 58.0, 60.0], dtype=np.float32)
 TEETH_RGB = np.array([218.0, 210.0, 194.0], dtype=np.float32)
-TEETH_PX = 10.0  # drawn upper incisors show this far below the closed lip line (default scale)
+# Drawn upper incisors show this far below the closed lip line (default scale, where the mouth
+# is about 100 px, some 50 mm, wide): about 3 mm, the incisor display of a relaxed adult mouth.
+# Longer teeth filled every small opening with a pale band that reads as closed lips, to a
+# viewer and to face landmarks alike; the dark cavity below the teeth is what shows it open.
+TEETH_PX = 6.0
 # Tooth boundaries as a share of the half mouth width from the centre: central incisors,
 # lateral incisors, canines.
 TOOTH_EDGES = (0.0, 0.34, 0.6, 0.84)
