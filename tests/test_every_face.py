@@ -52,15 +52,18 @@ def apertures(face: Any, opens: tuple[float, ...]) -> list[float]:
 @pytest.mark.parametrize("name", ["ouster.png", "grace-hopper.jpg", "curie.png", "denis.png"])
 def test_the_teacher_closes_and_opens_any_mouth(name: str) -> None:
     """A smiling photo's lips close; any mouth opens wider with the parameter, showing teeth
-    (the photo's own, or drawn ones lit like the face) over a dark interior."""
+    (the photo's own, or drawn ones lit like the face) over a dark interior. A small opening
+    already reads as open: drawn teeth that filled it read as closed lips, a step the
+    generator could not follow."""
     from models.photo_avatar import prepare_face
     from models.synth.face import TeacherFace
 
     aligned, landmarks, _, _ = prepare_face(FACES / name)
     face = TeacherFace(aligned, landmarks)
-    closed, half, wide = apertures(face, (0.0, 0.5, 1.0))
+    closed, _, small, half, wide = apertures(face, (0.0, 0.2, 0.3, 0.5, 1.0))
     assert closed < 0.02
-    assert closed < half < wide and wide > 0.15
+    assert small > 0.025, (closed, small, half, wide)
+    assert closed < small < half < wide and wide > 0.15
     crop = face.crop(face.render(np.array([1.0, 0, 0, 0], np.float32)), face.mouth_box())
     luma = crop.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     assert (luma < 50).mean() > 0.02  # the cavity
