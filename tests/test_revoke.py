@@ -80,6 +80,9 @@ async def test_revoking_a_key_closes_its_sockets_and_sessions(
         while json.loads(await own.recv())["type"] != "interrupted":
             pass
 
+    # The recording has its header out before the key goes: on a busy machine the revocation
+    # could otherwise stop it before it wrote a byte.
+    await wait_for(lambda: output is not None and output.state == "live", 15, "recording live")
     KeyFile(tmp_path).revoke(k.ids["pub_default"])
     events, code = await until_closed(own)
     assert code == 4401 and events[-1]["code"] == "key_revoked", events
