@@ -54,6 +54,10 @@ def session_options(threads: int) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
+    # No CPU arena: ORT's arena keeps every block it ever grew to (a rare larger batch grows it
+    # by a power of two) and never gives it back. Plain malloc returns it for reuse; the speed
+    # is the same (6.65 against 6.78 ms a frame at batch 1, interleaved, 2-core CPU).
+    options.enable_cpu_mem_arena = False
     # Spinning threads burn the cores the encoder and compositor need between frames.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
