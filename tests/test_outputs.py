@@ -248,6 +248,18 @@ async def test_record_writes_a_playable_fragmented_mp4(
     assert all(f.video.shape == (512, 512, 3) and f.video.strides[:2] == (0, 0) for f in handed)
 
 
+async def test_a_recording_stopped_before_its_first_frame_leaves_no_file(
+    live: Live, tmp_path: Path
+) -> None:
+    """Removed at once, before a key frame reached it: no empty, unplayable file stays."""
+    output = attach(live.session, "record", tmp_path, name="nothing")
+    path = output.spec.path
+    assert path is not None
+    assert await live.session.outputs.remove(output.id)
+    assert output.state == "stopped" and output.connections == 0
+    assert not path.exists()
+
+
 class FullDisk(RecordOutput):
     """A recording whose file is /dev/full: every write fails with ENOSPC."""
 

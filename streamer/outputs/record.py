@@ -9,7 +9,7 @@ never silently overwritten, and the session goes on.
 A recording stopped normally (DELETE, or the session closing) is then signed in this output's
 thread: the finished file gets the C2PA manifest a render gets (:mod:`streamer.credentials`;
 the SDK signs a fragmented MP4 whole), with the chain under ``$AVATARCAST_HOME/c2pa``. A failed
-recording is left as it is, unsigned.
+recording is left as it is, unsigned. One stopped before its first frame leaves no file.
 """
 
 from __future__ import annotations
@@ -46,8 +46,13 @@ class RecordOutput(MuxedOutput):
             pass
 
     def finish(self) -> None:
-        """Sign the finished file (see the module docstring)."""
-        if self.state != "stopped" or not self.path.is_file() or not self.path.stat().st_size:
+        """Sign the finished file (see the module docstring). A recording stopped before its
+        first frame has nothing in it: its empty file is removed rather than left unplayable."""
+        if self.state != "stopped" or not self.path.is_file():
+            return
+        if not self.path.stat().st_size:
+            self.path.unlink(missing_ok=True)
+            log.info("output %s: stopped before its first frame; %s removed", self.id, self.path)
             return
         from streamer.config import default_home
         from streamer.credentials import CredentialsError, sign_in_place
