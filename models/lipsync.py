@@ -47,12 +47,14 @@ class ApertureMeter:
     """MediaPipe Face Mesh in tracking mode over one video; NaN where no face is found."""
 
     def __init__(self) -> None:
-        from models.mediapipe_compat import import_mediapipe
+        from models.mediapipe_compat import import_mediapipe, started
 
         mp = import_mediapipe()
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=False, refine_landmarks=True, max_num_faces=1
+        self._mesh = started(
+            mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=False, refine_landmarks=True, max_num_faces=1
+            )
         )
 
     def __enter__(self) -> ApertureMeter:

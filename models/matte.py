@@ -45,7 +45,7 @@ class MatteError(ValueError):
 def segment(frames: np.ndarray) -> np.ndarray:
     """Raw person probability (N, H, W) float32 in [0, 1] of RGB frames (N, H, W, 3)."""
     try:
-        from models.mediapipe_compat import import_mediapipe
+        from models.mediapipe_compat import import_mediapipe, started
 
         mp = import_mediapipe()
     except ImportError as exc:
@@ -57,7 +57,9 @@ def segment(frames: np.ndarray) -> np.ndarray:
     for selection in (0, 1):  # general (256x256) and landscape (144x256)
         with (
             default_float_environment(),
-            mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=selection) as s,
+            started(
+                mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=selection)
+            ) as s,
         ):
             for i, rgb in enumerate(frames):
                 out[i] += s.process(np.ascontiguousarray(rgb)).segmentation_mask

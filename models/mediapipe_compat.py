@@ -6,13 +6,27 @@ read a proto packet back (for example an empty detection list when no face is fo
 ``livekit`` extra needs protobuf 6, so the method is put back as an alias when it is missing.
 Everything else in mediapipe runs on protobuf 6 unchanged (``tests/test_matte.py`` and the
 tracking tests run on it).
+
+A solution builds its graph on its first ``process`` call, and its C++ side then writes warnings
+that no setting turns off (absl logs to the process's standard error before it is initialised:
+"Feedback manager requires a model with a single signature...", two per graph). ``avatar
+create`` builds a dozen graphs, and these lines buried its progress bar. :func:`started` runs
+that first call on a blank picture with the standard error's descriptor pointed at /dev/null.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
+
+Solution = TypeVar("Solution")
 
 
 def import_mediapipe() -> ModuleType:
@@ -27,3 +41,31 @@ def import_mediapipe() -> ModuleType:
     import mediapipe
 
     return mediapipe
+
+
+@contextlib.contextmanager
+def native_stderr_quiet() -> Iterator[None]:
+    """File descriptor 2 on /dev/null while the block runs, so C++ code cannot write there.
+    Only on the main thread (a command's own work); elsewhere nothing changes, so that a
+    server's other threads never lose a line to it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def started(solution: Solution) -> Solution:
+    """``solution`` (a MediaPipe solution) with its graph built quietly: one ``process`` of a
+    small blank picture, where no face or person is found, so no tracking state is kept."""
+    with native_stderr_quiet():
+        solution.process(np.zeros((64, 64, 3), np.uint8))  # type: ignore[attr-defined]
+    return solution

@@ -72,16 +72,18 @@ class FaceTracker:
     models ship inside the mediapipe wheel."""
 
     def __init__(self, max_faces: int = 3, video: bool = True) -> None:
-        from models.mediapipe_compat import import_mediapipe
+        from models.mediapipe_compat import import_mediapipe, started
 
         mp = import_mediapipe()
 
-        self._mesh: Any = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=not video,
-            max_num_faces=max_faces,
-            refine_landmarks=False,
-            min_detection_confidence=0.5,
-            min_tracking_confidence=0.5,
+        self._mesh: Any = started(
+            mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=not video,
+                max_num_faces=max_faces,
+                refine_landmarks=False,
+                min_detection_confidence=0.5,
+                min_tracking_confidence=0.5,
+            )
         )
 
     def landmarks(self, rgb: np.ndarray) -> list[np.ndarray]:

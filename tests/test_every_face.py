@@ -9,6 +9,8 @@ in docs/benchmarks.md. Held-out voices and sentences measure every avatar
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,30 @@ def test_the_teacher_closes_and_opens_any_mouth(name: str) -> None:
     assert (luma < 50).mean() > 0.02  # the cavity
     skin = float(np.median(luma))
     assert (luma > skin + 30).mean() > 0.005  # the teeth are brighter than the skin
+
+
+def test_mediapipe_leaves_the_console_to_the_progress_bar() -> None:
+    """MediaPipe's C++ side wrote two warnings per graph to the standard error, a dozen graphs
+    per ``avatar create``, between the lines of its progress bar."""
+    code = (
+        "import cv2\n"
+        "from models.lipsync import ApertureMeter\n"
+        "from models.matte import segment\n"
+        "from models.synth.face import compute_landmarks\n"
+        "from models.tracking import FaceTracker\n"
+        f"rgb = cv2.imread({str(FACES / 'grace-hopper.jpg')!r})[:, :, ::-1].copy()\n"
+        "compute_landmarks(rgb)\n"
+        "with ApertureMeter() as meter:\n"
+        "    assert meter.measure(rgb) >= 0\n"
+        "assert FaceTracker().landmarks(rgb)\n"
+        "segment(rgb[None, :256, :256].copy())\n"
+        "print('measured')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "measured"
+    assert done.stderr.strip() == "", done.stderr
 
 
 def test_drawn_teeth_for_closed_lips() -> None:

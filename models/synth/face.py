@@ -83,12 +83,18 @@ def load_photo() -> np.ndarray:
 
 def compute_landmarks(image: np.ndarray) -> np.ndarray:
     """(478, 3) float32 Face Mesh landmarks in pixels (needs mediapipe)."""
-    import mediapipe as mp
+    from models.mediapipe_compat import import_mediapipe, native_stderr_quiet, started
 
+    mp = import_mediapipe()
     h, w = image.shape[:2]
-    with mp.solutions.face_mesh.FaceMesh(
-        static_image_mode=True, refine_landmarks=True, max_num_faces=1
-    ) as mesh:
+    with (
+        started(
+            mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, refine_landmarks=True, max_num_faces=1
+            )
+        ) as mesh,
+        native_stderr_quiet(),  # the first face found logs a warning once per process
+    ):
         result = mesh.process(np.ascontiguousarray(image))
     if not result.multi_face_landmarks:
         raise RuntimeError("no face found in the teacher photo")
