@@ -160,7 +160,9 @@ async def test_bad_speak_requests_get_clean_errors(
 ) -> None:
     client, app = api
     sid = (await client.post("/v1/sessions", json={})).json()["id"]
-    assert_error(await client.post(f"/v1/sessions/{sid}/speak", **kwargs), status, code)
+    res = await client.post(f"/v1/sessions/{sid}/speak", **kwargs)
+    assert_error(res, status, code)
+    assert "avatarcast-upload" not in res.text  # the server's temporary file is its own
     session = state_of(app).registry.get(sid)
     assert session is not None and not session.closed and session.queued == 0
 

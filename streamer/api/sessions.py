@@ -248,6 +248,9 @@ def decode_bytes(data: bytes, suffix: str, max_seconds: float) -> np.ndarray:
                 )
             chunks.append(chunk)
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    except AudioDecodeError as exc:
+        # The decoder names the server's temporary file; the client knows it as its upload.
+        raise AudioDecodeError(str(exc).replace(name, "the upload")) from None
     finally:
         os.unlink(name)
 
