@@ -34,6 +34,7 @@ MAX_PIXELS = 200_000_000  # 200 MP phone photos pass; bigger is a scan or a bomb
 BACKGROUND = (128, 128, 128)  # behind transparent areas
 # The formats photos come in. Others Pillow knows (EPS runs Ghostscript, for one) are refused.
 PHOTO_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+FRAME_LINE_PX = 3  # the widest edge line (a frame, a scan's margin) taken off a photo
 BAND_PIXELS = 1 << 22  # pixels flattened at a time when reducing a large decoded image
 
 NOSE_TIP, CHIN, FOREHEAD = 1, 152, 10
@@ -86,6 +87,36 @@ def read_photo(path: Path | str) -> np.ndarray:
         else:
             rgb = _fit_array(_flatten(image, max(1, max(image.size) // MAX_SIDE)))
     return _upright(rgb, orientation)
+
+
+def without_frame_lines(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` less the thin even lines some photos carry along their edges (a frame, a scan's
+    margin). Alignment extends a photo's edge pixels into the padding, so a one-pixel grey
+    line became a grey wedge beside the person in every frame."""
+    top, bottom, left, right = 0, rgb.shape[0], 0, rgb.shape[1]
+    for _ in range(2):  # a frame's sides cross at the corners: the second pass sees them clean
+        top += _frame_run(rgb[top:bottom, left:right])
+        bottom -= _frame_run(rgb[top:bottom, left:right][::-1])
+        left += _frame_run(rgb[top:bottom, left:right].transpose(1, 0, 2))
+        right -= _frame_run(rgb[top:bottom, left:right].transpose(1, 0, 2)[::-1])
+    if (top, left, bottom, right) == (0, 0, *rgb.shape[:2]):
+        return rgb
+    return np.ascontiguousarray(rgb[top:bottom, left:right])
+
+
+def _frame_run(rgb: np.ndarray) -> int:
+    """How many of the first rows of ``rgb`` are a frame line: up to ``FRAME_LINE_PX`` rows of
+    one even colour, then a row unlike it (a plain background runs on, and is kept)."""
+    if min(rgb.shape[:2]) < 16:
+        return 0
+    rows = rgb[: FRAME_LINE_PX + 1].astype(np.float32)
+    colour = rows[0].mean(axis=0)
+    run = 0
+    while run <= FRAME_LINE_PX and np.percentile(np.abs(rows[run] - colour), 98) <= 10.0:
+        run += 1
+    if run > FRAME_LINE_PX or float(np.abs(rows[run] - colour).mean()) < 12.0:
+        return 0
+    return run
 
 
 def _check_file(path: Path) -> None:

@@ -64,10 +64,10 @@ def align(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 
 def prepare_face(path: Path) -> tuple[np.ndarray, np.ndarray, float, list[str]]:
     """(aligned RGB, its landmarks, face size in the source, warnings) for a photo file."""
-    from models.photo import check_face, pick_face, read_photo
+    from models.photo import check_face, pick_face, read_photo, without_frame_lines
     from models.tracking import FaceTracker, observe
 
-    rgb = read_photo(path)
+    rgb = without_frame_lines(read_photo(path))
     with FaceTracker(max_faces=3, video=False) as tracker:
         face = pick_face(tracker.landmarks(rgb))
         warnings = check_face(face, rgb.shape)

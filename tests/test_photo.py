@@ -23,12 +23,14 @@ from models.photo import (
     check_face,
     pick_face,
     read_photo,
+    without_frame_lines,
     yaw_degrees,
 )
 from models.synth.face import LANDMARKS_FILE
 from models.tracking import FaceTracker
 
 FACE_CROP = (slice(20, 320), slice(110, 360))  # the astronaut's head and shoulders
+FACES = Path(__file__).parent / "fixtures" / "faces"
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +273,26 @@ def test_turned_face() -> None:
 
 def test_rolled_face_is_fine() -> None:
     assert check_face(turned(0, roll=50), (512, 512)) == []
+
+
+def test_frame_lines_come_off_before_alignment() -> None:
+    """Ousterhout's photo has a one-pixel grey line along its right and bottom edges; the
+    alignment extended it into a grey wedge beside him in every frame of his avatar."""
+    from models.photo_avatar import prepare_face
+
+    photo = read_photo(FACES / "ouster.png")
+    assert (photo[:, -1] == 128).all() and (photo[-1] == 128).all()
+    assert without_frame_lines(photo).shape == (180, 141, 3)
+    aligned = prepare_face(FACES / "ouster.png")[0]
+    grey = np.abs(aligned.astype(np.int16) - 128).max(axis=2) <= 2
+    assert grey.mean() < 0.01, grey.mean()
+
+    grace = read_photo(FACES / "grace-hopper.jpg")
+    assert without_frame_lines(grace) is grace  # no frame: the photo as it is
+    framed = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    framed[:2] = 250  # two rows of a light frame on top, three dark columns on the right
+    framed[:, -3:] = 20
+    assert without_frame_lines(framed).shape == (58, 77, 3)
+    framed[2:, :5] = 20  # wider than a frame line: part of the picture
+    assert without_frame_lines(framed).shape == (58, 77, 3)
+    assert without_frame_lines(np.full((40, 40, 3), 90, np.uint8)).shape == (40, 40, 3)
