@@ -83,17 +83,16 @@ def load_photo() -> np.ndarray:
 
 def compute_landmarks(image: np.ndarray) -> np.ndarray:
     """(478, 3) float32 Face Mesh landmarks in pixels (needs mediapipe)."""
-    from models.mediapipe_compat import import_mediapipe, native_stderr_quiet, started
+    from models.mediapipe_compat import import_mediapipe, native_stderr_quiet
 
     mp = import_mediapipe()
     h, w = image.shape[:2]
+    # One call on one picture: its graph is built, and the first face logged, with it quiet.
     with (
-        started(
-            mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=True, refine_landmarks=True, max_num_faces=1
-            )
+        mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, refine_landmarks=True, max_num_faces=1
         ) as mesh,
-        native_stderr_quiet(),  # the first face found logs a warning once per process
+        native_stderr_quiet(),
     ):
         result = mesh.process(np.ascontiguousarray(image))
     if not result.multi_face_landmarks:
