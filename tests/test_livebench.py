@@ -26,6 +26,53 @@ def test_onsets_are_interpolated_and_paired() -> None:
     assert np.allclose(avsync.onsets(times, avsync.activity(-values + 3)), found)
 
 
+def test_the_av_offset_aligns_whole_measures() -> None:
+    rng = np.random.default_rng(3)
+    # 30 s of bursty speech: a voice level per 20 ms; pictures per 40 ms (16 x 16 thumbnails)
+    # whose mouth follows it and whose head sways, with a busy session's repeated pictures.
+    level = np.repeat(rng.random(150) > 0.6, 10) * rng.uniform(0.5, 1.0, 1500)
+    a_times = np.arange(1500) * 0.02
+    mouth = np.convolve(level, np.ones(4) / 4, "same")[::2]
+    sway = np.sin(np.arange(750) * 0.04 * 2 * np.pi / 3.7)
+    pictures = np.outer(mouth, rng.random(256)) + np.outer(sway, rng.random(256)) + rng.random(256)
+    repeated = np.flatnonzero(rng.random(750) < 0.3)
+    repeated = repeated[repeated > 0]
+    pictures[repeated] = pictures[repeated - 1]
+    v_times = np.arange(750) * 0.04
+    published = ((v_times, pictures), (a_times, level))
+
+    def receiver(clock: float, late_ms: float) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """On another clock, pictures placed ``late_ms`` later than the voice, jitter in where
+        the frames land and codec noise on both measures."""
+        return (
+            (
+                v_times + clock + late_ms / 1000.0 + rng.normal(0, 0.002, 750),
+                pictures + rng.normal(0, 0.05, pictures.shape),
+            ),
+            (a_times + clock + rng.normal(0, 0.001, 1500), level + rng.normal(0, 0.02, 1500)),
+        )
+
+    for clock, late in ((5.0, 30.0), (3.9e9, -60.0), (0.1, 0.0)):
+        got = avsync.av_offset_by_alignment(published, receiver(clock, late))
+        assert got["offset"] is not None and abs(got["offset"] - late) < 3.0, (clock, late, got)
+        assert got["audio_shift"] is not None and abs(got["audio_shift"] - clock * 1000) < 3.0
+    # A receiver too busy to read its socket loses stretches of frames: the gaps are left out,
+    # not bridged by interpolation.
+    (vt, vv), (at, av) = receiver(2.0, 20.0)
+    stretches = [(t, t + rng.uniform(0.5, 2.0)) for t in rng.uniform(0, 29, 8)]
+    lost_v = np.any([(vt > 2 + a) & (vt < 2 + b) for a, b in stretches], axis=0)
+    lost_a = np.any([(at > 2 + a + 0.3) & (at < 2 + b) for a, b in stretches], axis=0)
+    got = avsync.av_offset_by_alignment(
+        published, ((vt[~lost_v], vv[~lost_v]), (at[~lost_a], av[~lost_a]))
+    )
+    assert got["offset"] is not None and abs(got["offset"] - 20.0) < 3.0, got
+    times = np.array([0.0, 0.04, 0.08, 1.0, 1.04])  # a second lost after 0.08
+    assert list(avsync._covered(times, np.array([0.05, 0.5, 1.02]))) == [True, False, True]
+    # Unrelated signals do not line up: no figure rather than a wrong one.
+    other = ((v_times, rng.random((750, 256))), (a_times, rng.random(1500)))
+    assert avsync.av_offset_by_alignment(published, other)["offset"] is None
+
+
 def test_sender_times_follow_the_sender_reports() -> None:
     # The stream's first RTP timestamp is just before the wrap.
     track = Track(90_000, pts_origin=lambda: 2**32 - 900)

@@ -42,6 +42,18 @@ class MouthRegion:
         return float(grey.std())
 
 
+THUMB = 16  # pixels a side of the thumbnail that identifies a picture
+
+
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """A picture reduced to THUMB x THUMB grey levels (one row): what the A/V alignment
+    follows, robust to a codec's noise."""
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA).reshape(-1)
+
+
 def rms(samples: np.ndarray) -> float:
     x = samples.astype(np.float32)
     return float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
@@ -80,6 +92,157 @@ def paired_lag_ms(voice: list[float], mouth: list[float], window_s: float = 0.4)
     return lags
 
 
+STEP_S = 0.005  # the grid both measures are resampled on
+
+
+def _sorted(series: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    times, values = (np.asarray(a, np.float64) for a in series)
+    order = np.argsort(times)
+    return times[order], values[order]
+
+
+def coarse_shift_s(
+    ref: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]
+) -> float | None:
+    """How much later ``other`` shows ``ref``'s signal, in seconds, to the grid's step: the
+    peak of their full cross-correlation. The two may run on unrelated clocks (a receiver's
+    sender-report time against the server's publication time)."""
+    from scipy.signal import correlate
+
+    (rt, rv), (ot, ov) = _sorted(ref), _sorted(other)
+    if len(rt) < 10 or len(ot) < 10:
+        return None
+    a = np.interp(np.arange(rt[0], rt[-1], STEP_S), rt, rv)
+    b = np.interp(np.arange(ot[0], ot[-1], STEP_S), ot, ov)
+    xc = correlate(b - b.mean(), a - a.mean(), mode="full", method="fft")
+    lag = int(np.argmax(xc)) - (len(a) - 1)
+    return float(ot[0] - rt[0] + lag * STEP_S)
+
+
+def _covered(times: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Whether each of ``at`` lies within 1.5 sample spacings of a sample of ``times``
+    (sorted): a frame that never arrived leaves a gap that interpolation must not fill."""
+    reach = 1.5 * float(np.median(np.diff(times)))
+    i = np.clip(np.searchsorted(times, at), 1, len(times) - 1)
+    nearest = np.minimum(np.abs(at - times[i - 1]), np.abs(times[i] - at))
+    return np.asarray(nearest <= reach)
+
+
+def _correlations(
+    ref: tuple[np.ndarray, np.ndarray],
+    other: tuple[np.ndarray, np.ndarray],
+    around_s: float,
+    shifts_ms: np.ndarray,
+) -> np.ndarray | None:
+    """Pearson correlation of ``ref`` with ``other`` moved back by ``around_s`` + each shift,
+    over ``ref``'s span that every shift keeps inside ``other``'s, leaving out the gaps of
+    either (frames lost on the way); values may have several columns (each correlated alone,
+    their correlations weighted by their variance)."""
+    (rt, rv), (ot, ov) = _sorted(ref), _sorted(other)
+    if len(rt) < 10 or len(ot) < 10:
+        return None
+    rv, ov = rv.reshape(len(rt), -1), ov.reshape(len(ot), -1)
+    lo, hi = shifts_ms[0] / 1000.0, shifts_ms[-1] / 1000.0
+    grid = np.arange(rt[0], rt[-1], STEP_S)
+    grid = grid[(grid + around_s + lo >= ot[0]) & (grid + around_s + hi <= ot[-1])]
+    grid = grid[_covered(rt, grid)]
+    if len(grid) < 200:
+        return None
+    moved = [grid + around_s + d / 1000.0 for d in shifts_ms]
+    kept = [_covered(ot, at) for at in moved]
+    if min(int(k.sum()) for k in kept) < 200:
+        return None
+    total, weight = np.zeros(len(shifts_ms)), 0.0
+    for c in range(rv.shape[1]):
+        whole = np.interp(grid, rt, rv[:, c])
+        power = float(np.var(whole))
+        if power <= 0:
+            continue
+        for i, (at, keep) in enumerate(zip(moved, kept, strict=True)):
+            a = whole[keep] - whole[keep].mean()
+            b = np.interp(at[keep], ot, ov[:, c])
+            b = b - b.mean()
+            norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+            total[i] += power * (float((a * b).sum()) / norm if norm > 0 else 0.0)
+        weight += power
+    return total / weight if weight > 0 else None
+
+
+def alignment(
+    ref: tuple[np.ndarray, np.ndarray],
+    other: tuple[np.ndarray, np.ndarray],
+    around_s: float = 0.0,
+    max_ms: float = 400.0,
+) -> tuple[float, float] | None:
+    """(shift in ms, its correlation): how much later ``other`` (times, values) shows the same
+    signal as ``ref``, within ``around_s`` +- ``max_ms``; both resampled linearly, 1 ms
+    shifts, the best refined between its neighbours. None where too little overlaps.
+
+    Both sides are the same frames seen in two places (published, and at a receiver), so the
+    whole course of a measure lines up, not only its onsets: pictures repeated by a busy
+    session are repeated on both sides and shift nothing."""
+    shifts = np.arange(-max_ms, max_ms + 1.0, 1.0)
+    corr = _correlations(ref, other, around_s, shifts)
+    if corr is None:
+        return None
+    best = int(np.argmax(corr))
+    found = float(shifts[best])
+    if 0 < best < len(shifts) - 1:  # the parabola's vertex through the best three
+        y0, y1, y2 = corr[best - 1 : best + 2]
+        bend = y0 - 2.0 * y1 + y2
+        if bend < 0:
+            found += 0.5 * (y0 - y2) / bend
+    return float(around_s * 1000.0 + found), float(corr[best])
+
+
+def principal(
+    published: tuple[np.ndarray, np.ndarray], received: tuple[np.ndarray, np.ndarray], k: int = 4
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Both sides' pictures (one row of thumbnail pixels each) reduced to the ``k`` directions
+    in which the published ones vary most: head sway, blinks, the mouth opening."""
+    (pt, pv), (rt, rv) = published, received
+    pv, rv = np.asarray(pv, np.float64), np.asarray(rv, np.float64)
+    if pv.ndim == 1 or len(pv) < k or len(rv) == 0:
+        return published, received
+    mean = pv.mean(axis=0)
+    _, _, axes = np.linalg.svd(pv - mean, full_matrices=False)
+    basis = axes[:k].T
+    return (pt, (pv - mean) @ basis), (rt, (rv - mean) @ basis)
+
+
+Series = tuple[np.ndarray, np.ndarray]
+
+
+def av_offset_by_alignment(
+    published: tuple[Series, Series], received: tuple[Series, Series], min_corr: float = 0.6
+) -> dict[str, float | None]:
+    """The A/V offset at a receiver in ms (``offset``), from the (video, audio) measures of
+    the frames published and of the same frames received: how much later the receiver places
+    the pictures than the voice, against how the session paired them. Positive: the
+    receiver's mouth is late. Video is a thumbnail per picture, audio a level per 20 ms.
+
+    Also each stream's ``*_shift`` (which includes the offset between the two clocks, which
+    the difference cancels) and ``*_corr``; a stream correlating under ``min_corr`` is not
+    the same signal and gives no figure. The voice is found anywhere (the clocks may be
+    unrelated), the pictures within 400 ms of it."""
+    out: dict[str, float | None] = dict.fromkeys(
+        ("offset", "video_shift", "audio_shift", "video_corr", "audio_corr")
+    )
+    coarse = coarse_shift_s(published[1], received[1])
+    if coarse is None:
+        return out
+    audio = alignment(published[1], received[1], coarse, max_ms=3000.0 * STEP_S)
+    if audio is None:
+        return out
+    out["audio_shift"], out["audio_corr"] = audio
+    video = alignment(*principal(published[0], received[0]), audio[0] / 1000.0)
+    if video is not None:
+        out["video_shift"], out["video_corr"] = video
+    if video is not None and min(audio[1], video[1]) >= min_corr:
+        out["offset"] = video[0] - audio[0]
+    return out
+
+
 def p95(values: list[float]) -> float | None:
     return float(np.percentile(np.asarray(values), 95)) if values else None
 
@@ -100,6 +263,7 @@ class Published:
     region: MouthRegion
     times: list[float] = field(default_factory=list)
     mouth: list[float] = field(default_factory=list)
+    thumbs: list[np.ndarray] = field(default_factory=list)
     audio_rms: list[tuple[float, float]] = field(default_factory=list)  # two 20 ms halves
     silent: list[bool] = field(default_factory=list)
     audio_in: list[float | None] = field(default_factory=list)
@@ -107,6 +271,7 @@ class Published:
     def add(self, frame: AVFrame) -> None:
         self.times.append(float(frame.published_at))
         self.mouth.append(self.region.openness(frame.video))
+        self.thumbs.append(thumbnail(frame.video))
         half = SAMPLES_PER_VIDEO_FRAME // 2
         self.audio_rms.append((rms(frame.audio[:half]), rms(frame.audio[half:])))
         self.silent.append(not frame.audio.any() and frame.utterance_id is None)
@@ -128,6 +293,19 @@ class Published:
         return median(
             paired_lag_ms(onsets(a_times, halves.reshape(-1)), onsets(v_times, activity(mouth)))
         )
+
+    def series(
+        self, lo: float, hi: float
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """((times, picture thumbnails), (times, voice level per 20 ms)) of the frames
+        published in [lo, hi), on the publication clock."""
+        times = np.asarray(self.times)
+        keep = (times >= lo) & (times < hi)
+        v_times = times[keep]
+        halves = np.asarray(self.audio_rms).reshape(-1, 2)[keep]
+        a_times = np.stack([v_times, v_times + 0.02], axis=1).reshape(-1)
+        thumbs = np.asarray(self.thumbs, np.float32).reshape(len(times), -1)[keep]
+        return (v_times, thumbs), (a_times, halves.reshape(-1))
 
     def onset_latency_ms(self, lo: float) -> list[float]:
         """Voice onset entering the session -> its mouth onset published."""

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamer.measure.avsync import MouthRegion, activity, median, onsets, paired_lag_ms, rms
+from streamer.measure.avsync import (
+    MouthRegion,
+    activity,
+    median,
+    onsets,
+    paired_lag_ms,
+    rms,
+    thumbnail,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -141,6 +149,7 @@ class Viewer:
         self.first_frame: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[None]] = set()
         self.location: str | None = None
+        self.thumbs: list[np.ndarray] = []  # per measured video frame (avsync.thumbnail)
 
     async def connect(self, http: httpx.AsyncClient, session_id: str, token: str) -> None:
         from aiortc import RTCSessionDescription
@@ -200,8 +209,11 @@ class Viewer:
             if isinstance(frame, VideoFrame):
                 if not self.first_frame.done():
                     self.first_frame.set_result(now)
-                region = self.region
-                value = region.openness(frame.to_ndarray(format="rgb24")) if region else 0.0
+                value = 0.0
+                if self.region is not None:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    value = self.region.openness(rgb)
+                    self.thumbs.append(thumbnail(rgb))
                 self.video.frames.append((now, _pts(frame.pts), value))
             elif isinstance(frame, AudioFrame):
                 self.audio.frames.append((now, _pts(frame.pts), rms(frame.to_ndarray())))
@@ -235,6 +247,29 @@ class Viewer:
                 onsets(v_at[vk][order_v], activity(mouth[order_v])),
             )
         )
+
+    def series(
+        self, lo: float, hi: float
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None:
+        """((sender times, picture thumbnails), (sender times, voice level)) of the frames that
+        arrived in [lo, hi): where the sender reports put each stream, as a player's lip sync
+        does. None before both streams have a sender report."""
+        if len(self.thumbs) != len(self.video.frames):  # pictures decoded but not measured
+            return None
+        out = []
+        for track in (self.video, self.audio):
+            at = track.sender_times(lo, hi)
+            if at is None:
+                return None
+            arrived = np.asarray([t for t, _, _ in track.frames])
+            keep = (arrived >= lo) & (arrived < hi)
+            values = (
+                np.asarray(self.thumbs, np.float32).reshape(len(arrived), -1)
+                if track is self.video
+                else np.asarray([x for _, _, x in track.frames])
+            )
+            out.append((at[keep], values[keep]))
+        return out[0], out[1]
 
     async def aclose(self, http: httpx.AsyncClient | None = None, token: str = "") -> None:
         if http is not None and self.location is not None:
