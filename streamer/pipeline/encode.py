@@ -108,17 +108,25 @@ class EncodedStream:
         """A viewer's queues: 3 pictures (a drop costs it a key frame), 5 s of audio."""
         return self.attach(Subscription(video_depth=3))
 
-    def attach(self, sub: Subscription[EncodedFrame]) -> Subscription[EncodedFrame]:
-        """Add a subscriber of one's own kind (one that sends as it is offered, say)."""
+    def attach(
+        self, sub: Subscription[EncodedFrame], keyframe: bool = True
+    ) -> Subscription[EncodedFrame]:
+        """Add a subscriber of one's own kind (one that sends as it is offered, say). It
+        gets a key frame at once unless ``keyframe`` is False: a subscriber that asks for
+        its own when it can send (a viewer whose connection is still coming up), so that
+        the rate limit does not hold that one back for a key frame nobody received."""
         if self._closed:
             raise ConnectionError(f"session {self.session_id} is closed")
         self.bus.attach(sub)
-        self.request_keyframe()
+        if keyframe:
+            self.request_keyframe()
         if self._task is None:
             log.info("session %s: encoding %s + Opus once", self.session_id, self.codec)
             # Starting afresh: the first picture is a key frame, however recent the last one
-            # made for viewers who have since left.
+            # made for viewers who have since left; unless this subscriber asks for its own
+            # later, which the limit must then not hold back for one nobody received.
             self._last_keyframe = -1e9
+            self._keyframe_wanted = keyframe
             self._loop = asyncio.get_running_loop()
             self._input = self._source.subscribe(video_depth=1)
             self._task = asyncio.ensure_future(self._run(self._input))

@@ -107,6 +107,11 @@ class Leg:
             self._mid = parameters.muxId
             self._extensions.configure(parameters)
             await send(parameters)
+            # aiortc calls this once DTLS is up: sending starts now, on a key frame asked
+            # for now (none was made at the join, when nobody could have received it).
+            self._live_at = asyncio.get_running_loop().time()
+            if self.kind == "video":
+                self._encoder.request_keyframe()
 
         sender.send = send_and_learn  # type: ignore[method-assign]
 
@@ -121,13 +126,8 @@ class Leg:
                 self.ended.set()
             return None
         pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
+        if pair is None or self._live_at is None:
             return None
-        if self._live_at is None:
-            # Sending starts: the key frame made when this viewer joined is long gone.
-            self._live_at = asyncio.get_running_loop().time()
-            if self.kind == "video":
-                self._encoder.request_keyframe()
         return dtls._tx_srtp, pair
 
     def video(self, item: EncodedFrame, payloads: list[bytes], ntp: int) -> None:
@@ -282,6 +282,7 @@ def fanout_of(encoder: EncodedStream) -> Fanout:
     fanout = _fanouts.get(id(encoder))
     if fanout is None or fanout.closed:
         fanout = Fanout(encoder)
-        encoder.attach(fanout)
+        # No key frame now: each leg asks for one when its DTLS is up and it can send.
+        encoder.attach(fanout, keyframe=False)
         _fanouts[id(encoder)] = fanout
     return fanout
