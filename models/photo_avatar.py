@@ -57,9 +57,46 @@ def align(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     # Shrinking a large photo: area-average first so the face keeps detail without aliasing.
     zoom = float(np.hypot(matrix[0, 0], matrix[0, 1]))
     interp = cv2.INTER_AREA if zoom < 1.0 else cv2.INTER_CUBIC
-    return cv2.warpAffine(
-        rgb, matrix, (PHOTO_SIZE, PHOTO_SIZE), flags=interp, borderMode=cv2.BORDER_REPLICATE
+    size = (PHOTO_SIZE, PHOTO_SIZE)
+    warped = cv2.warpAffine(rgb, matrix, size, flags=interp, borderMode=cv2.BORDER_REPLICATE)
+    inside = cv2.warpAffine(
+        np.ones(rgb.shape[:2], np.float32), matrix, size, flags=cv2.INTER_LINEAR
     )
+    return fill_outside(warped, inside)
+
+
+def fill_outside(image: np.ndarray, inside: np.ndarray, feather: int = 6) -> np.ndarray:
+    """``image`` (H, W, 3 uint8) where ``inside`` (H, W, 0..1) says it shows the photo, and
+    elsewhere a smooth continuation of the photo's colours: where a small or tilted photo
+    does not reach the frame's edge. Repeating its edge pixels instead drew streaks (every
+    edge pixel stretched into a line) over up to a third of each frame.
+
+    The fill is a push-pull: the photo's pixels are averaged down a pyramid, weighted by how
+    much of each is photo, and the coarse levels fill the holes of the finer ones on the way
+    back up, so a gap of any width gets the colours of the photo around it, blurred more the
+    farther it is. The photo's edge is feathered over ``feather`` pixels."""
+    if inside.min() >= 0.999:
+        return image
+    weight = np.clip(inside, 0.0, 1.0).astype(np.float32)
+    weight[weight < 0.999] = 0.0  # interpolated edge pixels are part repeated border
+    colour = image.astype(np.float32) * weight[..., None]
+    levels = [(colour, weight)]
+    while min(levels[-1][1].shape) > 4:
+        c, w = levels[-1]
+        levels.append((cv2.pyrDown(c), cv2.pyrDown(w)))
+    c, w = levels[-1]
+    fill = c.sum(axis=(0, 1)) / max(float(w.sum()), 1e-6) * np.ones_like(c)
+    for c, w in reversed(levels):
+        fill = cv2.resize(fill, w.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        known = np.clip(w, 0.0, 1.0)[..., None]
+        own = c / np.maximum(w, 1e-6)[..., None]
+        fill = known * own + (1.0 - known) * fill
+    keep = cv2.GaussianBlur(
+        cv2.erode(weight, np.ones((3, 3), np.uint8), iterations=feather // 2), (0, 0), feather / 2.0
+    )
+    keep = np.where(weight > 0, np.maximum(keep, 0.0), 0.0)[..., None]
+    out = keep * image.astype(np.float32) + (1.0 - keep) * fill
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def prepare_face(path: Path) -> tuple[np.ndarray, np.ndarray, float, list[str]]:
