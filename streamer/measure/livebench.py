@@ -22,9 +22,9 @@ What is measured, and where:
 - ``av_offset_ms``: at a receiver, how much later the pictures sit than the voice on the
   sender's clock that the RTCP sender reports give each stream (what a browser's lip sync
   uses), against how the session paired them. Each stream's shift is found by aligning the
-  whole measure (mouth openness per frame, voice level per 20 ms) received with the same
-  measure published (:func:`~streamer.measure.avsync.shift_ms`); the offset is the video's
-  shift minus the audio's. Positive: the receiver's mouth is late. ``av_offset_ms_onsets``
+  whole measure (a thumbnail per picture, a voice level per 20 ms) received with the same
+  measure published (:func:`~streamer.measure.avsync.av_offset_by_alignment`); the offset
+  is the video's shift minus the audio's. Positive: the receiver's mouth is late. ``av_offset_ms_onsets``
   is the older estimate: mouth onsets minus voice onsets at the receiver, minus the same on
   the published frames. Onsets are few and a busy session's repeated pictures move them, so
   that estimate scatters by tens of ms where the alignment does not.
