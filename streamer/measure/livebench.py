@@ -24,10 +24,11 @@ What is measured, and where:
   uses), against how the session paired them. Each stream's shift is found by aligning the
   whole measure (a thumbnail per picture, a voice level per 20 ms) received with the same
   measure published (:func:`~streamer.measure.avsync.av_offset_by_alignment`); the offset
-  is the video's shift minus the audio's. Positive: the receiver's mouth is late. ``av_offset_ms_onsets``
-  is the older estimate: mouth onsets minus voice onsets at the receiver, minus the same on
-  the published frames. Onsets are few and a busy session's repeated pictures move them, so
-  that estimate scatters by tens of ms where the alignment does not.
+  is the video's shift minus the audio's. Positive: the receiver's mouth is late.
+  ``av_offset_ms_onsets`` is the older estimate: mouth onsets minus voice onsets at the
+  receiver, minus the same on the published frames. Onsets are few and a busy session's
+  repeated pictures move them, so that estimate scatters by tens of ms where the alignment
+  does not.
 - ``realtime_sessions``: 1, 2, 3, ... sessions, each streaming speech with one viewer, until
   a step fails (frame interval p95 > 45 ms at a receiver, speech-to-mouth p95 > 150 ms, or
   more than 5% of frames dropped, i.e. published with a repeated picture).
