@@ -91,8 +91,9 @@ def read_photo(path: Path | str) -> np.ndarray:
 
 def without_frame_lines(rgb: np.ndarray) -> np.ndarray:
     """``rgb`` less the thin even lines some photos carry along their edges (a frame, a scan's
-    margin). Alignment extends a photo's edge pixels into the padding, so a one-pixel grey
-    line became a grey wedge beside the person in every frame."""
+    margin). Alignment fills the padding beyond a photo from the pixels near its edge
+    (:func:`models.photo_avatar.fill_outside`), so such a line would tint it; when edge
+    pixels were repeated, a one-pixel grey line became a grey wedge beside the person."""
     top, bottom, left, right = 0, rgb.shape[0], 0, rgb.shape[1]
     for _ in range(2):  # a frame's sides cross at the corners: the second pass sees them clean
         top += _frame_run(rgb[top:bottom, left:right])

@@ -13,6 +13,7 @@ import asyncio
 import statistics
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from models.audio import SAMPLES_PER_VIDEO_FRAME
@@ -48,8 +49,6 @@ THUMB = 16  # pixels a side of the thumbnail that identifies a picture
 def thumbnail(rgb: np.ndarray) -> np.ndarray:
     """A picture reduced to THUMB x THUMB grey levels (one row): what the A/V alignment
     follows, robust to a codec's noise."""
-    import cv2
-
     grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
     return cv2.resize(grey, (THUMB, THUMB), interpolation=cv2.INTER_AREA).reshape(-1)
 
@@ -95,15 +94,16 @@ def paired_lag_ms(voice: list[float], mouth: list[float], window_s: float = 0.4)
 STEP_S = 0.005  # the grid both measures are resampled on
 
 
-def _sorted(series: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+Series = tuple[np.ndarray, np.ndarray]  # (times, values): one measure of a stream
+
+
+def _sorted(series: Series) -> Series:
     times, values = (np.asarray(a, np.float64) for a in series)
     order = np.argsort(times)
     return times[order], values[order]
 
 
-def coarse_shift_s(
-    ref: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]
-) -> float | None:
+def coarse_shift_s(ref: Series, other: Series) -> float | None:
     """How much later ``other`` shows ``ref``'s signal, in seconds, to the grid's step: the
     peak of their full cross-correlation. The two may run on unrelated clocks (a receiver's
     sender-report time against the server's publication time)."""
@@ -129,8 +129,8 @@ def _covered(times: np.ndarray, at: np.ndarray) -> np.ndarray:
 
 
 def _correlations(
-    ref: tuple[np.ndarray, np.ndarray],
-    other: tuple[np.ndarray, np.ndarray],
+    ref: Series,
+    other: Series,
     around_s: float,
     shifts_ms: np.ndarray,
 ) -> np.ndarray | None:
@@ -169,8 +169,8 @@ def _correlations(
 
 
 def alignment(
-    ref: tuple[np.ndarray, np.ndarray],
-    other: tuple[np.ndarray, np.ndarray],
+    ref: Series,
+    other: Series,
     around_s: float = 0.0,
     max_ms: float = 400.0,
 ) -> tuple[float, float] | None:
@@ -195,22 +195,17 @@ def alignment(
     return float(around_s * 1000.0 + found), float(corr[best])
 
 
-def principal(
-    published: tuple[np.ndarray, np.ndarray], received: tuple[np.ndarray, np.ndarray], k: int = 4
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def principal(published: Series, received: Series, k: int = 4) -> tuple[Series, Series]:
     """Both sides' pictures (one row of thumbnail pixels each) reduced to the ``k`` directions
     in which the published ones vary most: head sway, blinks, the mouth opening."""
     (pt, pv), (rt, rv) = published, received
     pv, rv = np.asarray(pv, np.float64), np.asarray(rv, np.float64)
-    if pv.ndim == 1 or len(pv) < k or len(rv) == 0:
+    if len(pv) < k or len(rv) == 0:
         return published, received
     mean = pv.mean(axis=0)
     _, _, axes = np.linalg.svd(pv - mean, full_matrices=False)
     basis = axes[:k].T
     return (pt, (pv - mean) @ basis), (rt, (rv - mean) @ basis)
-
-
-Series = tuple[np.ndarray, np.ndarray]
 
 
 def av_offset_by_alignment(
@@ -294,9 +289,7 @@ class Published:
             paired_lag_ms(onsets(a_times, halves.reshape(-1)), onsets(v_times, activity(mouth)))
         )
 
-    def series(
-        self, lo: float, hi: float
-    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def series(self, lo: float, hi: float) -> tuple[Series, Series]:
         """((times, picture thumbnails), (times, voice level per 20 ms)) of the frames
         published in [lo, hi), on the publication clock."""
         times = np.asarray(self.times)

@@ -48,14 +48,7 @@ from typing import Any
 import numpy as np
 
 from models.audio import SAMPLE_RATE
-from streamer.measure.avsync import (
-    FrameTap,
-    Published,
-    av_offset_by_alignment,
-    median,
-    p95,
-    rounded,
-)
+from streamer.measure.avsync import FrameTap, Published, median, p95, rounded
 from streamer.measure.liveplan import LivePlan, Progress
 from streamer.measure.liveserver import Live, MeasuredSession, Speaker, live_server, sleep_until
 from streamer.measure.ramp import measure_ramp
@@ -75,17 +68,11 @@ def _main_figures(
     intervals = [i for v in viewers for i in v.intervals_ms(lo, hi)]
     decoded = [i for v in viewers for i in v.decoded_intervals_ms(lo, hi)]
     published = list(np.diff(np.asarray(data.times[start:])) * 1000.0)
-    pub_lag = data.av_lag_ms(lo, hi)
-    recv_lags = [v.av_lag_ms(lo, hi) for v in viewers]
-    recv = median([x for x in recv_lags if x is not None])
-    # Published a second either side, so a receiver's shifted window finds its frames.
-    pub_series = data.series(lo - 1.0, hi + 1.0)
-    aligned = [
-        av_offset_by_alignment(pub_series, got)["offset"]
-        for got in (v.series(lo, hi) for v in viewers)
-        if got is not None
-    ]
-    offset = median([x for x in aligned if x is not None])
+    avs = [v.av_against(data, lo, hi) for v in viewers]
+    offset = median([x for x in (a.get("offset") for a in avs) if x is not None])
+    onsets = median([x for x in (a["onsets"] for a in avs) if x is not None])
+    recv = median([x for x in (a["receiver_lag"] for a in avs) if x is not None])
+    pub_lag = avs[0]["published_lag"] if avs else None
     out = {
         "frame_interval_ms_p95": rounded(p95(intervals), 2),
         "frame_interval_ms_p95_server": rounded(p95(published), 2),
@@ -93,7 +80,7 @@ def _main_figures(
         "speech_to_mouth_ms_p95": rounded(p95(data.latencies_ms(lo))),
         "speech_to_mouth_onset_ms_p95": rounded(p95(data.onset_latency_ms(lo))),
         "av_offset_ms": rounded(offset),
-        "av_offset_ms_onsets": rounded(None if recv is None or pub_lag is None else recv - pub_lag),
+        "av_offset_ms_onsets": rounded(onsets),
         "frames_dropped_ratio": rounded(dropped / max(1, frames), 4),
     }
     told = (

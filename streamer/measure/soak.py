@@ -17,12 +17,10 @@ session's cadence through ``GET /v1/sessions/{id}``. Reported:
 - ``rss_mb``: from the first sample after ``warmup_s`` to the last, and ``growth_percent``
   (target <= 5 %); ``fds``, ``tasks`` and ``threads`` at the start and the end (no growth).
   Each sample also has malloc's ``heap_used_mb`` and ``heap_free_mb``: leak or allocator.
-- ``av_offset_ms_end``: at the end, a new WHEP viewer of the first session watches for
-  ``av_window_s``; how much later it places the pictures than the voice on the RTCP-mapped
-  sender clock, against how the session paired them (:mod:`~streamer.measure.livebench`'s
-  A/V measure: each stream aligned whole with what was published; target +-20 ms).
-  ``av_alignment_end`` has how well each stream lined up (correlation); the older onset
-  estimate is kept as ``av_offset_ms_end_onsets`` beside the two lags it is made of.
+- ``av_offset_ms_end``: at the end, a new WHEP viewer of the first session measures, over
+  ``av_window_s``, how much later it places the pictures than the voice, against how the
+  session paired them (:meth:`~streamer.measure.viewer.Viewer.av_against`; target +-20 ms),
+  with ``av_alignment_end`` (the correlations) and the older ``av_offset_ms_end_onsets``.
 - ``cross_session_failures``: everything that went wrong while the sessions shared the server:
   a session gone or publishing under ``MIN_FPS``, a refused call, an ``error`` or
   ``session_closed`` event, a viewer that could not connect, an output that failed or a
@@ -43,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.allocator import limit_arenas, malloc_figures
-from streamer.measure.avsync import FrameTap, av_offset_by_alignment, rounded
+from streamer.measure.avsync import FrameTap, rounded
 from streamer.measure.clients import ClientProcess
 from streamer.measure.liveplan import Progress
 from streamer.measure.liveserver import Live, live_server, sleep_until
@@ -229,8 +227,8 @@ class Soak:
             )
 
     async def av_offset(self, when: str) -> dict[str, Any]:
-        """A/V at a new receiver of the first session, over ``av_window_s``: the keys
-        ``av_offset_ms_<when>`` and the two lags it is the difference of."""
+        """A/V at a new receiver of the first session over ``av_window_s``: the keys
+        ``av_offset_ms_<when>``, its correlations and the onset estimate with its lags."""
         sid, token = self.sessions[0]
         tap = FrameTap(self.live.session(sid).bus, self.live.region)
         try:
@@ -243,26 +241,18 @@ class Soak:
             lo = time.monotonic() + 1.0  # past the new viewer's first second
             await sleep_until(lo + self.plan.av_window_s)
             hi = time.monotonic()
-            recv, pub = viewer.av_lag_ms(lo, hi), tap.data.av_lag_ms(lo, hi)
-            received = viewer.series(lo, hi)
-            aligned = (
-                av_offset_by_alignment(tap.data.series(lo - 1.0, hi + 1.0), received)
-                if received is not None
-                else {}
-            )
+            av = viewer.av_against(tap.data, lo, hi)
         finally:
             await viewer.aclose(self.live.http, token)
             await tap.aclose()
         return {
-            f"av_offset_ms_{when}": rounded(aligned.get("offset")),
+            f"av_offset_ms_{when}": rounded(av.get("offset")),
             f"av_alignment_{when}": {
-                k: rounded(aligned.get(k), 3) for k in ("video_corr", "audio_corr")
+                k: rounded(av.get(k), 3) for k in ("video_corr", "audio_corr")
             },
-            f"av_offset_ms_{when}_onsets": rounded(
-                None if recv is None or pub is None else recv - pub
-            ),
-            f"av_receiver_lag_ms_{when}": rounded(recv),
-            f"av_published_lag_ms_{when}": rounded(pub),
+            f"av_offset_ms_{when}_onsets": rounded(av["onsets"]),
+            f"av_receiver_lag_ms_{when}": rounded(av["receiver_lag"]),
+            f"av_published_lag_ms_{when}": rounded(av["published_lag"]),
         }
 
     async def close(self) -> None:

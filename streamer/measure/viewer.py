@@ -19,7 +19,10 @@ import numpy as np
 
 from streamer.measure.avsync import (
     MouthRegion,
+    Published,
+    Series,
     activity,
+    av_offset_by_alignment,
     median,
     onsets,
     paired_lag_ms,
@@ -248,9 +251,7 @@ class Viewer:
             )
         )
 
-    def series(
-        self, lo: float, hi: float
-    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None:
+    def series(self, lo: float, hi: float) -> tuple[Series, Series] | None:
         """((sender times, picture thumbnails), (sender times, voice level)) of the frames that
         arrived in [lo, hi): where the sender reports put each stream, as a player's lip sync
         does. None before both streams have a sender report."""
@@ -270,6 +271,23 @@ class Viewer:
             )
             out.append((at[keep], values[keep]))
         return out[0], out[1]
+
+    def av_against(self, published: Published, lo: float, hi: float) -> dict[str, float | None]:
+        """This receiver's A/V over the frames arriving in [lo, hi), against the frames the
+        session published: the alignment's figures (``offset``, the shifts, the
+        correlations), and the older onset estimate (``onsets``, the difference of
+        ``receiver_lag`` and ``published_lag``)."""
+        got = self.series(lo, hi)
+        # Published a second either side, so that a shifted window finds its frames.
+        out = (
+            av_offset_by_alignment(published.series(lo - 1.0, hi + 1.0), got)
+            if got is not None
+            else {}
+        )
+        recv, pub = self.av_lag_ms(lo, hi), published.av_lag_ms(lo, hi)
+        out["onsets"] = None if recv is None or pub is None else recv - pub
+        out["receiver_lag"], out["published_lag"] = recv, pub
+        return out
 
     async def aclose(self, http: httpx.AsyncClient | None = None, token: str = "") -> None:
         if http is not None and self.location is not None:
