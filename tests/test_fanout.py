@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from aiortc.rtcrtpsender import RTP_HISTORY_SIZE
+from aiortc.rtp import RtpPacket, wrap_rtx
 
 from streamer.outputs.webrtc import PeerRegistry, fanout
 from tests.webrtc_fakes import FakeSession, play, served_fake, whep_offer
@@ -20,6 +22,14 @@ from tests.webrtc_fakes import FakeSession, play, served_fake, whep_offer
 async def live() -> AsyncIterator[tuple[str, FakeSession, PeerRegistry]]:
     async with served_fake() as made:
         yield made
+
+
+def _video_leg(registry: PeerRegistry) -> tuple[fanout.Fanout, fanout.Leg]:
+    """The one session's fan-out and its one viewer's video leg."""
+    (encoder,) = registry.encoders()
+    fan = fanout.fanout_of(encoder)
+    (leg,) = [x for x in fan.legs if x.kind == "video"]
+    return fan, leg
 
 
 async def test_aiortc_still_has_what_a_leg_keeps() -> None:
@@ -51,9 +61,7 @@ async def test_a_failing_viewer_leaves_the_others_playing(
     base, session, registry = live
     first = asyncio.ensure_future(play(base, session, 3.0))
     await asyncio.sleep(1.0)
-    (encoder,) = registry.encoders()
-    fan = fanout.fanout_of(encoder)
-    (broken,) = [leg for leg in fan.legs if leg.kind == "video"]
+    fan, broken = _video_leg(registry)
 
     def fail(*_: object) -> None:
         raise RuntimeError("this viewer's socket is gone")
@@ -89,3 +97,26 @@ async def test_a_viewer_that_never_connects_leaves_no_leg(
     finally:
         await pc.close()
     assert registry.encoders() == [] and encoder.viewers == 0
+
+
+async def test_a_lost_packet_can_be_sent_again(
+    live: tuple[str, FakeSession, PeerRegistry],
+) -> None:
+    """aiortc answers a NACK from the history each leg keeps: the packet as it was sent."""
+    base, session, registry = live
+    task = asyncio.ensure_future(play(base, session, 2.0))
+    await asyncio.sleep(1.5)
+    _, leg = _video_leg(registry)
+    sender = leg._sender
+    assert sender is not None
+    history = getattr(sender, fanout._SENDER + fanout._HISTORY)
+    kept = history[(leg._sequence - 1) % RTP_HISTORY_SIZE]
+    packet = RtpPacket.parse(kept.serialize(), leg.extensions)
+    assert packet.sequence_number == kept.sequence_number == (leg._sequence - 1) & 0xFFFF
+    assert (packet.ssrc, packet.payload_type) == (sender._ssrc, leg.payload_type)
+    assert packet.marker == 1 and packet.extensions.mid == leg.mid and packet.payload
+    rtx = wrap_rtx(kept, payload_type=97, sequence_number=7, ssrc=1)
+    assert rtx.payload[2:] == packet.payload and rtx.timestamp == packet.timestamp
+    await sender._retransmit(kept.sequence_number)  # protected and sent again
+    got, _ = await task
+    assert len(got.video) > 30

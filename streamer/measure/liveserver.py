@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -104,23 +105,32 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def live_server(
-    avatar_name: str, backend: str, threads: int, recordings: Path | None = None
+    avatar_name: str,
+    backend: str,
+    threads: int,
+    recordings: Path | None = None,
+    viewers: int | None = None,
 ) -> AsyncIterator[Live]:
     """The real app on uvicorn on a free loopback port, with an HTTP client for it;
-    ``recordings``: where its ``record`` outputs write (default: the server's own folder)."""
+    ``recordings``: where its ``record`` outputs write (default: the server's own folder);
+    ``viewers``: a session's most WHEP viewers, where more than the default are measured."""
     import httpx
     import uvicorn
 
     from models.avatar import load_avatar
     from streamer.app import UVICORN_OPTIONS, create_app
-    from streamer.config import Settings
+    from streamer.config import Limits, Settings
 
+    limits = Limits()
+    if viewers is not None and viewers > limits.max_viewers_per_session:
+        limits = dataclasses.replace(limits, max_viewers_per_session=viewers)
     settings = Settings(
         avatar=avatar_name,
         backend=backend,
         threads=threads,
         port=free_port(),
         recordings=recordings,
+        limits=limits,
     )
     app = create_app(settings)
     config = uvicorn.Config(

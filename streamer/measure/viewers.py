@@ -326,7 +326,7 @@ def run_viewers(
 
     async def run() -> dict[str, Any]:
         load = os.getloadavg()[0]
-        async with live_server(avatar_name, backend, threads) as live:
+        async with live_server(avatar_name, backend, threads, viewers=max(counts)) as live:
             figures = await measure_viewers(live, counts, plan, progress)
         figures["settings"] = plan.__dict__
         figures["load_avg_1m"] = {"before": round(load, 2), "after": round(os.getloadavg()[0], 2)}

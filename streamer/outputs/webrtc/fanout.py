@@ -9,10 +9,11 @@ task wake-ups and eight packets a frame), of which the work that has to be done 
 
 Here, one :class:`Fanout` per shared encoder is a subscriber of its packet bus. When the bus
 publishes a picture or an audio packet, the fan-out packs it once (VP8/H.264 payloads, the
-same for everyone) and, for each viewer's :class:`Leg`, builds the RTP packets with that
-viewer's SSRC, sequence numbers and timestamp origin, protects them with the viewer's SRTP
-session and hands them to its ICE pair's socket: no task, no queue, no await. A viewer that
-joins starts at the live edge by construction (there is nothing queued), on a key frame.
+same for everyone) and serialises each RTP packet once (:class:`Packets`: all but the
+sequence number, timestamp and SSRC). For each viewer's :class:`Leg` it then only writes
+those three fields, protects the packet with the viewer's SRTP session and hands it to the
+viewer's ICE pair's socket: no task, no queue, no await. A viewer that joins starts at the
+live edge by construction (there is nothing queued), on a key frame.
 
 aiortc keeps everything else: negotiation, DTLS, RTCP (sender reports, from the counters each
 leg updates as aiortc's own sending would; NACK retransmissions, from the history each leg
@@ -28,6 +29,7 @@ import asyncio
 import fractions
 import logging
 import random
+import struct
 import types
 from typing import Any
 
@@ -60,6 +62,7 @@ _SENDER = "_RTCRtpSender__"
 _COUNTERS = ("ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count")
 _HISTORY = "rtp_history"
 _PACK_TIME_BASE = fractions.Fraction(1, 90_000)
+_HEADER = struct.Struct("!BBHII")  # RTP's fixed header: flags, marker and type, numbering
 
 _supported: bool | None = None
 
@@ -86,9 +89,10 @@ class Leg:
         self._start = start
         self._encoder = encoder
         self._sender: RTCRtpSender | None = None
-        self._payload_type = 0
-        self._mid: str | None = None
-        self._extensions = HeaderExtensionsMap()
+        self.payload_type = 0
+        self.mid: str | None = None
+        self.extensions = HeaderExtensionsMap()
+        self.shape: tuple[Any, ...] = ()  # what its packets' shared bytes depend on
         self._sequence = random.randint(0, 0xFFFF)
         self._origin = random.randint(0, 0xFFFFFFFF)
         self._live_at: float | None = None
@@ -103,9 +107,11 @@ class Leg:
 
         async def send_and_learn(parameters: RTCRtpSendParameters) -> None:
             self.codec = parameters.codecs[0]
-            self._payload_type = self.codec.payloadType
-            self._mid = parameters.muxId
-            self._extensions.configure(parameters)
+            self.payload_type = self.codec.payloadType
+            self.mid = parameters.muxId
+            self.extensions.configure(parameters)
+            ids = tuple((x.id, x.uri) for x in parameters.headerExtensions)
+            self.shape = (self.payload_type, self.mid, ids)
             await send(parameters)
             # aiortc calls this once DTLS is up: sending starts now, on a key frame asked
             # for now (none was made at the join, when nobody could have received it).
@@ -130,7 +136,7 @@ class Leg:
             return None
         return dtls._tx_srtp, pair
 
-    def video(self, item: EncodedFrame, payloads: list[bytes], ntp: int) -> None:
+    def video(self, item: EncodedFrame, packets: Packets) -> None:
         way = self._socket()
         if way is None or (self._need_keyframe and not item.keyframe):
             return
@@ -138,9 +144,9 @@ class Leg:
         if n is None:
             return
         self._need_keyframe = False
-        self._send(way, payloads, self._origin + n * VIDEO_TICKS_PER_FRAME, ntp)
+        self._send(way, packets, self._origin + n * VIDEO_TICKS_PER_FRAME)
 
-    def audio(self, item: EncodedFrame, ntp: int) -> None:
+    def audio(self, item: EncodedFrame, pieces: list[Packets]) -> None:
         way = self._socket()
         if way is None or self._live_at is None:
             return
@@ -149,46 +155,96 @@ class Leg:
         n = self._start.offset(item.index)
         if n is None:
             return
-        for i, data in enumerate(item.audio):
+        for i, piece in enumerate(pieces):
             at = n * SAMPLES_PER_VIDEO_FRAME + item.audio_offset + i * HALF
-            self._send(way, [data], self._origin + at * OPUS_TICKS_PER_SAMPLE, ntp)
+            self._send(way, piece, self._origin + at * OPUS_TICKS_PER_SAMPLE)
 
-    def _send(self, way: tuple[Any, Any], payloads: list[bytes], ticks: int, ntp: int) -> None:
+    def _send(self, way: tuple[Any, Any], packets: Packets, ticks: int) -> None:
+        """The shared packets with this viewer's numbering, protected and sent."""
         srtp, pair = way
         sender = self._sender
-        history: dict[int, RtpPacket] = getattr(sender, _SENDER + _HISTORY)
+        ssrc: int = sender._ssrc  # type: ignore[union-attr]
+        history: dict[int, Any] = getattr(sender, _SENDER + _HISTORY)
+        send = _sending(pair)
         timestamp = ticks & 0xFFFFFFFF
-        last = len(payloads) - 1
-        octets = 0
-        for i, payload in enumerate(payloads):
-            packet = RtpPacket(self._payload_type, 1 if i == last else 0, self._sequence, timestamp)
-            packet.ssrc = sender._ssrc  # type: ignore[union-attr]
-            packet.payload = payload
-            packet.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
-            packet.extensions.mid = self._mid
-            history[self._sequence % RTP_HISTORY_SIZE] = packet
-            _deliver(pair, srtp.protect(packet.serialize(self._extensions)))
-            self._sequence = (self._sequence + 1) & 0xFFFF
-            octets += len(payload)
+        for first, second, tail in packets.for_leg(self):
+            sequence = self._sequence
+            data = _HEADER.pack(first, second, sequence, timestamp, ssrc) + tail
+            history[sequence % RTP_HISTORY_SIZE] = Kept(sequence, data, self.extensions)
+            send(srtp.protect(data))
+            self._sequence = (sequence + 1) & 0xFFFF
         # What aiortc's own sending keeps for its RTCP sender reports.
         name = _SENDER + "octet_count"
-        setattr(sender, name, getattr(sender, name) + octets)
+        setattr(sender, name, getattr(sender, name) + packets.octets)
         name = _SENDER + "packet_count"
-        setattr(sender, name, getattr(sender, name) + len(payloads))
-        setattr(sender, _SENDER + "ntp_timestamp", ntp)
+        setattr(sender, name, getattr(sender, name) + len(packets.payloads))
+        setattr(sender, _SENDER + "ntp_timestamp", packets.ntp)
         setattr(sender, _SENDER + "rtp_timestamp", timestamp)
 
 
-def _deliver(pair: Any, data: bytes) -> None:
-    """Hand a protected packet to the ICE pair's socket (a TURN relay's protocol awaits)."""
+class Packets:
+    """One picture's (or one audio packet's) RTP for every leg: each packet's first two bytes
+    and everything after its SSRC are serialised once per header shape (payload type, MID,
+    extension ids), so that a leg only adds its sequence number, timestamp and SSRC."""
+
+    def __init__(self, payloads: list[bytes], ntp: int) -> None:
+        self.payloads = payloads
+        self.ntp = ntp
+        self.octets = sum(len(p) for p in payloads)
+        self._made: dict[tuple[Any, ...], list[tuple[int, int, bytes]]] = {}
+
+    def for_leg(self, leg: Leg) -> list[tuple[int, int, bytes]]:
+        made = self._made.get(leg.shape)
+        if made is None:
+            made = []
+            last = len(self.payloads) - 1
+            for i, payload in enumerate(self.payloads):
+                packet = RtpPacket(leg.payload_type, 1 if i == last else 0, 0, 0)
+                packet.payload = payload
+                packet.extensions.abs_send_time = (self.ntp >> 14) & 0x00FFFFFF
+                packet.extensions.mid = leg.mid
+                data = packet.serialize(leg.extensions)
+                made.append((data[0], data[1], data[_HEADER.size :]))
+            self._made[leg.shape] = made
+        return made
+
+
+class Kept:
+    """A sent packet in aiortc's NACK history: its bytes, parsed only if it is asked for."""
+
+    __slots__ = ("_data", "_extensions", "sequence_number")
+
+    def __init__(self, sequence: int, data: bytes, extensions: HeaderExtensionsMap) -> None:
+        self.sequence_number = sequence
+        self._data = data
+        self._extensions = extensions
+
+    def serialize(self, _: HeaderExtensionsMap | None = None) -> bytes:
+        return self._data
+
+    def __getattr__(self, name: str) -> Any:  # wrap_rtx's fields: marker, payload, ...
+        return getattr(RtpPacket.parse(self._data, self._extensions), name)
+
+
+def _sending(pair: Any) -> Any:
+    """How to hand protected packets to the ICE pair's socket (a TURN relay's awaits)."""
     protocol = pair.protocol
     if type(protocol).send_data is StunProtocol.send_data:
-        if protocol.transport is not None:
-            protocol.transport.sendto(data, pair.remote_addr)
-    else:
-        task = asyncio.ensure_future(protocol.send_data(data, pair.remote_addr))
-        _relayed.add(task)
-        task.add_done_callback(_relayed.discard)
+        transport, address = protocol.transport, pair.remote_addr
+
+        def direct(data: bytes) -> None:
+            if transport is not None:
+                transport.sendto(data, address)
+
+        return direct
+    return lambda data: _deliver(pair, data)
+
+
+def _deliver(pair: Any, data: bytes) -> None:
+    """Send through a TURN relay, whose protocol awaits."""
+    task = asyncio.ensure_future(pair.protocol.send_data(data, pair.remote_addr))
+    _relayed.add(task)
+    task.add_done_callback(_relayed.discard)
 
 
 _relayed: set[asyncio.Future[None]] = set()  # sends through a TURN relay, until done
@@ -239,12 +295,13 @@ class Fanout(Subscription[EncodedFrame]):
         ntp = ntp_clock.current_ntp_time()
         if video and frame.video is not None:
             legs = [x for x in self.legs if x.kind == "video"]
-            payloads = self._pack(legs, frame)
+            packets = Packets(self._pack(legs, frame), ntp)
             for leg in legs:
-                self._guarded(leg, leg.video, frame, payloads, ntp)
+                self._guarded(leg, leg.video, frame, packets)
         if audio and frame.audio:
+            pieces = [Packets([data], ntp) for data in frame.audio]
             for leg in [x for x in self.legs if x.kind == "audio"]:
-                self._guarded(leg, leg.audio, frame, ntp)
+                self._guarded(leg, leg.audio, frame, pieces)
 
     def _pack(self, legs: list[Leg], frame: EncodedFrame) -> list[bytes]:
         """The picture's RTP payloads, made once for every leg (from the negotiated codec)."""
