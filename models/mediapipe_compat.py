@@ -11,7 +11,8 @@ A solution builds its graph on its first ``process`` call, and its C++ side then
 that no setting turns off (absl logs to the process's standard error before it is initialised:
 "Feedback manager requires a model with a single signature...", two per graph). ``avatar
 create`` builds a dozen graphs, and these lines buried its progress bar. :func:`started` runs
-that first call on a blank picture with the standard error's descriptor pointed at /dev/null.
+that first call on a blank picture with the standard error's descriptor pointed at /dev/null
+(and, once per process, a face: the first face found writes one more warning).
 """
 
 from __future__ import annotations
@@ -65,7 +66,23 @@ def native_stderr_quiet() -> Iterator[None]:
 
 def started(solution: Solution) -> Solution:
     """``solution`` (a MediaPipe solution) with its graph built quietly: one ``process`` of a
-    small blank picture, where no face or person is found, so no tracking state is kept."""
+    small blank picture, where no face or person is found, so no tracking state is kept.
+
+    The first face a process finds makes one more warning ("Using NORM_RECT without
+    IMAGE_DIMENSIONS...", once per process), so the first solution started on the main
+    thread also sees the default face, then the blank picture again to drop what it tracked."""
+    global _face_seen
+    blank = np.zeros((64, 64, 3), np.uint8)
+    quiet = threading.current_thread() is threading.main_thread()
     with native_stderr_quiet():
-        solution.process(np.zeros((64, 64, 3), np.uint8))  # type: ignore[attr-defined]
+        solution.process(blank)  # type: ignore[attr-defined]
+        if quiet and not _face_seen:
+            from skimage import data
+
+            solution.process(np.ascontiguousarray(data.astronaut()))  # type: ignore[attr-defined]
+            solution.process(blank)  # type: ignore[attr-defined]
+            _face_seen = True
     return solution
+
+
+_face_seen = False  # whether this process has quietly shown MediaPipe a face
