@@ -317,6 +317,12 @@ def error_code(response: httpx.Response, status: int) -> str:
     return str(error["code"])
 
 
+async def state_of(client: httpx.AsyncClient, outputs: str, oid: str) -> str:
+    """One output's state, as GET .../outputs lists it."""
+    listed = (await client.get(outputs)).json()["outputs"]
+    return str(next(o for o in listed if o["id"] == oid)["state"])
+
+
 async def test_outputs_api(api: tuple[httpx.AsyncClient, FastAPI], tmp_path: Path) -> None:
     """POST validates then starts (201), GET lists with state and last_error, /metrics counts
     them by type and state, the session's limit answers 429, DELETE stops one."""
@@ -352,6 +358,10 @@ async def test_outputs_api(api: tuple[httpx.AsyncClient, FastAPI], tmp_path: Pat
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
     assert 'avatarcast_outputs{state="' in text and 'type="record"' in text
+    # A recording stopped before its first frame leaves no file: this one has begun.
+    while await state_of(client, outputs, made["id"]) != "live":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
     assert (await client.delete(f"{outputs}/{made['id']}")).status_code == 204
     left = (await client.get(outputs)).json()["outputs"]
     assert len(left) == MAX_OUTPUTS_PER_SESSION - 1 and made["id"] not in {o["id"] for o in left}
