@@ -69,8 +69,9 @@ def started(solution: Solution) -> Solution:
     small blank picture, where no face or person is found, so no tracking state is kept.
 
     The first face a process finds makes one more warning ("Using NORM_RECT without
-    IMAGE_DIMENSIONS...", once per process), so the first solution started on the main
-    thread also sees the default face, then the blank picture again to drop what it tracked."""
+    IMAGE_DIMENSIONS...", once per process), so solutions started on the main thread also see
+    the default face, until a face mesh has found it, then the blank picture again to drop
+    what they tracked."""
     global _face_seen
     blank = np.zeros((64, 64, 3), np.uint8)
     quiet = threading.current_thread() is threading.main_thread()
@@ -79,9 +80,11 @@ def started(solution: Solution) -> Solution:
         if quiet and not _face_seen:
             from skimage import data
 
-            solution.process(np.ascontiguousarray(data.astronaut()))  # type: ignore[attr-defined]
+            face = np.ascontiguousarray(data.astronaut())
+            found = solution.process(face)  # type: ignore[attr-defined]
             solution.process(blank)  # type: ignore[attr-defined]
-            _face_seen = True
+            # Only a face mesh that found the face has written it (not a person's matte).
+            _face_seen = bool(getattr(found, "multi_face_landmarks", None))
     return solution
 
 
