@@ -187,6 +187,10 @@ async def test_whep_http_contract(live: tuple[str, FakeSession, PeerRegistry]) -
         assert res.status_code == 415
         res = await http.post(url, content="v=0\r\nnonsense", headers={**sdp, **token})
         assert res.status_code == 400 and res.json()["error"]["code"] == "bad_sdp"
+        # Parsed, but no video codec aiortc can answer (found by hypothesis: it was a 500).
+        odd = offer.replace("VP8/90000", "VP8/48000").replace("H264/90000", "H264/48000")
+        res = await http.post(url, content=odd, headers={**sdp, **token})
+        assert res.status_code == 400 and res.json()["error"]["code"] == "bad_sdp", res.text
         res = await http.post("/v1/sessions/nope/whep", content=offer, headers={**sdp, **token})
         assert res.status_code == 404
 
