@@ -27,7 +27,7 @@ from streamer.outputs.factory import attach_output
 from streamer.outputs.spec import parse_spec
 from streamer.pipeline.codecs import VIDEO_BITRATE, VideoEncoder
 from streamer.pipeline.provenance import Provenance, draw_label
-from streamer.pipeline.watermark import Marker, Payload
+from streamer.pipeline.watermark import LAYOUT, MIN_CONFIDENCE, Marker, Payload, decide
 from streamer.render import render_samples
 from streamer.session import Session
 from streamer.verify import verify
@@ -110,6 +110,25 @@ def test_payload_bits_round_trip_and_crc() -> None:
         damaged[flip] = not damaged[flip]
         assert Payload.from_bits(damaged) is None
     assert abs(payload.hour_utc(now=1_790_000_000) - 1_790_000_000) < 3600
+
+
+def test_a_bit_read_wrong_but_weakly_is_corrected() -> None:
+    """A window whose CRC fails because of a bit or two read with the wrong sign, weakly, still
+    gives its payload; one read wrong with strength does not, and neither does weak video."""
+    payload = Payload.make("default", "a1b2c3d4", when=1_790_000_000)
+    signs = payload.bits()
+    scale, frames = 1.0, 50
+    unit = scale * np.sqrt(LAYOUT.per_bit)  # a bit's sum of strength 1
+    strong = signs * 3.0 * unit
+    assert decide(strong, scale, frames).payload == payload
+    weak = strong.copy()
+    weak[[5, 40]] *= -0.1  # two bits wrong, weakly: the flips find them
+    assert decide(weak, scale, frames).payload == payload
+    wrong = strong.copy()
+    wrong[5] *= -1.0  # wrong with full strength: not among the weakest, no payload
+    assert decide(wrong, scale, frames).payload is None
+    faint = weak * (0.9 * MIN_CONFIDENCE / 3.0)  # under the confidence gate: never decoded
+    assert decide(faint, scale, frames).payload is None
 
 
 def test_mark_is_invisible(default: tuple[Avatar, Backend]) -> None:

@@ -15,13 +15,15 @@ and B so colour is untouched. The picture no
 longer masks the mark, so a static avatar does not hide it however long the video. Low
 spatial frequencies and a pattern that changes only where the picture does make it cheap
 for VP8/H.264 to keep. Reading accumulates the per-bit sums over many frames (a 2 s window),
-so coding noise averages out; a window is marked only if its CRC holds *and* its
-normalised correlation is far above what unmarked video gives.
+so coding noise averages out; a window is marked only if its normalised correlation is far
+above what unmarked video gives *and* its CRC holds, as read or with up to three of its
+least reliable bits flipped (:func:`_corrected`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -41,6 +43,7 @@ EPOCH = 1735689600  # 2025-01-01T00:00:00Z: hours count from here
 # A window is marked when its CRC holds and the mean normalised correlation is at least this;
 # unmarked video gives about 0.8 (the mean of |N(0, 1)|), marked video several times more.
 MIN_CONFIDENCE = 1.5
+WEAKEST = 3  # the least reliable bits a failed CRC may flip (see _corrected)
 
 
 def _hash16(text: str) -> int:
@@ -265,8 +268,27 @@ def decide(sums: np.ndarray, scale: float, frames: int) -> Reading:
     # Each bit's sum against what an unmarked picture of this texture would give.
     z = np.abs(sums) / (scale * np.sqrt(LAYOUT.per_bit))
     confidence = float(np.mean(z))
-    payload = Payload.from_bits(bits) if confidence >= MIN_CONFIDENCE else None
+    payload = None
+    if confidence >= MIN_CONFIDENCE:
+        payload, bits = _corrected(bits, z)
     return Reading(frames, payload, confidence, bits)
+
+
+def _corrected(bits: np.ndarray, z: np.ndarray) -> tuple[Payload | None, np.ndarray]:
+    """The payload of ``bits``, or else of ``bits`` with some of its :data:`WEAKEST` least
+    reliable bits flipped, fewest flips first (a soft decision: a bit read wrong is almost
+    always one read weakly). Each try passes a wrong word with odds 2^-16, so the 7 tries
+    add about 1e-4 to a damaged window's odds of a wrong payload. Unmarked video never gets
+    here: its confidence stays far under :data:`MIN_CONFIDENCE`."""
+    weakest = np.argsort(z)[:WEAKEST]
+    tries = [()] + [c for n in range(1, WEAKEST + 1) for c in itertools.combinations(weakest, n)]
+    for flips in tries:
+        trial = bits.copy()
+        trial[list(flips)] ^= True
+        payload = Payload.from_bits(trial)
+        if payload is not None:
+            return payload, trial
+    return None, bits
 
 
 class Reader:
