@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from streamer.outputs import srt_link
 from streamer.outputs.base import OutputRejected
 from streamer.outputs.muxed import MuxedOutput
 from streamer.outputs.spec import parse_spec, specs_from_urls
@@ -188,3 +189,23 @@ def test_without_the_tool_an_srt_output_is_refused_with_how_to_install(
     with pytest.raises(OutputRejected) as caught:
         parse_spec("srt", recordings=tmp_path, url="srt://h:9000")
     assert caught.value.status == 424 and "apt-get install srt-tools" in caught.value.message
+
+
+def test_a_child_that_takes_no_data_is_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung srt-live-transmit (neither connected nor gone) would block the output's writes
+    on a full pipe for ever, the output stuck ``connecting``; it is ended and the write fails
+    instead, so the output retries."""
+    hung = tmp_path / "hung-tool"
+    hung.write_text("#!/bin/sh\nexec sleep 600\n")
+    hung.chmod(0o755)
+    monkeypatch.setattr(srt_link, "STALL_S", 0.5)
+    link = srt_link.SrtLink(str(hung), parse_srt_url("srt://127.0.0.1:9"), lambda _: None)
+    try:
+        with pytest.raises(ConnectionError, match="no SRT answer"):
+            for _ in range(200):  # 263 KB: more than a pipe holds
+                link.write(bytes(srt_link.CHUNK))
+        assert link._process.poll() is not None  # ended, not left behind
+    finally:
+        link.close()

@@ -11,7 +11,9 @@ argument list, never a shell string.
 
 The TS is handed over in 1316-byte writes (7 TS packets, what one SRT live-mode packet
 carries), each below the pipe's atomic-write size, so every SRT packet holds whole TS
-packets, as hardware and platform receivers expect.
+packets, as hardware and platform receivers expect. A child that takes no data for
+:data:`STALL_S` (hung, neither connected nor gone) is ended, so that its output retries
+instead of waiting on a full pipe for ever.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import subprocess
 import threading
 from collections.abc import Callable
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 7 * 188  # one SRT live packet of MPEG-TS
 EXIT_WAIT_S = 2.0
+STALL_S = 15.0  # no data taken for this long: the child is ended (see the docstring)
 
 
 class SrtLink:
@@ -70,10 +74,17 @@ class SrtLink:
 
     def _send(self, chunk: bytes | bytearray) -> None:
         stdin = self._process.stdin
-        if stdin is None:
+        if stdin is None or stdin.closed:
             raise ConnectionError("the SRT link is closed")
+        fd = stdin.fileno()
+        if not select.select([], [fd], [], STALL_S)[1]:
+            log.warning(
+                "srt-live-transmit %d took no data for %.0f s: ended", self._process.pid, STALL_S
+            )
+            self._process.kill()
+            raise ConnectionError(self.reason())
         try:
-            os.write(stdin.fileno(), chunk)
+            os.write(fd, chunk)  # under the pipe's atomic size: it does not block now
         except OSError:
             raise ConnectionError(self.reason()) from None
 
