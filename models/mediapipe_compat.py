@@ -49,7 +49,7 @@ def native_stderr_quiet() -> Iterator[None]:
     """File descriptor 2 on /dev/null while the block runs, so C++ code cannot write there.
     Only on the main thread (a command's own work); elsewhere nothing changes, so that a
     server's other threads never lose a line to it."""
-    if threading.current_thread() is not threading.main_thread():
+    if not _on_main_thread():
         yield
         return
     sys.stderr.flush()
@@ -74,10 +74,9 @@ def started(solution: Solution) -> Solution:
     what they tracked."""
     global _face_seen
     blank = np.zeros((64, 64, 3), np.uint8)
-    quiet = threading.current_thread() is threading.main_thread()
     with native_stderr_quiet():
         solution.process(blank)  # type: ignore[attr-defined]
-        if quiet and not _face_seen:
+        if not _face_seen and _on_main_thread():
             from skimage import data
 
             face = np.ascontiguousarray(data.astronaut())
@@ -89,3 +88,8 @@ def started(solution: Solution) -> Solution:
 
 
 _face_seen = False  # whether this process has quietly shown MediaPipe a face
+
+
+def _on_main_thread() -> bool:
+    """Where standard error may be silenced (see :func:`native_stderr_quiet`)."""
+    return threading.current_thread() is threading.main_thread()

@@ -55,6 +55,8 @@ class SrtLink:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        assert self._process.stdin is not None
+        os.set_blocking(self._process.stdin.fileno(), False)  # a full pipe is waited on in _send
         self._watcher = threading.Thread(
             target=self._watch, name=f"srt-{self._process.pid}", daemon=True
         )
@@ -77,16 +79,28 @@ class SrtLink:
         if stdin is None or stdin.closed:
             raise ConnectionError("the SRT link is closed")
         fd = stdin.fileno()
-        if not select.select([], [fd], [], STALL_S)[1]:
-            log.warning(
-                "srt-live-transmit %d took no data for %.0f s: ended", self._process.pid, STALL_S
-            )
-            self._process.kill()
-            raise ConnectionError(self.reason())
         try:
-            os.write(fd, chunk)  # under the pipe's atomic size: it does not block now
+            if self._write(fd, chunk):
+                return
         except OSError:
             raise ConnectionError(self.reason()) from None
+        log.warning(
+            "srt-live-transmit %d took no data for %.0f s: ended", self._process.pid, STALL_S
+        )
+        self._process.kill()
+        raise ConnectionError(self.reason())
+
+    @staticmethod
+    def _write(fd: int, chunk: bytes | bytearray) -> bool:
+        """Write ``chunk`` (under the pipe's atomic size: all of it or nothing); a full pipe
+        is waited on for :data:`STALL_S` at most. False: the child took nothing that long."""
+        try:
+            os.write(fd, chunk)
+        except BlockingIOError:
+            if not select.select([], [fd], [], STALL_S)[1]:
+                return False
+            os.write(fd, chunk)
+        return True
 
     def reason(self) -> str:
         """Why the child ended, once it has (what ``last_error`` shows)."""

@@ -30,14 +30,14 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.exceptions import InvalidStateError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription
 
 from streamer.outputs.base import Backoff, HasStatus, OutputStatus, Report
 from streamer.outputs.spec import OutputSpec
 from streamer.outputs.webrtc.compat import add_loopback_candidates, route_keyframe_requests
-from streamer.outputs.webrtc.sdp import PARSE_ERRORS, codec_preferences
+from streamer.outputs.webrtc.sdp import PARSE_ERRORS, UNUSABLE, codec_preferences
 from streamer.outputs.webrtc.tracks import (
     EncodedAudioTrack,
     EncodedStream,
@@ -179,7 +179,7 @@ class WhipOutput(HasStatus):
         self._send(video, audio, answered_codec(answer.sdp))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(answer.sdp, "answer"))
-        except (*PARSE_ERRORS, InvalidAccessError, InvalidStateError, OperationError) as exc:
+        except (*UNUSABLE, InvalidStateError) as exc:
             raise WhipError(
                 f"the WHIP endpoint's SDP answer cannot be used: {exc or type(exc).__name__}",
                 retry=True,

@@ -16,14 +16,13 @@ import time
 from collections.abc import Callable
 
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.exceptions import InvalidAccessError, OperationError
 
 from streamer.outputs.webrtc import fanout
 from streamer.outputs.webrtc.compat import add_loopback_candidates, route_keyframe_requests
 from streamer.outputs.webrtc.peer import Peer, PeerInfo, PeerKind, Viewable
 from streamer.outputs.webrtc.sdp import (
     MEDIA,
-    PARSE_ERRORS,
+    UNUSABLE,
     Offer,
     SdpError,
     codec_preferences,
@@ -111,10 +110,7 @@ class PeerRegistry:
             await peer.pc.setLocalDescription(answer)
         except Exception as exc:
             await self.remove(peer.info.resource_id)
-            # aiortc refuses an offer it parsed but cannot answer (no codec in common with
-            # it, say) with OperationError or InvalidAccessError: the client's offer, a 400.
-            unusable = (*PARSE_ERRORS, OperationError, InvalidAccessError)
-            if isinstance(exc, unusable) and not isinstance(exc, SdpError):
+            if isinstance(exc, UNUSABLE) and not isinstance(exc, SdpError):
                 raise SdpError(f"the offer could not be used: {exc}") from exc
             raise
         peer.own(self._watch_connect(peer), "connect-timeout")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiortc import RTCIceCandidate, RTCRtpSender
+from aiortc.exceptions import InvalidAccessError, OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
@@ -23,6 +24,9 @@ PARSE_ERRORS = (
     AttributeError,
     TypeError,
 )
+# What aiortc raises for SDP it parsed but cannot answer or apply (no codec in common with
+# it, say): the peer's description, not the server, is at fault.
+UNUSABLE = (*PARSE_ERRORS, OperationError, InvalidAccessError)
 MEDIA = frozenset({"audio", "video"})
 # A viewer's offer has two sections (audio, video), a page with a data channel three. Each
 # section costs an ICE transport and a DTLS handshake: more than this is refused, not answered.
