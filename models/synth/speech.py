@@ -34,14 +34,14 @@ from models.synth.phonemes import (
     Phone,
 )
 
-Engine = Literal["espeak", "festival"]
+Engine = Literal["espeak", "festival", "recorded"]
 Split = Literal["train", "heldout"]
 PEAK = 0.9
 
 
 @dataclass(frozen=True)
 class Voice:
-    """A synthetic speaker.
+    """A synthetic speaker, or (engine ``"recorded"``) the person in a recording.
 
     espeak: ``name`` is a voice with an optional variant (``"en-us+f3"``), ``rate`` words
     per minute (80..450), ``pitch`` espeak's 0..100 base pitch. festival: ``name`` is the
@@ -55,7 +55,7 @@ class Voice:
     pitch: float
 
     def __post_init__(self) -> None:
-        if self.engine not in ("espeak", "festival"):
+        if self.engine not in ("espeak", "festival", "recorded"):
             raise ValueError(f"unknown engine {self.engine!r}")
         if self.rate <= 0 or self.pitch < 0:
             raise ValueError("rate must be > 0 and pitch >= 0")
@@ -160,6 +160,8 @@ def synthesize(text: str, voice: Voice) -> Speech:
     """Speak ``text`` with ``voice``: 16 kHz audio and ARPAbet phones tiling it."""
     if not text.strip():
         raise ValueError("text is empty")
+    if voice.engine == "recorded":
+        raise ValueError("a recorded voice cannot synthesize")
     if voice.engine == "espeak":
         samples, rate, phones = _espeak(text, voice)
     else:

@@ -17,6 +17,9 @@ aperture of both:
   the pixels the generator replaces (feather mask > 0.05); only for the default avatar, whose
   face is the teacher's.
 
+Then (``recorded``, unless ``--no-recorded``) the same lip-sync figures on recorded human speech
+(:mod:`models.recorded`): real voices through real microphones, which no training voice is.
+
 The teacher's figures are the ceiling of the measure itself. Both sides are rendered without
 idle motion (still head, open eyes): motion is the compositor's business, not lip sync's.
 """
@@ -43,6 +46,7 @@ from models.lipsync import (
     summarise,
 )
 from models.quality import detail_energy, mouth_crop, region_quality
+from models.recorded import recorded_speech
 from streamer.config import Settings
 from streamer.engine.factory import make_backend
 from streamer.render import generate_frames
@@ -138,10 +142,13 @@ def run_eval(
     progress: Progress = stderr_progress,
     avatar: Any = None,
     model_path: Any = None,
+    recorded: bool = False,
 ) -> dict[str, Any]:
     """Evaluate an avatar (by name, or a loaded ``avatar``); the INTERFACE.md object, plus
     ``image.sharpness`` (figures that cannot be measured are null). ``model_path`` replaces
-    the avatar's ONNX model (the INT8 gate measures its candidate this way)."""
+    the avatar's ONNX model (the INT8 gate measures its candidate this way). With
+    ``recorded``, a ``recorded`` object gives the lip-sync figures on recorded human speech
+    (:mod:`models.recorded`), judged with the same closed-lip threshold."""
     from models.avatar import load_avatar
     from models.synth.clip import avatar_teacher
 
@@ -159,11 +166,18 @@ def run_eval(
             f"case {i + 1}/{len(speeches)}: {speech.voice.name}, {speech.duration:.1f} s "
             f"({time.perf_counter() - started:.0f} s)"
         )
+    real = []
+    for i, speech in enumerate(recorded_speech() if recorded else []):
+        real.append(measure_case(speech, avatar, backend, False, EVAL_SEED + 1000 + i, face))
+        progress(
+            f"recorded {i + 1}: {speech.voice.name}, {speech.duration:.1f} s "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
     teacher_ap = np.concatenate([r.teacher.aperture for r in results])
     teacher_open = np.concatenate([r.teacher_open for r in results])
     threshold = closed_threshold(teacher_ap, teacher_open)
     psnr = [r.psnr_db for r in results if r.psnr_db is not None]
-    real = real_detail(avatar)
+    real_energy = real_detail(avatar)
     ssim = [r.ssim for r in results if r.ssim is not None]
     out = {
         "avatar": avatar.name,
@@ -172,12 +186,18 @@ def run_eval(
         "image": {
             "psnr_db": rounded(float(np.mean(psnr)), 2) if psnr else None,
             "ssim": rounded(float(np.mean(ssim)), 4) if ssim else None,
-            "sharpness": rounded(float(np.mean([r.detail for r in results])) / real, 3)
-            if real > 0
+            "sharpness": rounded(float(np.mean([r.detail for r in results])) / real_energy, 3)
+            if real_energy > 0
             else None,
         },
         "teacher": summarise([r.teacher for r in results], threshold),
     }
+    if real:
+        out["recorded"] = {
+            "cases": len(real),
+            "lipsync": summarise([r.generated for r in real], threshold),
+            "teacher": summarise([r.teacher for r in real], threshold),
+        }
     progress(f"done in {time.perf_counter() - started:.0f} s (closed below {threshold:.4f})")
     return out
 
@@ -193,6 +213,11 @@ def format_text(result: dict[str, Any]) -> str:
     rows.append(f"{'psnr_db':18}{_fmt(im['psnr_db']):>10}")
     rows.append(f"{'ssim':18}{_fmt(im['ssim']):>10}")
     rows.append(f"{'sharpness':18}{_fmt(im.get('sharpness')):>10}")
+    if "recorded" in result:
+        rec = result["recorded"]
+        rows.append(f"recorded human speech: {rec['cases']} cases")
+        for key in ("r", "lag_ms", "bilabial_closed", "stillness"):
+            rows.append(f"{key:18}{_fmt(rec['lipsync'][key]):>10}{_fmt(rec['teacher'][key]):>10}")
     return "\n".join(rows)
 
 
@@ -205,12 +230,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--avatar", default="default")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--no-recorded",
+        action="store_true",
+        help="skip the recorded human speech (the synthetic held-out voices only)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result = run_eval(args.avatar, args.backend)
+    result = run_eval(args.avatar, args.backend, recorded=not args.no_recorded)
     print(json.dumps(result) if args.json else format_text(result))
     return 0
 
