@@ -297,3 +297,21 @@ def test_tensorrt_build_and_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     path.write_bytes(b"\0" * 64)
     with pytest.raises(BackendError, match=r"rebuild|build it"):
         TensorRTBackend(path)
+
+
+def test_the_int8_gate_judges_stillness_against_its_target_not_relatively() -> None:
+    from streamer.measure.int8_gate import MAX_LOSS, compare
+
+    def figures(r: float, stillness: float) -> dict[str, dict[str, float]]:
+        return {
+            "lipsync": {"r": r, "lag_ms": 0.0, "bilabial_closed": 0.94, "stillness": stillness},
+            "image": {"psnr_db": 30.0, "ssim": 0.92},
+        }
+
+    # 0.031 -> 0.037 is inside the measure's jitter: no loss worth refusing.
+    assert max(compare(figures(0.9, 0.031), figures(0.9, 0.037)).values()) <= MAX_LOSS
+    # A mouth that starts moving in silence is refused, as is a lower r.
+    assert compare(figures(0.9, 0.03), figures(0.9, 0.10))["stillness"] > MAX_LOSS
+    assert compare(figures(0.9, 0.03), figures(0.8, 0.03))["r"] > MAX_LOSS
+    # Better is never a loss.
+    assert compare(figures(0.9, 0.10), figures(0.92, 0.03))["stillness"] < 0

@@ -20,13 +20,16 @@ import numpy as np
 
 from models.avatar import load_avatar
 from models.quantize import INT8_FILE, quantize
+from models.selfcheck import MAX_STILLNESS
 from streamer.config import Settings
 from streamer.engine.onnx import OnnxBackend
 from streamer.measure.eval import run_eval
 
 MAX_LOSS = 0.05  # every eval figure within 5% of FP32
-# Figures where lower is better; a change in the good direction never fails the gate.
-LOWER_IS_BETTER = {"stillness"}
+# Stillness is near 0 on a good model (0.03 on the default), where a relative change means
+# nothing: 0.031 -> 0.037 is "19 % worse" and inside the measure's own jitter (about +-0.02
+# between runs). It is compared against the scale of its target instead.
+STILLNESS_SCALE = MAX_STILLNESS
 
 
 def generator_ms(model_path: Path | str, threads: int = 2, batch: int = 1, runs: int = 30) -> float:
@@ -61,8 +64,10 @@ def compare(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, float]:
             value = int8[group].get(key)
             if base is None or value is None or key == "lag_ms":
                 continue
-            change = (value - base) / abs(base) if base else 0.0
-            losses[key] = change if key in LOWER_IS_BETTER else -change
+            if key == "stillness":  # lower is better
+                losses[key] = (value - base) / STILLNESS_SCALE
+                continue
+            losses[key] = -(value - base) / abs(base) if base else 0.0
     # Lag is in ms around 0: compare it against one frame (40 ms) rather than relatively.
     lag32, lag8 = fp32["lipsync"].get("lag_ms"), int8["lipsync"].get("lag_ms")
     if lag32 is not None and lag8 is not None:
