@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.audio import SAMPLE_RATE
 from models.heldout import LEAD_SILENCE_S, TAIL_SILENCE_S, pad_silence
 from models.synth.phonemes import Phone
 from models.synth.speech import PEAK, Speech, Voice
@@ -58,7 +59,7 @@ def load_case(case: RecordedCase) -> Speech:
     if peak > 0:
         samples = samples * np.float32(PEAK / peak)
     # The aligner's last phone ends where the file ends; decoding may differ by a few samples.
-    duration = len(samples) / 16_000
+    duration = len(samples) / SAMPLE_RATE
     last = case.phones[-1]
     phones = (*case.phones[:-1], Phone(last.symbol, min(last.start, duration), duration))
     speech = Speech(

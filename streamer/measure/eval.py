@@ -166,9 +166,9 @@ def run_eval(
             f"case {i + 1}/{len(speeches)}: {speech.voice.name}, {speech.duration:.1f} s "
             f"({time.perf_counter() - started:.0f} s)"
         )
-    real = []
+    heard = []  # the recorded cases
     for i, speech in enumerate(recorded_speech() if recorded else []):
-        real.append(measure_case(speech, avatar, backend, False, EVAL_SEED + 1000 + i, face))
+        heard.append(measure_case(speech, avatar, backend, False, EVAL_SEED + 1000 + i, face))
         progress(
             f"recorded {i + 1}: {speech.voice.name}, {speech.duration:.1f} s "
             f"({time.perf_counter() - started:.0f} s)"
@@ -177,7 +177,7 @@ def run_eval(
     teacher_open = np.concatenate([r.teacher_open for r in results])
     threshold = closed_threshold(teacher_ap, teacher_open)
     psnr = [r.psnr_db for r in results if r.psnr_db is not None]
-    real_energy = real_detail(avatar)
+    real = real_detail(avatar)
     ssim = [r.ssim for r in results if r.ssim is not None]
     out = {
         "avatar": avatar.name,
@@ -186,17 +186,17 @@ def run_eval(
         "image": {
             "psnr_db": rounded(float(np.mean(psnr)), 2) if psnr else None,
             "ssim": rounded(float(np.mean(ssim)), 4) if ssim else None,
-            "sharpness": rounded(float(np.mean([r.detail for r in results])) / real_energy, 3)
-            if real_energy > 0
+            "sharpness": rounded(float(np.mean([r.detail for r in results])) / real, 3)
+            if real > 0
             else None,
         },
         "teacher": summarise([r.teacher for r in results], threshold),
     }
-    if real:
+    if heard:
         out["recorded"] = {
-            "cases": len(real),
-            "lipsync": summarise([r.generated for r in real], threshold),
-            "teacher": summarise([r.teacher for r in real], threshold),
+            "cases": len(heard),
+            "lipsync": summarise([r.generated for r in heard], threshold),
+            "teacher": summarise([r.teacher for r in heard], threshold),
         }
     progress(f"done in {time.perf_counter() - started:.0f} s (closed below {threshold:.4f})")
     return out
