@@ -19,7 +19,7 @@ import numpy as np
 from models.audio import SAMPLE_RATE
 from models.heldout import LEAD_SILENCE_S, TAIL_SILENCE_S, pad_silence
 from models.synth.phonemes import Phone
-from models.synth.speech import PEAK, Speech, Voice
+from models.synth.speech import Speech, Voice, at_peak
 
 SPEECH_DIR = Path(__file__).with_name("speech")
 
@@ -54,16 +54,13 @@ def load_case(case: RecordedCase) -> Speech:
     silences around it as the synthetic held-out cases."""
     from models.media import decode_audio
 
-    samples = np.concatenate(list(decode_audio(case.path)))
-    peak = float(np.max(np.abs(samples))) if len(samples) else 0.0
-    if peak > 0:
-        samples = samples * np.float32(PEAK / peak)
+    samples = at_peak(np.concatenate(list(decode_audio(case.path))))
     # The aligner's last phone ends where the file ends; decoding may differ by a few samples.
     duration = len(samples) / SAMPLE_RATE
     last = case.phones[-1]
     phones = (*case.phones[:-1], Phone(last.symbol, min(last.start, duration), duration))
     speech = Speech(
-        np.ascontiguousarray(samples, np.float32),
+        samples,
         phones,
         case.text,
         Voice("recorded", case.speaker, 1.0, 1.0),
@@ -71,7 +68,6 @@ def load_case(case: RecordedCase) -> Speech:
     return pad_silence(speech, LEAD_SILENCE_S, TAIL_SILENCE_S)
 
 
-def recorded_speech(limit: int | None = None) -> list[Speech]:
-    """The recorded cases as speech, padded; the first ``limit`` if given."""
-    cases = recorded_cases()
-    return [load_case(c) for c in cases[: limit if limit is not None else len(cases)]]
+def recorded_speech() -> list[Speech]:
+    """Every recorded case as speech, padded."""
+    return [load_case(c) for c in recorded_cases()]

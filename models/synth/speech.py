@@ -175,10 +175,15 @@ def _to_16k(samples: np.ndarray, rate: int) -> np.ndarray:
     if rate != SAMPLE_RATE:
         g = gcd(rate, SAMPLE_RATE)
         x = resample_poly(x, SAMPLE_RATE // g, rate // g).astype(np.float32)
+    return at_peak(x)
+
+
+def at_peak(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` scaled to peak at PEAK: one level for every engine and for recordings
+    (gain is augmentation's job)."""
+    x = np.asarray(x, dtype=np.float32)
     peak = float(np.max(np.abs(x))) if len(x) else 0.0
-    if peak > 0:
-        x *= PEAK / peak  # one level for every engine; gain is augmentation's job
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x * np.float32(PEAK / peak) if peak > 0 else x)
 
 
 def espeak_phones(name: str) -> tuple[str, ...]:

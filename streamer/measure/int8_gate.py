@@ -28,8 +28,7 @@ from streamer.measure.eval import run_eval
 MAX_LOSS = 0.05  # every eval figure within 5% of FP32
 # Stillness is near 0 on a good model (0.03 on the default), where a relative change means
 # nothing: 0.031 -> 0.037 is "19 % worse" and inside the measure's own jitter (about +-0.02
-# between runs). It is compared against the scale of its target instead.
-STILLNESS_SCALE = MAX_STILLNESS
+# between runs). It is compared against the scale of its target (MAX_STILLNESS) instead.
 
 
 def generator_ms(model_path: Path | str, threads: int = 2, batch: int = 1, runs: int = 30) -> float:
@@ -65,7 +64,7 @@ def compare(fp32: dict[str, Any], int8: dict[str, Any]) -> dict[str, float]:
             if base is None or value is None or key == "lag_ms":
                 continue
             if key == "stillness":  # lower is better
-                losses[key] = (value - base) / STILLNESS_SCALE
+                losses[key] = (value - base) / MAX_STILLNESS
                 continue
             losses[key] = -(value - base) / abs(base) if base else 0.0
     # Lag is in ms around 0: compare it against one frame (40 ms) rather than relatively.
