@@ -46,7 +46,8 @@ def _soften(x: np.ndarray, scale: float) -> np.ndarray:
 
 def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else x
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
+    return x if decoded is None else np.asarray(decoded, np.uint8)
 
 
 class Camera:

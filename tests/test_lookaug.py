@@ -34,6 +34,7 @@ def test_no_share_leaves_the_crops_and_never_writes_the_inputs() -> None:
     assert np.array_equal(target, t0) and np.array_equal(reference, r0)
     assert out_t.dtype == np.uint8 and out_t.shape == target.shape
     assert all(not np.array_equal(a, b) for a, b in zip(out_t, t0, strict=True))
+    assert all(not np.array_equal(a, b) for a, b in zip(out_r, r0, strict=True))
 
 
 def test_target_and_reference_share_one_camera() -> None:
