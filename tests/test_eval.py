@@ -228,3 +228,12 @@ def test_pad_silence_extends_edge_pauses() -> None:
     assert padded.phones[0].start == 0 and padded.phones[0].end == pytest.approx(0.5)
     assert padded.phones[-1].start == pytest.approx(1.4) and padded.phones[-1].end == 2.0
     assert all(a.end == pytest.approx(b.start) for a, b in itertools.pairwise(padded.phones))
+
+
+@pytest.mark.parametrize("cases", ["0", "97", "many", "-3"])
+def test_a_bad_case_count_is_a_usage_error(cases: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        measure_eval.build_parser().parse_args(["--cases", cases])
+    assert exit_info.value.code == 2
+    assert "--cases" in capsys.readouterr().err
+    assert measure_eval.build_parser().parse_args(["--cases", "48"]).cases == 48
