@@ -15,6 +15,7 @@ from aiortc.rtcrtpsender import RTP_HISTORY_SIZE
 from aiortc.rtp import RtpPacket, wrap_rtx
 
 from streamer.outputs.webrtc import PeerRegistry, fanout
+from streamer.pipeline.codecs import EncodedFrame
 from tests.webrtc_fakes import FakeSession, play, served_fake, whep_offer
 
 
@@ -120,3 +121,25 @@ async def test_a_lost_packet_can_be_sent_again(
     await sender._retransmit(kept.sequence_number)  # protected and sent again
     got, _ = await task
     assert len(got.video) > 30
+
+
+async def test_a_viewer_whose_first_key_frame_is_lost_still_starts(
+    live: tuple[str, FakeSession, PeerRegistry], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder makes key frames only when asked. One that reaches a viewer's leg but not
+    the viewer (sent as its connection came up, or older than the start its audio fixed)
+    must not leave it without a picture: the leg asks again."""
+    base, session, _ = live
+    send = fanout.Leg.video
+    lost: list[int] = []
+
+    def losing_the_first(leg: fanout.Leg, item: EncodedFrame, packets: fanout.Packets) -> None:
+        if item.keyframe and not lost and leg._socket() is not None:
+            lost.append(item.index)
+            return
+        send(leg, item, packets)
+
+    monkeypatch.setattr(fanout.Leg, "video", losing_the_first)
+    got, _ = await play(base, session, 2.5)
+    assert lost
+    assert len(got.video) > 20

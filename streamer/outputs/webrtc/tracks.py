@@ -52,6 +52,8 @@ HALF = SAMPLES_PER_VIDEO_FRAME // 2  # 20 ms
 # How long a viewer's audio waits for its video's first key frame (normally a frame or two,
 # at most the encoder's minimum key frame gap) before it starts alone.
 VIDEO_START_WAIT_S = 1.0
+# How often a viewer still waiting for its first key frame asks the encoder again.
+KEYFRAME_RETRY_S = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,26 @@ class EncodedStream(Protocol):
 
     @property
     def viewers(self) -> int: ...
+
+
+class KeyframeAsk:
+    """A viewer's requests for the key frame its video must start on. The encoder makes key
+    frames only when asked, so one asked for and then lost would leave the viewer without
+    a picture for good: sent before its connection was quite up, or older than the start its
+    audio fixed after ``VIDEO_START_WAIT_S``. ``again`` asks anew every ``KEYFRAME_RETRY_S``
+    while the viewer waits (the encoder's own limit spaces key frames for all viewers)."""
+
+    def __init__(self, encoder: EncodedStream) -> None:
+        self._encoder = encoder
+        self._at = -float("inf")
+
+    def now(self) -> None:
+        self._at = asyncio.get_running_loop().time()
+        self._encoder.request_keyframe()
+
+    def again(self) -> None:
+        if asyncio.get_running_loop().time() - self._at >= KEYFRAME_RETRY_S:
+            self.now()
 
 
 class SharedStart:
@@ -206,6 +228,7 @@ class EncodedVideoTrack(MediaStreamTrack):
         self._subscription = subscription
         self._start = start
         self._encoder = encoder
+        self._keyframe = KeyframeAsk(encoder)
         self._need_keyframe = True
         self._drops: int | None = None
 
@@ -215,17 +238,19 @@ class EncodedVideoTrack(MediaStreamTrack):
             # Sending starts once the connection is up, by which time the key frame made when
             # this viewer subscribed has usually left its short queue: ask for a fresh one.
             self._drops = stats.video_dropped
-            self._encoder.request_keyframe()
+            self._keyframe.now()
         while True:
             item = await _next(self._subscription.next_video, self)
             if stats.video_dropped != self._drops:
                 self._drops = stats.video_dropped
                 self._need_keyframe = True
-                self._encoder.request_keyframe()
-            if item.video is None or (self._need_keyframe and not item.keyframe):
+                self._keyframe.now()
+            if item.video is None:
                 continue
-            n = self._start.offset(item.index)
+            n = self._start.offset(item.index) if item.keyframe or not self._need_keyframe else None
             if n is None:
+                if self._need_keyframe:
+                    self._keyframe.again()
                 continue
             self._need_keyframe = False
             packet = av.Packet(item.video)
