@@ -240,7 +240,6 @@ def train(
     trainer = Trainer(cfg, out, dev)
     if ckpt is not None:
         trainer.load(ckpt)
-    t = cfg.train
-    data = FrameDataset(t.data_dir, gain_db=t.gain_db, colour=t.colour, look=t.look)
+    data = FrameDataset(cfg.train.data_dir, gain_db=cfg.train.gain_db)
     trainer.run(data, progress=progress)
     return path
