@@ -50,7 +50,7 @@ from streamer.outputs.webrtc.tracks import (
     VIDEO_START_WAIT_S,
     VIDEO_TICKS_PER_FRAME,
     EncodedStream,
-    KeyframeAsk,
+    KeyframeStart,
     SharedStart,
 )
 from streamer.pipeline.codecs import EncodedFrame
@@ -97,8 +97,7 @@ class Leg:
         self._sequence = random.randint(0, 0xFFFF)
         self._origin = random.randint(0, 0xFFFFFFFF)
         self._live_at: float | None = None
-        self._need_keyframe = kind == "video"
-        self._keyframe = KeyframeAsk(encoder)
+        self._keyframe = KeyframeStart(encoder, start)
         self.codec: Any = None  # the negotiated codec (what the fan-out packs for)
         self.ended = asyncio.Event()
 
@@ -119,7 +118,7 @@ class Leg:
             # for now (none was made at the join, when nobody could have received it).
             self._live_at = asyncio.get_running_loop().time()
             if self.kind == "video":
-                self._keyframe.now()
+                self._keyframe.ask()
 
         sender.send = send_and_learn  # type: ignore[method-assign]
 
@@ -142,12 +141,9 @@ class Leg:
         way = self._socket()
         if way is None:
             return
-        n = self._start.offset(item.index) if item.keyframe or not self._need_keyframe else None
+        n = self._keyframe.offset(item)
         if n is None:
-            if self._need_keyframe and self._live_at is not None:
-                self._keyframe.again()
             return
-        self._need_keyframe = False
         self._send(way, packets, self._origin + n * VIDEO_TICKS_PER_FRAME)
 
     def audio(self, item: EncodedFrame, pieces: list[Packets]) -> None:

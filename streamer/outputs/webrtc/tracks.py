@@ -80,24 +80,33 @@ class EncodedStream(Protocol):
     def viewers(self) -> int: ...
 
 
-class KeyframeAsk:
-    """A viewer's requests for the key frame its video must start on. The encoder makes key
-    frames only when asked, so one asked for and then lost would leave the viewer without
-    a picture for good: sent before its connection was quite up, or older than the start its
-    audio fixed after ``VIDEO_START_WAIT_S``. ``again`` asks anew every ``KEYFRAME_RETRY_S``
-    while the viewer waits (the encoder's own limit spaces key frames for all viewers)."""
+class KeyframeStart:
+    """Where a viewer's video starts: on a key frame, which the encoder makes only when asked.
+    One asked for and then lost would leave the viewer without a picture for good: sent before
+    its connection was quite up, or older than the start its audio fixed after
+    ``VIDEO_START_WAIT_S``. So while the viewer waits, it asks anew every ``KEYFRAME_RETRY_S``
+    (the encoder's own limit spaces key frames for all viewers)."""
 
-    def __init__(self, encoder: EncodedStream) -> None:
+    def __init__(self, encoder: EncodedStream, start: SharedStart) -> None:
         self._encoder = encoder
-        self._at = -float("inf")
+        self._start = start
+        self._asked_at = -float("inf")
+        self.waiting = True
 
-    def now(self) -> None:
-        self._at = asyncio.get_running_loop().time()
+    def ask(self) -> None:
+        self._asked_at = asyncio.get_running_loop().time()
         self._encoder.request_keyframe()
 
-    def again(self) -> None:
-        if asyncio.get_running_loop().time() - self._at >= KEYFRAME_RETRY_S:
-            self.now()
+    def offset(self, item: EncodedFrame) -> int | None:
+        """Frames since the viewer's start for this picture; None while it cannot be sent."""
+        n = self._start.offset(item.index) if item.keyframe or not self.waiting else None
+        if n is not None:
+            self.waiting = False
+        elif (
+            self.waiting and asyncio.get_running_loop().time() - self._asked_at >= KEYFRAME_RETRY_S
+        ):
+            self.ask()
+        return n
 
 
 class SharedStart:
@@ -228,8 +237,7 @@ class EncodedVideoTrack(MediaStreamTrack):
         self._subscription = subscription
         self._start = start
         self._encoder = encoder
-        self._keyframe = KeyframeAsk(encoder)
-        self._need_keyframe = True
+        self._keyframe = KeyframeStart(encoder, start)
         self._drops: int | None = None
 
     async def recv(self) -> av.Packet:
@@ -238,21 +246,18 @@ class EncodedVideoTrack(MediaStreamTrack):
             # Sending starts once the connection is up, by which time the key frame made when
             # this viewer subscribed has usually left its short queue: ask for a fresh one.
             self._drops = stats.video_dropped
-            self._keyframe.now()
+            self._keyframe.ask()
         while True:
             item = await _next(self._subscription.next_video, self)
             if stats.video_dropped != self._drops:
                 self._drops = stats.video_dropped
-                self._need_keyframe = True
-                self._keyframe.now()
+                self._keyframe.waiting = True
+                self._keyframe.ask()
             if item.video is None:
                 continue
-            n = self._start.offset(item.index) if item.keyframe or not self._need_keyframe else None
+            n = self._keyframe.offset(item)
             if n is None:
-                if self._need_keyframe:
-                    self._keyframe.again()
                 continue
-            self._need_keyframe = False
             packet = av.Packet(item.video)
             packet.pts = n * VIDEO_TICKS_PER_FRAME
             packet.time_base = VIDEO_TIME_BASE
