@@ -223,7 +223,36 @@ async def test_whep_http_contract(live: tuple[str, FakeSession, PeerRegistry]) -
         res = await http.delete(location, headers=token)
         assert res.status_code == 200 and len(registry) == 0
         res = await http.delete(location, headers=token)
-        assert res.status_code == 404
+        assert res.status_code == 404 and "has ended: it was deleted" in res.text
+    await pc.close()
+
+
+async def test_a_peer_whose_ice_fails_at_once_says_why_it_is_gone(
+    live: tuple[str, FakeSession, PeerRegistry],
+) -> None:
+    """An offer with no candidates that says it has no more: ICE fails as soon as the answer
+    is made, the server closes the peer, and a trickle to it learns why (found by hypothesis:
+    it was a bare "no whep resource")."""
+    base, session, registry = live
+    pc = await whep_offer()
+    offer = "".join(
+        line for line in pc.localDescription.sdp.splitlines(True) if "a=candidate:" not in line
+    )
+    assert "a=end-of-candidates" in offer
+    token = {"Authorization": f"Bearer {session.view_token}"}
+    async with httpx.AsyncClient(base_url=base, headers=token) as http:
+        url = f"/v1/sessions/{session.id}/whep"
+        res = await http.post(url, content=offer, headers={"Content-Type": "application/sdp"})
+        assert res.status_code == 201
+        for _ in range(100):
+            if len(registry) == 0:
+                break
+            await asyncio.sleep(0.02)
+        frag = "a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\n"
+        trickle = {"Content-Type": "application/trickle-ice-sdpfrag"}
+        res = await http.patch(res.headers["location"], content=frag, headers=trickle)
+        assert res.status_code == 404, res.text
+        assert "has ended: its connection failed" in res.json()["error"]["message"]
     await pc.close()
 
 

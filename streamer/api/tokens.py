@@ -70,6 +70,6 @@ async def revoke(request: Request, session_id: str, token_id: str) -> Response:
     if made is None:
         raise ApiError(404, "view_token_not_found", f"no view token {token_id!r} in this session")
     for resource_id in list(made.peers):
-        await state.webrtc.remove(resource_id)
+        await state.webrtc.remove(resource_id, "its view token was revoked")
     made.peers.clear()
     return Response(status_code=204)

@@ -115,9 +115,12 @@ def _ready(session: Session) -> None:
 
 
 def _resource(request: Request, kind: Kind, session_id: str, resource_id: str) -> Peer:
-    peer = app_state(request).webrtc.get(resource_id)
+    webrtc = app_state(request).webrtc
+    peer = webrtc.get(resource_id)
     if peer is None or peer.info.session_id != session_id or peer.info.kind != kind:
-        raise ApiError(404, "resource_not_found", f"no {kind} resource {resource_id!r}")
+        why = webrtc.ended(resource_id, session_id, kind) if peer is None else None
+        said = f"the {kind} resource {resource_id!r} has ended: {why}" if why else None
+        raise ApiError(404, "resource_not_found", said or f"no {kind} resource {resource_id!r}")
     return peer
 
 
@@ -186,7 +189,9 @@ def _held_by(request: Request, key_id: str, peer: Peer) -> None:
     """Revoking ``key_id`` hangs ``peer`` up (:mod:`streamer.api.revocation`)."""
     webrtc, resource_id = app_state(request).webrtc, peer.info.resource_id
     app_state(request).access.holds.hold(
-        key_id, lambda: webrtc.remove(resource_id), lambda: webrtc.get(resource_id) is not None
+        key_id,
+        lambda: webrtc.remove(resource_id, "its API key was revoked"),
+        lambda: webrtc.get(resource_id) is not None,
     )
 
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -41,6 +42,7 @@ from streamer.outputs.webrtc.tracks import (
 log = logging.getLogger(__name__)
 
 Prepare = Callable[[Peer, Offer], None]
+ENDED_KEPT = 1024  # how many ended resources still say why they ended (a PATCH after a failure)
 
 
 class PeerRegistry:
@@ -50,11 +52,18 @@ class PeerRegistry:
         self._loopback = loopback_candidates
         self._connect_timeout = connect_timeout
         self._peers: dict[str, Peer] = {}
+        self._ended: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
         self._closing: set[asyncio.Task[bool]] = set()
         self._closed = False
 
     def get(self, resource_id: str) -> Peer | None:
         return self._peers.get(resource_id)
+
+    def ended(self, resource_id: str, session_id: str, kind: PeerKind) -> str | None:
+        """Why a ``kind`` resource of ``session_id`` that no longer exists ended, while that is
+        recent: a client that trickles to a peer whose connection failed at once learns why."""
+        session, of_kind, why = self._ended.get(resource_id, ("", "", ""))
+        return why if (session, of_kind) == (session_id, kind) else None
 
     def of_session(self, session_id: str) -> list[Peer]:
         return [p for p in self._peers.values() if p.info.session_id == session_id]
@@ -133,8 +142,12 @@ class PeerRegistry:
             if state == "connected" and peer.connected_at is None:
                 peer.connected_at = time.monotonic()
                 peer.count_viewer()
-            elif state in ("failed", "closed"):
-                self._close_soon(resource_id)
+            elif state == "failed":
+                self._close_soon(
+                    resource_id, "its connection failed (no ICE candidate pair worked)"
+                )
+            elif state == "closed":
+                self._close_soon(resource_id, "its connection closed")
 
         return peer
 
@@ -193,21 +206,24 @@ class PeerRegistry:
         for candidate in trickle_candidates(fragment):
             await peer.pc.addIceCandidate(candidate)
 
-    async def remove(self, resource_id: str) -> bool:
+    async def remove(self, resource_id: str, why: str = "it was deleted") -> bool:
         peer = self._peers.pop(resource_id, None)
         if peer is None:
             return False
+        self._ended[resource_id] = (peer.info.session_id, peer.info.kind, why)
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
         await peer.aclose()
         return True
 
     async def remove_session(self, session_id: str) -> None:
         for peer in self.of_session(session_id):
-            await self.remove(peer.info.resource_id)
+            await self.remove(peer.info.resource_id, "its session ended")
 
-    def _close_soon(self, resource_id: str) -> None:
+    def _close_soon(self, resource_id: str, why: str) -> None:
         if resource_id not in self._peers:
             return
-        task = asyncio.ensure_future(self.remove(resource_id))
+        task = asyncio.ensure_future(self.remove(resource_id, why))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -218,7 +234,9 @@ class PeerRegistry:
             log.info(
                 "session %s peer %s never connected", peer.info.session_id, peer.info.resource_id
             )
-            self._close_soon(peer.info.resource_id)
+            self._close_soon(
+                peer.info.resource_id, f"it did not connect within {self._connect_timeout:g} s"
+            )
 
     async def aclose(self) -> None:
         """Close every peer. Idempotent."""
