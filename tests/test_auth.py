@@ -312,7 +312,7 @@ async def test_view_tokens_expire_and_revoke(
     state.access.views.of(state.registry.get(sid))[minted["id"]].peers.add("peer-1")  # type: ignore[arg-type]
     removed: list[str] = []
 
-    async def remove(resource_id: str) -> bool:
+    async def remove(resource_id: str, why: str = "") -> bool:
         removed.append(resource_id)
         return True
 
