@@ -4,10 +4,10 @@ stdin and sends it as an SRT caller.
 Why a child: PyAV's FFmpeg is built without libsrt, and no maintained Python binding of
 libsrt exists. Debian's ``srt-tools`` (the SRT project's own sample sender, a few hundred KB)
 does one thing, stdin to SRT, and reports on its stderr when it connects, is refused
-(``REJECT ... Incorrect passphrase``) or loses the peer. It runs with auto-reconnect off
-(``-a:no``), so a lost connection ends it, the next write here fails, and the output's own
-backoff and restart-at-a-key-frame take over, the same as for RTMP. It is started with an
-argument list, never a shell string.
+(``REJECT ... Incorrect passphrase``; it is ended on that, as it does not always exit) or
+loses the peer. It runs with auto-reconnect off (``-a:no``), so a lost connection ends it,
+the next write here fails, and the output's own backoff and restart-at-a-key-frame take over,
+the same as for RTMP. It is started with an argument list, never a shell string.
 
 The TS is handed over in 1316-byte writes (7 TS packets, what one SRT live-mode packet
 carries), each below the pipe's atomic-write size, so every SRT packet holds whole TS
@@ -130,6 +130,9 @@ class SrtLink:
             elif "REJECT" in line:
                 said = line.rsplit(": ", 1)[-1].removesuffix(" - not processing further")
                 self._reason = f"the SRT listener refused the connection: {said}"
+                # A refusal is final, but the tool does not always exit on one: now and then
+                # it goes on reading stdin with no connection, and nothing here would fail.
+                self._process.kill()
             elif line.startswith("ERROR:"):
                 self._reason = self._hide(line.removeprefix("ERROR:").strip())
 
