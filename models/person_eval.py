@@ -37,6 +37,8 @@ from models.quality import region_quality
 BATCH = 16
 R_MARGIN = 0.02  # lip-sync differences smaller than this are noise on a short held-out part
 PSNR_MARGIN_DB = 0.5
+R_WORKING = 0.75  # below this the mouth does not follow the voice (the issue's photo bar)
+R_DECISIVE = 0.1  # a lip-sync gain this large is no noise, even on a short held-out part
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,16 @@ class PersonScore:
 
     def better_than(self, other: PersonScore) -> bool:
         """Lip sync not worse (r within ``R_MARGIN``) and the mouth closer to the person's
-        (higher PSNR), or clearly better lip sync at about the same image quality."""
+        (higher PSNR), or clearly better lip sync at about the same image quality, or, where
+        ``other``'s mouth does not follow the voice (r under ``R_WORKING``), lip sync better
+        by ``R_DECISIVE`` whatever the PSNR: a still mouth that copies the reference scores a
+        high PSNR on a held-out part and is still no avatar."""
         if self.psnr_db is None or other.psnr_db is None:
             return False
         if self.r is None or other.r is None:
             return self.psnr_db > other.psnr_db
+        if other.r < R_WORKING and self.r >= other.r + R_DECISIVE:
+            return True
         return (self.r >= other.r - R_MARGIN and self.psnr_db > other.psnr_db) or (
             self.r > other.r + R_MARGIN and self.psnr_db >= other.psnr_db - PSNR_MARGIN_DB
         )

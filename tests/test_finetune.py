@@ -46,6 +46,12 @@ def test_better_needs_sync_and_image() -> None:
     assert not replace(old, psnr_db=21.0, r=0.70).better_than(old)  # sharper but out of sync
     assert replace(old, r=0.9, psnr_db=19.8).better_than(old)
     assert not old.better_than(old)
+    # A still mouth that copies the reference (found on a 10 s video twin: r 0.51 at 26.4 dB
+    # against r 0.82 at 20.6 dB after adaptation, which then scored 0.87 and 100 % p/b/m).
+    still = PersonScore(0.51, 0.0, 26.4, 0.79, 53, 1)
+    assert PersonScore(0.82, -20.0, 20.6, 0.73, 53, 1).better_than(still)
+    assert not PersonScore(0.58, 0.0, 20.6, 0.73, 53, 1).better_than(still)  # not decisive
+    assert not replace(old, r=0.95, psnr_db=15.0).better_than(old)  # old one already works
 
 
 @pytest.fixture
