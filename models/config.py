@@ -85,6 +85,8 @@ class TrainConfig:
     teacher_forcing: float = 0.5
     teacher_forcing_end: float = 0.6
     gain_db: float = 12.0  # random gain applied to the mel windows (gain invariance)
+    colour: float = 1.0  # random spectral colour on them (models.melaug: channel invariance)
+    look: float = 0.5  # share of generator samples seen through a random camera (models.lookaug)
     checkpoint_every: int = 250
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
 

@@ -22,16 +22,11 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from models.audio import (
-    LOG_FLOOR,
-    SAMPLE_RATE,
-    SAMPLES_PER_VIDEO_FRAME,
-    WindowConfig,
-    log_mel_padded,
-    windows,
-)
+from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, WindowConfig, log_mel_padded, windows
 from models.avatar import keep_mask
 from models.config import CROP
+from models.lookaug import through_cameras
+from models.melaug import perturb
 from models.synth.phonemes import Phone
 
 
@@ -80,8 +75,9 @@ def mel_windows(samples: np.ndarray, cfg: WindowConfig | None = None) -> np.ndar
 class SynthTeacher:
     """The default avatar's teacher: TTS voices, visemes and the astronaut face."""
 
-    def __init__(self, augment_prob: float = 0.7) -> None:
+    def __init__(self, augment_prob: float = 0.7, microphone_prob: float = 0.7) -> None:
         self.augment_prob = augment_prob
+        self.microphone_prob = microphone_prob
 
     def sentences(self, n: int, seed: int) -> list[str]:
         from models.synth.corpus import sentences
@@ -90,12 +86,15 @@ class SynthTeacher:
 
     def speech(self, text: str, rng: np.random.Generator, augment: bool) -> SpeechLike:
         from models.synth import speech as sp
-        from models.synth.augment import augment as perturb
+        from models.synth.augment import augment as acoustic
+        from models.synth.augment import with_microphone
 
         voice = sp.random_voice("train", rng)
         out = sp.synthesize(text, voice)
         if augment and rng.random() < self.augment_prob:
-            out = perturb(out, rng)
+            out = acoustic(out, rng)
+        if augment and rng.random() < self.microphone_prob:
+            out = with_microphone(out, rng)
         return out
 
     def render(self, speech: SpeechLike, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +316,9 @@ def _load(paths: Sequence[Path], keys: Sequence[str]) -> dict[str, np.ndarray]:
 class FrameDataset:
     """All frames in memory; map-style (``len``/``[i]``) and vectorised batch samplers."""
 
-    def __init__(self, data_dir: str | Path, gain_db: float = 12.0) -> None:
+    def __init__(
+        self, data_dir: str | Path, gain_db: float = 12.0, colour: float = 0.0, look: float = 0.0
+    ) -> None:
         d = Path(data_dir)
         if not (d / "meta.json").exists():
             raise FileNotFoundError(f"no dataset in {d} (run build_dataset first)")
@@ -334,6 +335,7 @@ class FrameDataset:
         ).astype(np.float16)
         self.audio_params = np.concatenate([a["params"].reshape(-1, 4), self.params])
         self.gain_db = gain_db
+        self.colour, self.look = colour, look
         self.keep = keep_mask(self.mask)
 
     def __len__(self) -> int:
@@ -344,9 +346,8 @@ class FrameDataset:
         return {k: v[0] for k, v in self.generator_batch(rng, 1, np.array([i])).items()}
 
     def _gain(self, mel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Random gain is a shift of the log-mel; the floor stays where a real signal puts it."""
-        shift = rng.uniform(-self.gain_db, self.gain_db, (len(mel), 1, 1)) / 10.0
-        return np.maximum(mel.astype(np.float32) + shift, np.log10(LOG_FLOOR)).astype(np.float32)
+        """Random gain and spectral colour (:mod:`models.melaug`)."""
+        return perturb(mel, rng, self.gain_db, self.colour)
 
     @staticmethod
     def _image(x: np.ndarray) -> np.ndarray:
@@ -358,13 +359,13 @@ class FrameDataset:
         """reference, masked, target (B, 3, S, S) in [0, 1]; mel (B, T, 80); params (B, 4)."""
         if idx is None:
             idx = rng.integers(0, len(self), batch)
-        target = self._image(self.crops[idx])
         # Half the time the shipped reference crop (what run time uses), half a random frame,
-        # so the generator reads the mouth from the audio and only texture from the reference.
-        ref_idx = rng.integers(0, len(self), len(idx))
-        refs = self.crops[ref_idx].copy()
-        use_asset = rng.random(len(idx)) < 0.5
-        refs[use_asset] = self.reference
+        # so the generator reads the mouth from the audio and only texture from the reference;
+        # both seen through a random camera now and then (models.lookaug).
+        refs = self.crops[rng.integers(0, len(self), len(idx))]
+        refs[rng.random(len(idx)) < 0.5] = self.reference
+        crops, refs = through_cameras(self.crops[idx], refs, rng, self.look)
+        target = self._image(crops)
         return {
             "reference": self._image(refs),
             "masked": target * self.keep[None, None],

@@ -70,6 +70,7 @@ class FinetuneConfig:
     adv_start: float = 0.5
     disc_lr: float = 2e-4
     gain_db: float = 6.0  # random gain on the mel windows
+    colour: float = 1.0  # random spectral colour on them (models.melaug), as in training
     checkpoint_every: int = 100
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
@@ -161,7 +162,7 @@ class Finetuner:
     def train_step(self, data: PersonData) -> dict[str, float]:
         c = self.cfg
         set_lr(self.opt_gen, cosine_lr(self.step, c.steps, c.lr, floor=LR_FLOOR))
-        b = to_device(training_batch(data, self.rng, c.batch, c.gain_db), self.device)
+        b = to_device(training_batch(data, self.rng, c.batch, c.gain_db, c.colour), self.device)
         focused = data.mask if data.focus is None else data.mask * data.focus
         logs = generator_step(
             self.gan,

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.audio import LOG_FLOOR, SAMPLES_PER_VIDEO_FRAME
+from models.audio import SAMPLES_PER_VIDEO_FRAME
 from models.avatar import Avatar, AvatarError, keep_mask
 from models.data import mel_windows
+from models.melaug import perturb
 
 MIN_TRAIN_FRAMES = 50  # 2 s: less cannot teach the generator a mouth
 MIN_HELDOUT_FRAMES = 12
@@ -116,13 +117,8 @@ def _image(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
 
 
-def _gain(mel: np.ndarray, rng: np.random.Generator, gain_db: float) -> np.ndarray:
-    shift = rng.uniform(-gain_db, gain_db, (len(mel), 1, 1)) / 10.0
-    return np.maximum(mel.astype(np.float32) + shift, np.log10(LOG_FLOOR)).astype(np.float32)
-
-
 def training_batch(
-    data: PersonData, rng: np.random.Generator, batch: int, gain_db: float
+    data: PersonData, rng: np.random.Generator, batch: int, gain_db: float, colour: float = 0.0
 ) -> dict[str, np.ndarray]:
     """reference, masked, target (B, 3, S, S) in [0, 1] and mel (B, T, 80), training frames
     only. The reference is the package's half the time (what run time uses), else another
@@ -136,7 +132,7 @@ def training_batch(
         "reference": _image(refs),
         "masked": target * keep[None, None],
         "target": target,
-        "mel": _gain(data.windows[idx], rng, gain_db),
+        "mel": perturb(data.windows[idx], rng, gain_db, colour),
     }
 
 

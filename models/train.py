@@ -240,6 +240,7 @@ def train(
     trainer = Trainer(cfg, out, dev)
     if ckpt is not None:
         trainer.load(ckpt)
-    data = FrameDataset(cfg.train.data_dir, gain_db=cfg.train.gain_db)
+    t = cfg.train
+    data = FrameDataset(t.data_dir, gain_db=t.gain_db, colour=t.colour, look=t.look)
     trainer.run(data, progress=progress)
     return path

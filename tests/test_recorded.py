@@ -1,4 +1,5 @@
-"""Recorded human speech for eval (models/speech, models.recorded)."""
+"""Recorded human speech for eval (models/speech, models.recorded) and the mel augmentation
+that trains the generator for real microphones (models.melaug)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from models.audio import SAMPLE_RATE, log_mel
+from models import melaug
+from models.audio import LOG_FLOOR, SAMPLE_RATE, log_mel
 from models.heldout import LEAD_SILENCE_S, TAIL_SILENCE_S
 from models.recorded import recorded_cases, recorded_speech
 from models.synth.phonemes import BILABIALS, SILENCE, VOWELS
@@ -43,6 +45,36 @@ def test_the_alignment_puts_the_voice_inside_the_phones() -> None:
             if p.symbol != SILENCE:
                 spoken |= (times >= p.start) & (times < p.end)
         assert np.median(energy[spoken]) > np.median(energy[~spoken]) + 0.5, speech.text
+
+
+def test_gain_alone_shifts_every_bin_alike() -> None:
+    mel = np.full((16, 24, 80), -2.0, np.float32)
+    out = melaug.perturb(mel, np.random.default_rng(1), gain_db=12.0)
+    spread = out.max(axis=(1, 2)) - out.min(axis=(1, 2))
+    assert np.allclose(spread, 0) and np.abs(out + 2.0).max() <= 1.2 + 1e-6
+
+
+def test_colour_is_smooth_across_bins_and_spares_some_windows() -> None:
+    rng = np.random.default_rng(3)
+    colour = melaug.spectral_colour(rng, 2000, 80, 1.0)[:, 0, :]
+    untouched = np.all(colour == 0, axis=1).mean()
+    assert 0.2 < untouched < 0.4  # 30 % keep the voice's own spectrum
+    coloured = colour[np.any(colour != 0, axis=1)]
+    assert np.abs(coloured).max() < 1.5  # within +-15 dB
+    # Smooth: neighbouring bins differ far less than the colouring's own range.
+    step = np.abs(np.diff(coloured, axis=1)).max(axis=1)
+    assert np.median(step) < 0.1 * np.median(np.ptp(coloured, axis=1))
+    # No direction is preferred: on average the colouring is close to flat.
+    assert np.abs(coloured.mean(axis=0)).max() < 0.15
+
+
+def test_perturb_keeps_the_floor_and_is_reproducible() -> None:
+    floor = np.log10(LOG_FLOOR)
+    mel = np.full((8, 24, 80), floor, np.float32)
+    a = melaug.perturb(mel, np.random.default_rng(5), 12.0, colour=1.0)
+    b = melaug.perturb(mel, np.random.default_rng(5), 12.0, colour=1.0)
+    assert a.dtype == np.float32 and np.array_equal(a, b)
+    assert a.min() >= floor
 
 
 def test_eval_text_shows_the_recorded_figures() -> None:

@@ -12,6 +12,7 @@ from models.synth.augment import (
     change_tempo,
     shift_pitch,
     speech_level,
+    with_microphone,
     with_noise,
     with_reverb,
 )
@@ -254,6 +255,26 @@ def test_reverb_keeps_length_and_onset(speech: Speech) -> None:
     assert len(out.samples) == len(speech.samples)
     first = int(np.argmax(np.abs(speech.samples) > 0.05))
     assert int(np.argmax(np.abs(out.samples) > 0.05)) == pytest.approx(first, abs=16)
+
+
+def test_microphone_colour_changes_the_spectrum_not_the_timing(speech: Speech) -> None:
+    rng = np.random.default_rng(2)
+    changed = 0
+    for _ in range(8):
+        out = with_microphone(speech, rng)
+        assert len(out.samples) == len(speech.samples) and out.phones == speech.phones
+        assert np.max(np.abs(out.samples)) <= 1.0
+        # The coloured voice still lines up with the original within a millisecond.
+        n = 4096
+        a = np.fft.rfft(speech.samples, 2 * n)
+        b = np.fft.rfft(out.samples, 2 * n)
+        xcorr = np.fft.irfft(a.conj() * b)
+        lag = int(np.argmax(np.concatenate([xcorr[-16:], xcorr[:17]]))) - 16
+        assert abs(lag) <= SAMPLE_RATE // 1000
+        spectrum_in = np.abs(np.fft.rfft(speech.samples)) + 1e-9
+        spectrum_out = np.abs(np.fft.rfft(out.samples)) + 1e-9
+        changed += np.ptp(np.log10(spectrum_out / spectrum_in)[100:-100]) > 0.3
+    assert changed >= 5  # most draws colour the voice audibly
 
 
 def test_augment_keeps_the_speech_contract(speech: Speech) -> None:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import fftconvolve, lfilter, resample_poly
+from scipy.signal import butter, fftconvolve, lfilter, resample_poly, sosfilt
 
 from models.audio import SAMPLE_RATE
 from models.synth.phonemes import Phone
@@ -85,6 +85,28 @@ def room_impulse(rng: np.random.Generator, rt60: float) -> np.ndarray:
     rir = tail * rng.uniform(0.2, 0.6) / (np.sqrt(np.sum(tail**2)) + 1e-12)
     rir[0] = 1.0  # no delay, so phone times stay right
     return rir
+
+
+def microphone_colour(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What a microphone, a codec or a phone line does to a voice: a random low shelf (thin or
+    boomy), a random high shelf (dull or bright) and, now and then, a band limit. Each shelf
+    adds a scaled low- or high-passed copy, so the phase stays near the input's; no filter here
+    delays the voice by more than a millisecond, so phone times stay true."""
+    nyquist = SAMPLE_RATE / 2
+    y = x.astype(np.float64)
+    if rng.random() < 0.6:
+        corner, gain_db = rng.uniform(150, 500), rng.uniform(-8.0, 12.0)
+        low = sosfilt(butter(2, corner / nyquist, output="sos"), y)
+        y = y + (10 ** (gain_db / 20) - 1) * low
+    if rng.random() < 0.6:
+        corner, gain_db = rng.uniform(2000, 5000), rng.uniform(-12.0, 8.0)
+        high = sosfilt(butter(2, corner / nyquist, "high", output="sos"), y)
+        y = y + (10 ** (gain_db / 20) - 1) * high
+    if rng.random() < 0.3:  # telephone to wide-band codecs
+        y = sosfilt(butter(6, rng.uniform(3400, 7500) / nyquist, output="sos"), y)
+    if rng.random() < 0.3:  # small speakers and rumble filters
+        y = sosfilt(butter(2, rng.uniform(60, 300) / nyquist, "high", output="sos"), y)
+    return y.astype(np.float32)
 
 
 def reverberate(x: np.ndarray, rng: np.random.Generator, rt60: float) -> np.ndarray:
@@ -173,6 +195,10 @@ def with_noise(speech: Speech, rng: np.random.Generator, snr_db: float, kind: st
 
 def with_reverb(speech: Speech, rng: np.random.Generator, rt60: float) -> Speech:
     return _with(speech, reverberate(speech.samples, rng, rt60))
+
+
+def with_microphone(speech: Speech, rng: np.random.Generator) -> Speech:
+    return _with(speech, microphone_colour(speech.samples, rng))
 
 
 def with_gain(speech: Speech, gain_db: float) -> Speech:
