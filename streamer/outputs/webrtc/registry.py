@@ -118,7 +118,7 @@ class PeerRegistry:
                 await add_loopback_candidates(peer.pc)
             await peer.pc.setLocalDescription(answer)
         except Exception as exc:
-            await self.remove(peer.info.resource_id)
+            await self.remove(peer.info.resource_id, "its offer could not be answered")
             if isinstance(exc, UNUSABLE) and not isinstance(exc, SdpError):
                 raise SdpError(f"the offer could not be used: {exc}") from exc
             raise
