@@ -183,7 +183,9 @@ def test_video_twin_of_a_new_face(home: Path, tmp_path: Path) -> None:
     report = create_avatar("denis", home=home, video=video, quiet=True, adapt=SHORT)
     assert report.kind == "video"
     figures = evaluate("denis")
-    assert figures["r"] >= 0.6, figures
+    # Measured 0.846-0.887 and 92-100 % on the models tried (docs/benchmarks.md); a base whose
+    # still, well-lit mouth the judge preferred to the adaptation scored 0.53 and 33 %.
+    assert figures["r"] >= 0.75, figures
     assert figures["bilabial_closed"] >= 0.7, figures
 
 
