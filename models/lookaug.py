@@ -20,7 +20,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-SHARE = 0.5  # of samples seen through a random camera; the rest stay as rendered
 GAIN = 0.12  # per-channel colour gain, +-
 CONTRAST = 0.2  # +-, about mid-grey
 GAMMA = 0.3  # log-uniform within exp(+-GAMMA)
@@ -75,7 +74,7 @@ class Camera:
 
 
 def through_cameras(
-    target: np.ndarray, reference: np.ndarray, rng: np.random.Generator, share: float = SHARE
+    target: np.ndarray, reference: np.ndarray, rng: np.random.Generator, share: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(target, reference) (B, S, S, 3) uint8, each pair seen through its own random camera
     with probability ``share``; new arrays, the inputs are left alone."""

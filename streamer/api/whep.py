@@ -118,7 +118,7 @@ def _resource(request: Request, kind: Kind, session_id: str, resource_id: str) -
     webrtc = app_state(request).webrtc
     peer = webrtc.get(resource_id)
     if peer is None or peer.info.session_id != session_id or peer.info.kind != kind:
-        why = webrtc.ended(resource_id, session_id, kind) if peer is None else None
+        why = webrtc.ended(resource_id, session_id, kind)
         said = f"the {kind} resource {resource_id!r} has ended: {why}" if why else None
         raise ApiError(404, "resource_not_found", said or f"no {kind} resource {resource_id!r}")
     return peer

@@ -97,6 +97,11 @@ class KeyframeStart:
         self._asked_at = asyncio.get_running_loop().time()
         self._encoder.request_keyframe()
 
+    def again(self) -> None:
+        """The viewer lost frames: it waits for a key frame again, and asks for one."""
+        self.waiting = True
+        self.ask()
+
     def offset(self, item: EncodedFrame) -> int | None:
         """Frames since the viewer's start for this picture; None while it cannot be sent."""
         n = self._start.offset(item.index) if item.keyframe or not self.waiting else None
@@ -251,8 +256,7 @@ class EncodedVideoTrack(MediaStreamTrack):
             item = await _next(self._subscription.next_video, self)
             if stats.video_dropped != self._drops:
                 self._drops = stats.video_dropped
-                self._keyframe.waiting = True
-                self._keyframe.ask()
+                self._keyframe.again()
             if item.video is None:
                 continue
             n = self._keyframe.offset(item)
