@@ -37,6 +37,7 @@ from models.synth.face import LANDMARKS_FILE, TeacherFace
 
 PHOTO_SIZE = 512
 ALIGN_POINTS = (33, 263, 1, 152)  # outer eye corners, nose tip, chin
+KNOWN_GAIN = 16.0  # fill_outside: a coarse pixel 1/16 photo counts as known
 
 Progress = Callable[[str, int, int], None]
 
@@ -74,7 +75,10 @@ def fill_outside(image: np.ndarray, inside: np.ndarray, feather: int = 6) -> np.
     The fill is a push-pull: the photo's pixels are averaged down a pyramid, weighted by how
     much of each is photo, and the coarse levels fill the holes of the finer ones on the way
     back up, so a gap of any width gets the colours of the photo around it, blurred more the
-    farther it is. The photo's edge is feathered over ``feather`` pixels."""
+    farther it is. A coarse pixel counts as known once ``1 / KNOWN_GAIN`` of it is photo: with
+    plain averages the frame's mean colour (a grey-beige on most photos) reached within a few
+    pixels of the edge and filled wide gaps. The photo's edge is feathered over ``feather``
+    pixels."""
     if inside.min() >= 0.999:
         return image
     weight = np.clip(inside, 0.0, 1.0).astype(np.float32)
@@ -88,7 +92,7 @@ def fill_outside(image: np.ndarray, inside: np.ndarray, feather: int = 6) -> np.
     fill = c.sum(axis=(0, 1)) / max(float(w.sum()), 1e-6) * np.ones_like(c)
     for c, w in reversed(levels):
         fill = cv2.resize(fill, w.shape[::-1], interpolation=cv2.INTER_LINEAR)
-        known = np.clip(w, 0.0, 1.0)[..., None]
+        known = np.clip(w * KNOWN_GAIN, 0.0, 1.0)[..., None]
         own = c / np.maximum(w, 1e-6)[..., None]
         fill = known * own + (1.0 - known) * fill
     keep = cv2.GaussianBlur(
