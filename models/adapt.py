@@ -203,16 +203,19 @@ class TrackedTeacher(TeacherFace):
         return min(round(observe(self.landmarks).side), width, height)
 
 
-def adapt_note(figures: dict[str, float]) -> str:
-    """The summary line of an adaptation."""
+def adapt_note(figures: dict[str, float], judged: str = "") -> str:
+    """The summary line of an adaptation; ``judged`` says what the held-out judge measured
+    (a video), or why no adaptation ran."""
     if figures["steps"] <= 0:
-        return "not adapted to this face (--steps 0): the default model draws the mouth"
+        why = judged or "--steps 0"
+        return f"not adapted to this face ({why}): the default model draws the mouth"
+    after = f" ({judged})" if judged else ""
     if figures.get("kept", 1.0) == 0.0:
         return (
             f"adaptation ({figures['steps']:.0f} steps) not kept: it did not beat the default "
-            "model on the held-out end of the video"
+            f"model on the held-out end of the video{after}"
         )
     return (
         f"adapted to this face: {figures['steps']:.0f} steps in {figures['seconds']:.0f} s "
-        f"on {figures['frames']:.0f} frames"
+        f"on {figures['frames']:.0f} frames{after}"
     )

@@ -249,9 +249,9 @@ class TrainReport:
             f"{self.train_frames} frames trained on, {self.heldout_frames} held out",
             f"{'held-out':16}{'old':>10}{'new':>10}",
         ]
-        for key, digits in (("r", 3), ("lag_ms", 0), ("psnr_db", 2), ("ssim", 4)):
-            old, new = getattr(self.old, key), getattr(self.new, key)
-            lines.append(f"{key:16}{_fmt(old, digits):>10}{_fmt(new, digits):>10}")
+        for key, digits in (("r", 3), ("lag_ms", 0), ("miss", 3), ("psnr_db", 2), ("ssim", 4)):
+            old, new = self.old.show(key, digits), self.new.show(key, digits)
+            lines.append(f"{key:16}{old:>10}{new:>10}")
         if self.kept:
             how = "forced" if self.forced and not self.new.better_than(self.old) else "better"
             lines.append(f"kept the new model ({how}); ONNX parity {self.parity:.1e}")
@@ -261,10 +261,6 @@ class TrainReport:
                 f"(--resume --force keeps it anyway; its state is in {self.work})"
             )
         return "\n".join(lines)
-
-
-def _fmt(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def train_avatar(

@@ -9,6 +9,9 @@ Face Mesh measures the mouth aperture of each (:class:`models.lipsync.ApertureMe
 - ``r``, ``lag_ms``: Pearson correlation of the generated aperture with the real one at the
   best lag within +-200 ms (5 ms steps, the real series interpolated in time, clips pooled);
   a positive lag means the generated mouth moves after the real one.
+- ``miss``: the mean absolute difference of the generated aperture from the real one at that
+  lag, over the real aperture's standard deviation. Correlation forgives an offset and a small
+  swing; the miss counts a mouth that never quite closes, or that moves in silence.
 - ``psnr_db``, ``ssim``: the generated mouth crop against the real crop, over the pixels the
   generator replaces (:func:`models.quality.region_quality`).
 
@@ -39,6 +42,7 @@ R_MARGIN = 0.02  # lip-sync differences smaller than this are noise on a short h
 PSNR_MARGIN_DB = 0.5
 R_WORKING = 0.75  # below this the mouth does not follow the voice (the issue's photo bar)
 R_DECISIVE = 0.1  # a lip-sync gain this large is no noise, even on a short held-out part
+MISS_DECISIVE = 0.7  # an aperture miss cut to this share of the old one is no noise either
 
 
 @dataclass(frozen=True)
@@ -49,22 +53,38 @@ class PersonScore:
     ssim: float | None
     frames: int
     clips: int
+    miss: float | None = None  # mean |generated - real| aperture at the lag, over real's spread
 
     def better_than(self, other: PersonScore) -> bool:
         """Lip sync not worse (r within ``R_MARGIN``) and the mouth closer to the person's
-        (higher PSNR), or clearly better lip sync at about the same image quality, or, where
-        ``other``'s mouth does not follow the voice (r under ``R_WORKING``), lip sync better
-        by ``R_DECISIVE`` whatever the PSNR: a still mouth that copies the reference scores a
-        high PSNR on a held-out part and is still no avatar."""
+        (higher PSNR), or clearly better lip sync at about the same image quality, or lip sync
+        decisively better whatever the PSNR: where ``other``'s mouth does not follow the voice
+        (r under ``R_WORKING``), r better by ``R_DECISIVE``; or, at an r not worse, a mouth
+        whose aperture misses the real one by at most ``MISS_DECISIVE`` of ``other``'s miss.
+        A mouth that copies the reference (still, or never quite closed) scores a high PSNR
+        on a held-out part, and even a fair r where it moves a little with the voice, and is
+        still no avatar."""
         if self.psnr_db is None or other.psnr_db is None:
             return False
         if self.r is None or other.r is None:
             return self.psnr_db > other.psnr_db
         if other.r < R_WORKING and self.r >= other.r + R_DECISIVE:
             return True
+        if (
+            self.miss is not None
+            and other.miss is not None
+            and self.r >= other.r - R_MARGIN
+            and self.miss <= MISS_DECISIVE * other.miss
+        ):
+            return True
         return (self.r >= other.r - R_MARGIN and self.psnr_db > other.psnr_db) or (
             self.r > other.r + R_MARGIN and self.psnr_db >= other.psnr_db - PSNR_MARGIN_DB
         )
+
+    def show(self, key: str, digits: int) -> str:
+        """Figure ``key`` with ``digits`` decimals, or "n/a" where it was not measured."""
+        value = getattr(self, key)
+        return "n/a" if value is None else f"{value:.{digits}f}"
 
     def to_json(self) -> dict[str, float | int | None]:
         return {
@@ -74,6 +94,7 @@ class PersonScore:
             "ssim": self.ssim,
             "frames": self.frames,
             "clips": self.clips,
+            "miss": self.miss,
         }
 
 
@@ -174,6 +195,7 @@ def evaluate_generators(
                 psnrs.append(psnr)
                 ssims.append(ssim)
         r, lag = lag_correlation(generated, real) if clips else (float("nan"), 0.0)
+        miss = _miss(generated, real, lag / 1000.0) if clips else float("nan")
         scores[name] = PersonScore(
             r=_round(r, 3),
             lag_ms=_round(lag, 1) if np.isfinite(r) else None,
@@ -181,10 +203,24 @@ def evaluate_generators(
             ssim=_round(float(np.mean(ssims)), 4) if ssims else None,
             frames=sum(len(c) for c in clips),
             clips=len(clips),
+            miss=_round(miss, 3),
         )
         if progress:
             print(f"eval {name}: {scores[name].to_json()}", file=sys.stderr)
     return scores
+
+
+def _miss(generated: Sequence[np.ndarray], real: Sequence[np.ndarray], lag_s: float) -> float:
+    """Mean absolute difference of the generated aperture from the real one ``lag_s`` earlier,
+    over the real aperture's standard deviation: a mouth that follows the voice but never
+    closes, or moves in silence, misses by its offset even where its correlation is high."""
+    gen = np.concatenate(list(generated))
+    ref = np.concatenate([shifted(x, lag_s) for x in real])
+    both = np.isfinite(gen) & np.isfinite(ref)
+    if both.sum() < 2:
+        return float("nan")
+    spread = float(np.std(ref[both]))
+    return float(np.mean(np.abs(gen[both] - ref[both]))) / spread if spread > 0 else float("nan")
 
 
 def _round(value: float, digits: int) -> float | None:

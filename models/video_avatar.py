@@ -96,8 +96,10 @@ def create_video_avatar(
             extras={f"person/{f}": person / f for f in ("crops.mp4", "audio.npy", "track.npz")},
             matte=compute_matte(np.asarray(loop_frames)),
         )
-        figures = _adapt_to_video(staged, loop_frames[0], person, adapt or AdaptConfig(), progress)
-        notes = [adapt_note(figures)]
+        figures, judged = _adapt_to_video(
+            staged, loop_frames[0], person, adapt or AdaptConfig(), progress
+        )
+        notes = [adapt_note(figures, judged)]
         verdict = install_checked(staged, target, check, path)
     if verdict is not None:
         warnings += verdict.warnings
@@ -220,44 +222,57 @@ def _cut(
 
 def _adapt_to_video(
     staged: Path, frame: np.ndarray, work: Path, cfg: AdaptConfig, progress: Progress
-) -> dict[str, float]:
+) -> tuple[dict[str, float], str]:
     """Adapt the staged package's generator to the person: their own frames and speech (the
     held-out tail left out) with the teacher's animation of the loop's first frame. The frame
     and its landmarks stay in the package (eval's teacher). Without a face in that frame, or
-    with no steps, the default model stays."""
+    with no steps, the default model stays. Returns the figures, and what the judge measured
+    (or why nothing was adapted)."""
     from models.adapt import TrackedTeacher
     from models.avatar import TEACHER_LANDMARKS, TEACHER_PHOTO, read_avatar
     from models.person import FinetuneError, load_person
 
+    skipped = {"steps": 0.0, "seconds": 0.0, "frames": 0.0}
     with FaceTracker(max_faces=1, video=False) as tracker:
         faces = tracker.landmarks(frame)
     if not faces:
-        return {"steps": 0.0, "seconds": 0.0, "frames": 0.0}
+        return skipped, "no face found in the idle loop's first frame"
     landmarks = faces[0]
     (staged / TEACHER_PHOTO).parent.mkdir(exist_ok=True)
     cv2.imwrite(str(staged / TEACHER_PHOTO), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     np.save(staged / TEACHER_LANDMARKS, landmarks)
+    if cfg.steps <= 0:
+        return skipped, ""
     avatar = read_avatar(staged)
     try:
         real = load_person(avatar)
-    except FinetuneError:
-        return {"steps": 0.0, "seconds": 0.0, "frames": 0.0}
+    except FinetuneError as exc:
+        return skipped, str(exc)
     # The teacher animates a square around the face only: a 1280 px frame costs 5x more.
     side = 4.0 * float(np.hypot(*(landmarks[263] - landmarks[33])))
     x0, y0 = (max(int(v - side / 2), 0) for v in landmarks[:, :2].mean(axis=0))
     patch = np.ascontiguousarray(frame[y0 : y0 + int(side), x0 : x0 + int(side)])
     face = TrackedTeacher(patch, landmarks - np.array([x0, y0], np.float32))
     model, checkpoint, figures = adapted_model(face, cfg, work, progress, avatar.mask, real)
-    if figures["steps"] > 0 and _better_on_heldout(avatar, real, checkpoint):
+    if figures["steps"] <= 0:
+        return figures, ""
+    old, new = _judge(avatar, real, checkpoint)
+    judged = (
+        "held-out end of the video, default -> adapted: "
+        f"lip sync r {old.show('r', 2)} -> {new.show('r', 2)}, "
+        f"aperture miss {old.show('miss', 2)} -> {new.show('miss', 2)}, "
+        f"mouth PSNR {old.show('psnr_db', 1)} -> {new.show('psnr_db', 1)} dB"
+    )
+    if new.better_than(old):
         shutil.copyfile(model, staged / MODEL_FILE)
         shutil.copyfile(checkpoint, staged / CHECKPOINT_FILE)
-    elif figures["steps"] > 0:
+    else:
         figures = {**figures, "kept": 0.0}
-    return figures
+    return figures, judged
 
 
-def _better_on_heldout(avatar: Any, real: Any, checkpoint: Path) -> bool:
-    """Whether the adapted model beats the default on the held-out tail of the person's own
+def _judge(avatar: Any, real: Any, checkpoint: Path) -> tuple[Any, Any]:
+    """The default's and the adapted model's scores on the held-out tail of the person's own
     video (the judge ``avatar train`` uses): a video unlike the teacher's animation of its
     first frame (light that changes, say) can make adaptation a loss, and then it is dropped."""
     from models.checkpoint import generator_from_checkpoint, load_checkpoint
@@ -268,7 +283,7 @@ def _better_on_heldout(avatar: Any, real: Any, checkpoint: Path) -> bool:
         "new": generator_from_checkpoint(load_checkpoint(checkpoint)),
     }
     scores = evaluate_generators(avatar, real, models)
-    return bool(scores["new"].better_than(scores["old"]))
+    return scores["old"], scores["new"]
 
 
 def _too_short(seconds: float) -> str:

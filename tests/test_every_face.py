@@ -182,11 +182,14 @@ def test_video_twin_of_a_new_face(home: Path, tmp_path: Path) -> None:
     video = make_talking_video(tmp_path / "denis.mp4", 10.0, photo=FACES / "denis.png")
     report = create_avatar("denis", home=home, video=video, quiet=True, adapt=SHORT)
     assert report.kind == "video"
+    # The note carries the judge's figures: the default model follows a new face's voice with
+    # r about 0.6 on the video's held-out end, the adapted one about 0.9.
+    assert report.notes[0].startswith("adapted to this face"), report.notes
     figures = evaluate("denis")
-    # Measured 0.846-0.887 and 92-100 % on the models tried (docs/benchmarks.md); a base whose
-    # still, well-lit mouth the judge preferred to the adaptation scored 0.53 and 33 %.
-    assert figures["r"] >= 0.75, figures
-    assert figures["bilabial_closed"] >= 0.7, figures
+    # Measured 0.787-0.887 and 92-100 % on the models and seeds tried (docs/benchmarks.md); the
+    # default model kept in its place scores 0.47-0.61, its lips closed on 8-58 % of p/b/m.
+    assert figures["r"] >= 0.75, (figures, report.notes)
+    assert figures["bilabial_closed"] >= 0.7, (figures, report.notes)
 
 
 # --- bad input ----------------------------------------------------------------------------

@@ -52,6 +52,13 @@ def test_better_needs_sync_and_image() -> None:
     assert PersonScore(0.82, -20.0, 20.6, 0.73, 53, 1).better_than(still)
     assert not PersonScore(0.58, 0.0, 20.6, 0.73, 53, 1).better_than(still)  # not decisive
     assert not replace(old, r=0.95, psnr_db=15.0).better_than(old)  # old one already works
+    # A mouth that moves with the voice but never quite closes (another 10 s twin: r 0.85, its
+    # aperture off by half the real one's spread; kept, it scored p/b/m 42 %, stillness 0.43)
+    # loses to one that tracks the real aperture, whatever the PSNR.
+    ajar = PersonScore(0.85, -20.0, 26.2, 0.79, 55, 1, miss=0.52)
+    assert PersonScore(0.92, -65.0, 20.5, 0.73, 55, 1, miss=0.26).better_than(ajar)
+    assert not PersonScore(0.80, 0.0, 20.5, 0.73, 55, 1, miss=0.26).better_than(ajar)  # r worse
+    assert not PersonScore(0.92, 0.0, 20.5, 0.73, 55, 1, miss=0.40).better_than(ajar)  # noise
 
 
 @pytest.fixture
