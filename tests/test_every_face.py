@@ -125,7 +125,8 @@ def test_photo_with_teeth_showing(home: Path) -> None:
     )
     assert report.check is not None
     figures = {**report.check["lipsync"], **report.check["image"]}
-    assert figures["r"] >= 0.6, figures
+    # Measured with adaptation seeds 0-2: r 0.874-0.890, p/b/m 84-90 % (6 cases), SSIM 0.93.
+    assert figures["r"] >= 0.75, figures  # the bar for a new photo
     assert figures["bilabial_closed"] >= 0.7, figures
     assert figures["ssim"] >= 0.8, figures  # no patch, no smear against the teacher
     avatar = load_avatar("ouster", home)
@@ -144,9 +145,9 @@ def test_small_greyscale_face(home: Path) -> None:
     report = create_avatar("curie", home=home, image=FACES / "curie.png", quiet=True, adapt=SHORT)
     assert any("small" in w for w in report.warnings)
     figures = evaluate("curie")
-    # The hardest held-out face (pale, low contrast, upscaled 2x): after a full create it
-    # reaches r 0.68, flagged by the self-check; a broken mouth scores 0.2-0.3.
-    assert figures["r"] >= 0.5, figures
+    # The hardest held-out face (pale, low contrast, upscaled 2x): r 0.848-0.877 with
+    # adaptation seeds 0-2 (3 cases); a broken mouth scores 0.2-0.3.
+    assert figures["r"] >= 0.75, figures
     assert figures["ssim"] >= 0.8, figures
 
 
@@ -165,8 +166,9 @@ def test_landscape_photo_with_the_face_off_centre(home: Path, tmp_path: Path) ->
     avatar = load_avatar("wide", home)
     assert avatar.manifest.frame_size == (512, 512)
     figures = evaluate("wide")
-    assert figures["r"] >= 0.6, figures
-    assert figures["ssim"] >= 0.75, figures
+    # Measured with adaptation seeds 0-2: r 0.893-0.910, SSIM 0.852-0.856 (3 cases).
+    assert figures["r"] >= 0.75, figures
+    assert figures["ssim"] >= 0.8, figures
 
 
 # --- a video twin ---------------------------------------------------------------------------
