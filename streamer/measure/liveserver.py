@@ -60,6 +60,9 @@ async def sleep_until(t: float) -> None:
     await asyncio.sleep(max(0.0, t - asyncio.get_running_loop().time()))
 
 
+FIRST_FRAME_S = 15.0  # a viewer on loopback gets its first picture in 0.15-0.5 s
+
+
 def free_port() -> int:
     """A loopback port free now, so that a bench never collides with a running server."""
     with socket.socket() as s:
@@ -96,11 +99,31 @@ class Live:
         viewer = Viewer(self.region)
         try:
             await viewer.connect(self.http, session_id, token)
-            await asyncio.wait_for(asyncio.shield(viewer.first_frame), 15)
+            try:
+                await asyncio.wait_for(asyncio.shield(viewer.first_frame), FIRST_FRAME_S)
+            except TimeoutError:
+                raise RuntimeError(self._no_frame(viewer, session_id)) from None
         except BaseException:
             await viewer.aclose()
             raise
         return viewer
+
+    def _no_frame(self, viewer: Viewer, session_id: str) -> str:
+        """What both ends knew of a viewer that got no picture in time."""
+        pc = viewer.pc
+        rid = (viewer.location or "").rstrip("/").rsplit("/", 1)[-1]
+        peers = self.app.state.avatarcast.webrtc
+        peer = peers.get(rid)
+        server = (
+            f"open, connection {peer.pc.connectionState}"
+            if peer is not None
+            else f"ended ({peers.ended(rid, session_id, 'whep') or 'no reason kept'})"
+        )
+        return (
+            f"a WHEP viewer got no video frame within {FIRST_FRAME_S:.0f} s: at the viewer "
+            f"connection {pc.connectionState}, ICE {pc.iceConnectionState}, "
+            f"{len(viewer.audio.frames)} audio frames; at the server the resource is {server}"
+        )
 
 
 @contextlib.asynccontextmanager
