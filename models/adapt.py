@@ -204,18 +204,18 @@ class TrackedTeacher(TeacherFace):
 
 
 def adapt_note(figures: dict[str, float], judged: str = "") -> str:
-    """The summary line of an adaptation; ``judged`` says what the held-out judge measured
-    (a video), or why no adaptation ran."""
+    """The summary line of an adaptation; ``judged`` is what the judge measured on a video's
+    held-out end ("default -> adapted: ..."), or why no adaptation ran."""
     if figures["steps"] <= 0:
         why = judged or "--steps 0"
         return f"not adapted to this face ({why}): the default model draws the mouth"
-    after = f" ({judged})" if judged else ""
     if figures.get("kept", 1.0) == 0.0:
         return (
             f"adaptation ({figures['steps']:.0f} steps) not kept: it did not beat the default "
-            f"model on the held-out end of the video{after}"
+            "model on the held-out end of the video" + (f" ({judged})" if judged else "")
         )
     return (
         f"adapted to this face: {figures['steps']:.0f} steps in {figures['seconds']:.0f} s "
-        f"on {figures['frames']:.0f} frames{after}"
+        f"on {figures['frames']:.0f} frames"
+        + (f" (held-out end of the video, {judged})" if judged else "")
     )

@@ -258,7 +258,7 @@ def _adapt_to_video(
         return figures, ""
     old, new = _judge(avatar, real, checkpoint)
     judged = (
-        "held-out end of the video, default -> adapted: "
+        "default -> adapted: "
         f"lip sync r {old.show('r', 2)} -> {new.show('r', 2)}, "
         f"aperture miss {old.show('miss', 2)} -> {new.show('miss', 2)}, "
         f"mouth PSNR {old.show('psnr_db', 1)} -> {new.show('psnr_db', 1)} dB"
