@@ -237,3 +237,25 @@ def test_a_bad_case_count_is_a_usage_error(cases: str, capsys: pytest.CaptureFix
     assert exit_info.value.code == 2
     assert "--cases" in capsys.readouterr().err
     assert measure_eval.build_parser().parse_args(["--cases", "48"]).cases == 48
+
+
+def test_figures_by_voice_find_the_voice_whose_lips_stay_open() -> None:
+    """``python -m streamer.measure.voices``: a voice whose generated lips never close stands
+    out from the ones that close, each espeak variant counted by speaker and by variant."""
+    from streamer.measure.voices import by_voice, groups
+
+    teacher = track(lambda t: target(None, t))
+    rendered = np.where(teacher.aperture > 0, 0.8, 0.0)  # the teacher's params: open or shut
+
+    def case(shift: float) -> measure_eval.CaseResult:
+        generated = track(lambda t: target(None, t) + shift)
+        return measure_eval.CaseResult(generated, teacher, rendered, None, None, 1.0)
+
+    assert groups("en-us-nyc+f3") == ["speaker en-us-nyc", "variant f3"]
+    assert groups("ked_diphone") == ["voice ked_diphone"]
+    table = by_voice([("en-us-nyc+f3", case(0.0)), ("ked_diphone", case(0.5))])
+    assert set(table) == {"speaker en-us-nyc", "variant f3", "voice ked_diphone"}
+    assert table["speaker en-us-nyc"]["generated"]["bilabial_closed"] == 1.0
+    assert table["voice ked_diphone"]["generated"]["bilabial_closed"] == 0.0
+    assert table["voice ked_diphone"]["teacher"]["bilabial_closed"] == 1.0
+    assert table["voice ked_diphone"]["cases"] == 1

@@ -143,12 +143,14 @@ def run_eval(
     avatar: Any = None,
     model_path: Any = None,
     recorded: bool = False,
+    cases: list[tuple[str, CaseResult]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate an avatar (by name, or a loaded ``avatar``); the INTERFACE.md object, plus
     ``image.sharpness`` (figures that cannot be measured are null). ``model_path`` replaces
     the avatar's ONNX model (the INT8 gate measures its candidate this way). With
     ``recorded``, a ``recorded`` object gives the lip-sync figures on recorded human speech
-    (:mod:`models.recorded`), judged with the same closed-lip threshold."""
+    (:mod:`models.recorded`), judged with the same closed-lip threshold. ``cases``, where
+    given, receives each held-out case's voice and result (:mod:`streamer.measure.voices`)."""
     from models.avatar import load_avatar
     from models.synth.clip import avatar_teacher
 
@@ -162,6 +164,8 @@ def run_eval(
     results = []
     for i, speech in enumerate(speeches):
         results.append(measure_case(speech, avatar, backend, compare, EVAL_SEED + i, face))
+        if cases is not None:
+            cases.append((speech.voice.name, results[-1]))
         progress(
             f"case {i + 1}/{len(speeches)}: {speech.voice.name}, {speech.duration:.1f} s "
             f"({time.perf_counter() - started:.0f} s)"
