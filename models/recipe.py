@@ -1,11 +1,12 @@
 """The default avatar's whole recipe in one command.
 
-    python -m models.recipe                    # ~55 minutes on a 2-core CPU
+    python -m models.recipe                    # ~25 minutes on a 2-core CPU
     python -m models.recipe --device cuda      # the same on a GPU, minutes
     python -m models.recipe --resume           # continue an interrupted run
 
 Steps: build the teacher dataset (cached shards; an interrupted build resumes), train the
-audio encoder, the SyncNet expert and the generator (resumable checkpoint), export the
+audio encoder, the SyncNet expert and the generator (resumable checkpoint), with
+``--polish-steps N`` polish the generator's lip closures (:mod:`models.polish`), export the
 generator to ONNX with the parity check, and write the avatar package (default:
 ``models/default``) through :func:`models.avatar.write_avatar`. The time of each step and the
 device are logged and stored as ``recipe.json`` next to the checkpoint.
@@ -43,31 +44,13 @@ class Recipe:
     sync_steps: int = 600
     gen_steps: int = 3600
     gen_batch: int = 12
+    polish_steps: int = 0  # the closure polish (models.polish; not in the shipped model)
     seed: int = 0
     workers: int = 2
     threads: int = 0
     fp16: bool = False
     resume: bool = False
     stand_in: bool = False  # the synthetic stand-in teacher: seconds, for smoke tests only
-
-
-def _slim_checkpoint(checkpoint: Path, out: Path) -> Path:
-    """Config and generator weights only: what export and fine-tuning need, ~5 MB."""
-    import torch
-
-    from models.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(checkpoint)
-    slim = {
-        "config": ckpt["config"],
-        "stage": ckpt["stage"],
-        "step": ckpt["step"],
-        "seconds": ckpt.get("seconds", {}),
-        "device": ckpt.get("device", "cpu"),
-        "state": {"generator": ckpt["state"]["generator"]},
-    }
-    torch.save(slim, out)
-    return out
 
 
 def _package_assets(teacher: Teacher, stand_in: bool) -> dict[str, Any]:
@@ -104,6 +87,7 @@ def run(recipe: Recipe) -> dict[str, Any]:
     from models.export import export_onnx
     from models.matte import compute_matte
     from models.ownership import bundled_record
+    from models.polish import PolishConfig, polish_checkpoint
     from models.train import resolve_device, train
 
     device = resolve_device(recipe.device)
@@ -148,9 +132,18 @@ def run(recipe: Recipe) -> dict[str, Any]:
     times["train"] = time.monotonic() - t0
 
     t0 = time.monotonic()
+    slim = polish_checkpoint(
+        checkpoint,
+        checkpoint,
+        run_dir / "generator.pt",
+        PolishConfig(steps=recipe.polish_steps, seed=recipe.seed),
+        device=str(device),
+    )
+    times["polish"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
     onnx_path = run_dir / "generator.onnx"
-    parity = export_onnx(checkpoint, onnx_path, fp16=recipe.fp16)
-    slim = _slim_checkpoint(checkpoint, run_dir / "generator.pt")
+    parity = export_onnx(slim, onnx_path, fp16=recipe.fp16)
     assets = _package_assets(teacher, recipe.stand_in)
     package = write_avatar(
         recipe.out,
@@ -212,6 +205,9 @@ def parse_args(argv: list[str] | None = None) -> Recipe:
     p.add_argument("--audio-steps", type=int, default=d.audio_steps)
     p.add_argument("--sync-steps", type=int, default=d.sync_steps)
     p.add_argument("--batch", type=int, default=d.gen_batch, help="generator batch size")
+    p.add_argument(
+        "--polish-steps", type=int, default=d.polish_steps, help="closure polish steps (0: none)"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="dataset build processes")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
@@ -230,6 +226,7 @@ def parse_args(argv: list[str] | None = None) -> Recipe:
         audio_steps=a.audio_steps,
         sync_steps=a.sync_steps,
         gen_batch=a.batch,
+        polish_steps=a.polish_steps,
         seed=a.seed,
         workers=a.workers,
         threads=a.threads,

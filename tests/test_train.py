@@ -92,3 +92,30 @@ def test_steps_override_and_fixed_seed(data_dir: Path, tmp_path: Path) -> None:
     assert a["config"]["train"]["gen_steps"] == 2
     for k, v in a["state"]["generator"].items():
         assert torch.equal(v, b["state"]["generator"][k]), k
+
+
+def test_the_closure_polish(data_dir: Path, tmp_path: Path) -> None:
+    """models.polish: batches drawn a quarter from the frames whose lips press together; the
+    polished generator is written generator-only, loads, exports, and has moved."""
+    from models.checkpoint import generator_from_checkpoint
+    from models.export import export_onnx
+    from models.polish import PolishConfig, batch_index, closure_frames, polish_checkpoint
+
+    data = FrameDataset(data_dir)
+    closed = closure_frames(data)
+    assert 0 < len(closed) < len(data) and (data.params[closed, 3] > 0.5).all()
+    rng = np.random.default_rng(0)
+    drawn = np.concatenate([batch_index(rng, len(data), closed, 12, 0.25) for _ in range(500)])
+    share = np.isin(drawn, closed).mean()
+    natural = len(closed) / len(data)
+    assert share == pytest.approx(0.25 + 0.75 * natural, abs=0.03)
+    assert np.isin(batch_index(rng, len(data), closed, 64, 1.0), closed).all()
+
+    base = train(_cfg(data_dir), tmp_path / "run", "cpu", progress=False)
+    out = polish_checkpoint(base, base, tmp_path / "generator.pt", PolishConfig(steps=3))
+    polished = load_checkpoint(out)
+    assert set(polished["state"]) == {"generator"} and polished["polish"]["steps"] == 3
+    before = load_checkpoint(base)["state"]["generator"]
+    assert any(not torch.equal(v, before[k]) for k, v in polished["state"]["generator"].items())
+    generator_from_checkpoint(polished)
+    assert export_onnx(out, tmp_path / "generator.onnx") < 1e-3
