@@ -5,9 +5,9 @@
     python -m models.recipe --resume           # continue an interrupted run
 
 Steps: build the teacher dataset (cached shards; an interrupted build resumes), train the
-audio encoder, the SyncNet expert and the generator (resumable checkpoint), with
-``--polish-steps N`` polish the generator's lip closures (:mod:`models.polish`), export the
-generator to ONNX with the parity check, and write the avatar package (default:
+audio encoder, the SyncNet expert and the generator (resumable checkpoint), polish the
+generator's lip closures (:mod:`models.polish`), export the generator to ONNX with the
+parity check, and write the avatar package (default:
 ``models/default``) through :func:`models.avatar.write_avatar`. The time of each step and the
 device are logged and stored as ``recipe.json`` next to the checkpoint.
 """
@@ -44,7 +44,7 @@ class Recipe:
     sync_steps: int = 600
     gen_steps: int = 3600
     gen_batch: int = 12
-    polish_steps: int = 0  # the closure polish (models.polish; not in the shipped model)
+    polish_steps: int = 600  # the closure polish (models.polish); 0 skips it
     seed: int = 0
     workers: int = 2
     threads: int = 0
