@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -111,8 +111,6 @@ def polish_checkpoint(
     """Polish the generator of checkpoint ``base`` with the experts (and config, and data
     unless ``data_dir``) of training checkpoint ``experts``; write a generator-only checkpoint
     to ``out`` and return it."""
-    from dataclasses import replace
-
     from models.checkpoint import generator_from_checkpoint, load_checkpoint, save_checkpoint
     from models.train import resolve_device
 

@@ -127,6 +127,13 @@ def measure_case(
     )
 
 
+def case_threshold(results: Sequence[CaseResult]) -> float:
+    """The closed-lip threshold, calibrated on the teacher's renders of all ``results``."""
+    teacher_ap = np.concatenate([r.teacher.aperture for r in results])
+    teacher_open = np.concatenate([r.teacher_open for r in results])
+    return closed_threshold(teacher_ap, teacher_open)
+
+
 def real_detail(avatar: Any) -> float:
     """High-frequency energy of the real mouth region: the avatar's base frames, which are the
     person's own pixels (a photo's with its mouth closed by the teacher's warp)."""
@@ -177,9 +184,7 @@ def run_eval(
             f"recorded {i + 1}: {speech.voice.name}, {speech.duration:.1f} s "
             f"({time.perf_counter() - started:.0f} s)"
         )
-    teacher_ap = np.concatenate([r.teacher.aperture for r in results])
-    teacher_open = np.concatenate([r.teacher_open for r in results])
-    threshold = closed_threshold(teacher_ap, teacher_open)
+    threshold = case_threshold(results)
     psnr = [r.psnr_db for r in results if r.psnr_db is not None]
     real = real_detail(avatar)
     ssim = [r.ssim for r in results if r.ssim is not None]

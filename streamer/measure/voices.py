@@ -17,11 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from models.avatar import AvatarError
-from models.lipsync import closed_threshold, summarise
-from streamer.measure.eval import CaseResult, run_eval
+from models.lipsync import summarise
+from streamer.measure.eval import CaseResult, case_threshold, run_eval
 
 
 def groups(name: str) -> list[str]:
@@ -34,9 +32,7 @@ def groups(name: str) -> list[str]:
 def by_voice(cases: Sequence[tuple[str, CaseResult]]) -> dict[str, dict[str, Any]]:
     """For each group of :func:`groups`: its case count, and the generated and the teacher's
     lip-sync figures on those cases."""
-    teacher_ap = np.concatenate([r.teacher.aperture for _, r in cases])
-    teacher_open = np.concatenate([r.teacher_open for _, r in cases])
-    threshold = closed_threshold(teacher_ap, teacher_open)
+    threshold = case_threshold([r for _, r in cases])
     members: dict[str, list[CaseResult]] = defaultdict(list)
     for name, result in cases:
         for group in groups(name):
