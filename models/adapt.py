@@ -28,6 +28,7 @@ from models.person import PersonData
 from models.synth.clip import REFERENCE_PARAMS, render_clip
 from models.synth.face import MAX_GAP as MAX_GAP_PX
 from models.synth.face import TeacherFace
+from models.synth.visemes import PRESS, PRESSED
 
 # Speech -> (stage, done, total); ``None`` where the caller shows nothing.
 Progress = Callable[[str, int, int], None]
@@ -42,6 +43,8 @@ class AdaptConfig:
     pad_s: tuple[float, float] = (0.15, 0.8)  # silence around each clip: the mouth rests
     lr: float = 3e-4
     batch: int = 8
+    closures: float = 0.25  # share of each batch drawn from the teacher's closure frames
+    hold_hearing: bool = True  # adapt the drawing only; the audio encoder stays the base's
 
 
 def teacher_material(
@@ -59,7 +62,7 @@ def teacher_material(
     teacher = SynthTeacher(augment_prob=0.5)
     rng = np.random.default_rng(cfg.seed)
     texts = teacher.sentences(cfg.utterances, cfg.seed)
-    crops, windows, silent = [], [], []
+    crops, windows, silent, closed = [], [], [], []
     for i, text in enumerate(texts):
         speech = teacher.speech(text, rng, augment=True)
         speech = pad_silence(speech, *rng.uniform(*cfg.pad_s, size=2))
@@ -69,6 +72,7 @@ def teacher_material(
         crops.append(clip.crops[:n])
         windows.append(w[:n])
         silent.append(clip.params[:n, 0] < 0.02)
+        closed.append(clip.params[:n, PRESS] > PRESSED)
         if progress is not None:
             progress("teacher frames", i + 1, len(texts))
     all_crops = np.concatenate(crops)
@@ -84,6 +88,7 @@ def teacher_material(
         mask=np.array(face.feather_mask() if mask is None else mask, np.float32),
         reference=reference,
         focus=lip_focus(face),
+        closed=np.concatenate(closed),
     )
 
 
@@ -121,7 +126,14 @@ def adapt_generator(
     from models.finetune import Finetuner
 
     tune_cfg = replace(
-        FinetuneConfig(), steps=cfg.steps, lr=cfg.lr, batch=cfg.batch, seed=cfg.seed, holdout=0.0
+        FinetuneConfig(),
+        steps=cfg.steps,
+        lr=cfg.lr,
+        batch=cfg.batch,
+        seed=cfg.seed,
+        holdout=0.0,
+        closures=cfg.closures,
+        hold_hearing=cfg.hold_hearing,
     )
     tuner = Finetuner(base, tune_cfg, torch.device("cpu"))
     started = time.monotonic()
@@ -183,7 +195,12 @@ def merge(real: PersonData, teacher: PersonData) -> PersonData:
         mask=real.mask,
         reference=real.reference,
         focus=teacher.focus,
+        closed=np.concatenate([np.zeros(offset, bool), _closed(teacher)]),
     )
+
+
+def _closed(data: PersonData) -> np.ndarray:
+    return np.zeros(len(data.crops), bool) if data.closed is None else data.closed
 
 
 class TrackedTeacher(TeacherFace):

@@ -71,6 +71,8 @@ class FinetuneConfig:
     disc_lr: float = 2e-4
     gain_db: float = 6.0  # random gain on the mel windows
     colour: float = 1.0  # random spectral colour on them (models.melaug), as in training
+    closures: float = 0.0  # share of each batch drawn from closure frames (where known)
+    hold_hearing: bool = False  # keep the audio encoder and its params head as they are
     checkpoint_every: int = 100
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
@@ -96,6 +98,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def hold(*modules: torch.nn.Module) -> None:
+    """Keep ``modules`` as they are while the rest trains: no gradients, and their batch
+    norms always in inference mode (the generator's ``train()`` would switch them back)."""
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()
+        module.register_forward_pre_hook(_inference)
+
+
+def _inference(module: torch.nn.Module, _: Any) -> None:
+    module.eval()
+
+
 class Finetuner:
     """Owns the models, optimisers and random state of one person's run."""
 
@@ -108,6 +123,8 @@ class Finetuner:
         state = base["state"]
         self.generator = Generator(self.model_cfg.generator).to(device)
         self.generator.load_state_dict(state["generator"])
+        if cfg.hold_hearing:
+            hold(self.generator.audio, self.generator.params_head)
         self.syncnet: SyncNet | None = None
         if "syncnet" in state:
             self.syncnet = SyncNet(self.model_cfg.syncnet).to(device)
@@ -162,7 +179,9 @@ class Finetuner:
     def train_step(self, data: PersonData) -> dict[str, float]:
         c = self.cfg
         set_lr(self.opt_gen, cosine_lr(self.step, c.steps, c.lr, floor=LR_FLOOR))
-        b = to_device(training_batch(data, self.rng, c.batch, c.gain_db, c.colour), self.device)
+        b = to_device(
+            training_batch(data, self.rng, c.batch, c.gain_db, c.colour, c.closures), self.device
+        )
         focused = data.mask if data.focus is None else data.mask * data.focus
         logs = generator_step(
             self.gan,

@@ -40,6 +40,8 @@ class PersonData:
     reference: np.ndarray  # (S, S, 3) uint8
     # (S, S) float32 loss weight on top of the mask (the lips, where the mouth moves), or None
     focus: np.ndarray | None = None
+    # (m,) bool: frames whose lips press together (p/b/m; known for the teacher's frames only)
+    closed: np.ndarray | None = None
 
     def clips(self) -> list[np.ndarray]:
         """The held-out indices split into runs of consecutive video frames."""
@@ -118,12 +120,23 @@ def _image(x: np.ndarray) -> np.ndarray:
 
 
 def training_batch(
-    data: PersonData, rng: np.random.Generator, batch: int, gain_db: float, colour: float = 0.0
+    data: PersonData,
+    rng: np.random.Generator,
+    batch: int,
+    gain_db: float,
+    colour: float = 0.0,
+    closures: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """reference, masked, target (B, 3, S, S) in [0, 1] and mel (B, T, 80), training frames
     only. The reference is the package's half the time (what run time uses), else another
-    training frame, so that the mouth shape has to come from the audio."""
+    training frame, so that the mouth shape has to come from the audio. Each frame is a
+    closure (``data.closed``) with probability ``closures``, else any training frame."""
     idx = data.train[rng.integers(0, len(data.train), batch)]
+    if closures > 0 and data.closed is not None:
+        shut = data.train[data.closed[data.train]]
+        pick = rng.random(batch) < closures
+        if len(shut) and pick.any():
+            idx[pick] = rng.choice(shut, int(pick.sum()))
     target = _image(data.crops[idx])
     refs = data.crops[data.train[rng.integers(0, len(data.train), batch)]].copy()
     refs[rng.random(batch) < 0.5] = data.reference

@@ -28,10 +28,10 @@ from models.config import ModelConfig
 from models.data import FrameDataset
 from models.networks import Generator, PatchDiscriminator, SyncNet
 from models.step import Gan, LossWeights, cosine_lr, freeze, generator_step, set_lr, to_device
+from models.synth.visemes import PRESS, PRESSED
 
 log = logging.getLogger("models.polish")
 
-PRESSED = 0.5  # a frame whose press param is above this is a closure
 WARMUP = 20
 
 
@@ -45,7 +45,7 @@ class PolishConfig:
 
 def closure_frames(data: FrameDataset) -> np.ndarray:
     """Indices of the rendered frames whose lips press together."""
-    return np.flatnonzero(data.params[:, 3] > PRESSED)
+    return np.flatnonzero(data.params[:, PRESS] > PRESSED)
 
 
 def batch_index(

@@ -132,3 +132,47 @@ def test_train_created_avatar(
     # Bad input: one line, exit 2.
     assert main(["avatar", "train", "nobody"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_closure_share_and_held_hearing() -> None:
+    from models.audio import WindowConfig
+    from models.avatar import default_avatar_dir
+    from models.checkpoint import load_checkpoint
+    from models.person import PersonData, training_batch
+
+    # Frame i is filled with grey level i; frames 10-14 are the closures.
+    n, size, frames = 40, 160, WindowConfig().length
+    crops = np.repeat(np.arange(n, dtype=np.uint8), size * size * 3).reshape(n, size, size, 3)
+    closed = np.zeros(n, bool)
+    closed[10:15] = True
+    data = PersonData(
+        crops=crops,
+        frames=np.arange(n),
+        windows=np.random.default_rng(0).normal(-4, 1, (n, frames, 80)).astype(np.float16),
+        silent=np.zeros(n, bool),
+        train=np.arange(n - 2),
+        heldout=np.zeros(0, np.int64),
+        mask=np.ones((size, size), np.float32),
+        reference=crops[0],
+        closed=closed,
+    )
+    rng = np.random.default_rng(1)
+    drawn = lambda share: np.rint(  # noqa: E731
+        training_batch(data, rng, 400, 0.0, 0.0, share)["target"][:, 0, 0, 0] * 255
+    ).astype(int)
+    assert set(drawn(1.0)) <= set(range(10, 15))
+    share = np.isin(drawn(0.5), range(10, 15)).mean()
+    assert 0.45 < share < 0.65  # half drawn from closures, plus the closures of the other half
+    assert np.isin(drawn(0.0), range(10, 15)).mean() < 0.25
+
+    # Held hearing: a step trains the drawing and leaves the audio encoder (batch norm
+    # statistics included) and its params head exactly as they were.
+    base = load_checkpoint(default_avatar_dir() / "checkpoint.pt")
+    cfg = FinetuneConfig(steps=1, batch=2, hold_hearing=True)
+    tuner = Finetuner(base, cfg, torch.device("cpu"))
+    before = {k: v.clone() for k, v in tuner.generator.state_dict().items()}
+    tuner.train_step(data)
+    after = tuner.generator.state_dict()
+    held = [k for k in before if k.startswith(("audio.", "params_head."))]
+    assert held and all(torch.equal(before[k], after[k]) for k in held)
+    assert not torch.equal(before["cond_proj.0.weight"], after["cond_proj.0.weight"])

@@ -21,6 +21,7 @@ from models.synth.phonemes import BILABIALS, SILENCE, Phone
 
 N_PARAMS = 4
 OPEN, WIDTH, ROUND, PRESS = range(N_PARAMS)
+PRESSED = 0.5  # a frame whose press is above this is a closure (the lips of p, b, m)
 
 
 @dataclass(frozen=True)
