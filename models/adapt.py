@@ -200,7 +200,7 @@ def merge(real: PersonData, teacher: PersonData) -> PersonData:
         mask=real.mask,
         reference=real.reference,
         focus=teacher.focus,
-        closed=np.concatenate([np.zeros(offset, bool), _closed(teacher)]),
+        closed=np.concatenate([_closed(real), _closed(teacher)]),
     )
 
 

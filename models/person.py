@@ -119,6 +119,17 @@ def _image(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
 
 
+def with_closures(
+    rng: np.random.Generator, idx: np.ndarray, closed: np.ndarray, share: float
+) -> np.ndarray:
+    """``idx`` with each entry replaced, with probability ``share``, by one of the closure
+    frames ``closed`` (the lips pressed together: p/b/m); also :mod:`models.polish`'s draw."""
+    pick = rng.random(len(idx)) < share
+    if len(closed):
+        idx[pick] = rng.choice(closed, int(pick.sum()))
+    return idx
+
+
 def training_batch(
     data: PersonData,
     rng: np.random.Generator,
@@ -133,10 +144,7 @@ def training_batch(
     closure (``data.closed``) with probability ``closures``, else any training frame."""
     idx = data.train[rng.integers(0, len(data.train), batch)]
     if closures > 0 and data.closed is not None:
-        shut = data.train[data.closed[data.train]]
-        pick = rng.random(batch) < closures
-        if len(shut) and pick.any():
-            idx[pick] = rng.choice(shut, int(pick.sum()))
+        idx = with_closures(rng, idx, data.train[data.closed[data.train]], closures)
     target = _image(data.crops[idx])
     refs = data.crops[data.train[rng.integers(0, len(data.train), batch)]].copy()
     refs[rng.random(batch) < 0.5] = data.reference
@@ -156,4 +164,5 @@ __all__ = [
     "load_person",
     "split_holdout",
     "training_batch",
+    "with_closures",
 ]

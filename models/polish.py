@@ -27,6 +27,7 @@ import torch
 from models.config import ModelConfig
 from models.data import FrameDataset
 from models.networks import Generator, PatchDiscriminator, SyncNet
+from models.person import with_closures
 from models.step import Gan, LossWeights, cosine_lr, freeze, generator_step, set_lr, to_device
 from models.synth.visemes import PRESS, PRESSED
 
@@ -52,11 +53,7 @@ def batch_index(
     rng: np.random.Generator, n: int, closed: np.ndarray, batch: int, share: float
 ) -> np.ndarray:
     """``batch`` frame indices, each a closure with probability ``share`` (else any frame)."""
-    idx = rng.integers(0, n, batch)
-    pick = rng.random(batch) < share
-    if len(closed):
-        idx[pick] = rng.choice(closed, int(pick.sum()))
-    return idx
+    return with_closures(rng, rng.integers(0, n, batch), closed, share)
 
 
 def polish(
