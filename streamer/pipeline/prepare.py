@@ -3,7 +3,8 @@
 Preparing frame ``k`` commits its mel window's samples (later writes go after them), takes
 its 40 ms of audio to play, and names the utterances in that audio: the one with the most
 samples is the frame's ``utterance_id``. A window of digital silence gets no mel at all, so
-the renderer can reuse the idle mouth.
+the renderer can reuse the idle mouth. What the generator hears passes the voice gate first
+(:mod:`streamer.pipeline.gate`): room tone far under the voice reaches it as silence.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from models.audio import (
     window_mel,
     window_range,
 )
+from streamer.pipeline.gate import history_range, voice_gate
 from streamer.pipeline.timeline import Timeline, frame_range
 
 
@@ -67,7 +69,7 @@ def prepare_frame(
         frame.audio_in_at = _earliest(frame.audio_in_at, arrived)
         if is_live(span.utterance_id):
             frame.live_in_at = _earliest(frame.live_in_at, arrived)
-    samples = timeline.samples(lo, hi)
+    samples = voice_gate(timeline.samples(lo, hi), timeline.samples(*history_range(lo)))
     frame.mel = window_mel(samples, k, window) if samples.any() else None
     if frame.counts:
         frame.utterance_id = max(frame.counts, key=lambda u: frame.counts[u])

@@ -20,7 +20,9 @@ import numpy as np
 
 from models.audio import SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 
-HISTORY = SAMPLE_RATE  # samples kept behind the read position: more than any window needs
+# Samples kept behind the read position: a window and the voice gate's look back
+# (streamer.pipeline.gate.REFERENCE_S) before it.
+HISTORY = 5 * SAMPLE_RATE
 # A live stream's piece later than this (against the stream's own schedule) is taken as the
 # stream resuming after a pause, not as a late piece: it gets the whole latency budget again.
 RESUME = SAMPLE_RATE * 3 // 10
