@@ -142,8 +142,12 @@ def test_quick_bench_has_the_interface_shape(
     }
     assert set(figures["generator_ms_per_frame"]) == {"1", "4", "16"}
     assert set(figures["encode_ms_per_frame"]) == {"vp8", "h264"}
-    assert figures["generation_sessions"] == 2  # the limit: the stand-in is fast
-    assert [s["sessions"] for s in figures["generation_ramp"]] == [1, 2]
+    # How many sessions hold is a timing, for bench to measure, not for this test (a busy CI
+    # machine once held none): the figure must agree with its own ramp, within the limit.
+    steps = figures["generation_ramp"]
+    assert steps[0]["sessions"] == 1 and all(1 <= s["sessions"] <= 2 for s in steps)
+    held = [s["sessions"] for s in steps if s["held"]]
+    assert figures["generation_sessions"] == max(held, default=0)
     assert all(v > 0 for v in figures["generator_ms_per_frame"].values())
     assert figures["pipeline_ms_per_frame"] > 0
     assert figures["peak_rss_mb"] > 50
