@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,10 @@ from models.avatar import (
     check_name,
 )
 from models.ownership import LOCAL_OWNER, check_statement, seal
-from models.selfcheck import Checker
+from models.selfcheck import Checker, SelfCheck
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+LINE_EVERY_S = 10.0  # without a terminal: a progress line this often
 
 
 class CreateError(AvatarError):
@@ -104,18 +106,18 @@ def create_avatar(
         )
     if (video is None) == (image is None):
         raise CreateError("give exactly one of --video or --image")
-    bar = _Bar() if progress is None and not quiet and sys.stderr.isatty() else None
+    bar: _Bar | _Lines | None = None
+    if progress is None and not quiet:
+        bar = _Bar() if sys.stderr.isatty() else _Lines()
+    report_to = progress or _call(bar)
+    checker = None if check is None else _reported(check, report_to)
     try:
         if video is not None:
             from models.video_avatar import create_video_avatar
 
-            report = create_video_avatar(
-                name, Path(video), target, progress or _call(bar), adapt, check
-            )
+            report = create_video_avatar(name, Path(video), target, report_to, adapt, checker)
         else:
-            report = _create_from_image(
-                name, Path(image or ""), target, progress or _call(bar), adapt, check
-            )
+            report = _create_from_image(name, Path(image or ""), target, report_to, adapt, checker)
     finally:
         if bar is not None:
             bar.close()
@@ -193,7 +195,51 @@ class _Bar:
             self._bar = None
 
 
-def _call(bar: _Bar | None) -> Progress:
+class _Lines:
+    """Progress as plain lines where stderr is no terminal (a log, ``docker run`` without
+    ``-t``): each stage's start and end, and in between one line every :data:`LINE_EVERY_S`
+    with the share done and the time left, so a minutes-long create is never silent. They go
+    to stdout: stderr keeps the summary, or the one-line error of a create that fails."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._stage = ""
+        self._started = self._said = 0.0
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        now = self._clock()
+        if stage != self._stage:
+            self._stage, self._started, self._said = stage, now, now
+            print(f"{stage}: started", flush=True)
+        finished = total > 0 and done >= total
+        if finished or now - self._said >= LINE_EVERY_S:
+            self._said = now
+            elapsed = now - self._started
+            line = f"{stage}: {done}/{total}"
+            if finished:
+                line += f", done in {elapsed:.0f} s"
+            elif total > 0 and done > 0:
+                left = elapsed / done * (total - done)
+                line += f" ({100 * done / total:.0f} %, about {left:.0f} s left)"
+            print(line, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _reported(check: Checker, progress: Progress) -> Checker:
+    """``check`` as a stage of its own in the progress (its cases take some 15 s)."""
+
+    def run(avatar: Any) -> SelfCheck:
+        progress("self-check", 0, 1)
+        verdict = check(avatar)
+        progress("self-check", 1, 1)
+        return verdict
+
+    return run
+
+
+def _call(bar: _Bar | _Lines | None) -> Progress:
     if bar is None:
         return lambda stage, done, total: None
     return bar.update

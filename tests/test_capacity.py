@@ -119,10 +119,11 @@ async def test_speaking_sessions_call_the_generator_for_every_frame(
     backend = Sleeper("cuda:0", 0.0, 0.0)
     worker = InferenceWorker(backend)
     try:
-        best, steps = await ramp(worker, tiny_avatar(), pool, 0.8, 1, quiet)
+        _, steps = await ramp(worker, tiny_avatar(), pool, 0.8, 1, quiet)
     finally:
         await worker.aclose()
-    assert best == 1 and steps[0].on_time == 1.0, steps
+    # Whether the step held is a timing (a busy machine may be late once); the calls are not.
+    assert [s.sessions for s in steps] == [1], steps
     # A voice without pauses: no frame takes the cached idle mouth, each one is generated
     # (20 published, the one prepared after the last may be generated too).
     assert worker.stats.frames >= 20 and worker.stats.calls == backend.calls

@@ -170,6 +170,23 @@ def test_photo_avatar(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert record is not None and record.owner == "local" and record.source_file == "me.jpg"
 
 
+def test_progress_lines_without_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from models.create import LINE_EVERY_S, _Lines
+
+    now = [0.0]
+    lines = _Lines(clock=lambda: now[0])
+    for step in range(0, 101):
+        now[0] = step * LINE_EVERY_S / 4  # a line every fourth step
+        lines.update("adapting the model", step, 100)
+    lines.update("self-check", 0, 6)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "adapting the model: started"
+    assert out[1] == "adapting the model: 4/100 (4 %, about 240 s left)"
+    assert out[-2] == "adapting the model: 100/100, done in 250 s"
+    assert out[-1] == "self-check: started"
+    assert len(out) == 1 + 25 + 1  # not a line per step: one each 10 s and at the end
+
+
 # --- end to end --------------------------------------------------------------------------------
 
 
@@ -182,8 +199,10 @@ def test_create_then_render(
     args = ["twin", "--video", str(talking_video), "--steps", "0", "--no-check", *CONSENT]
     made = main(["avatar", "create", *args])
     assert made == 0
-    summary = capsys.readouterr().err
+    out, summary = capsys.readouterr()
     assert "frames used" in summary and "face size" in summary
+    # stderr is no terminal here: progress comes as lines on stdout, each stage's start and end.
+    assert "tracking: started" in out and "cutting: started" in out and "done in" in out
     avatar = read_avatar(home / "avatars" / "twin")
     assert avatar.manifest.kind == "video" and avatar.manifest.frame_size == (WIDTH, HEIGHT)
     assert 50 <= len(avatar.frames) <= 100
