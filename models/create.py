@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +25,10 @@ from models.avatar import (
     check_name,
 )
 from models.ownership import LOCAL_OWNER, check_statement, seal
+from models.progress_lines import ProgressLines
 from models.selfcheck import Checker, SelfCheck
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-LINE_EVERY_S = 10.0  # without a terminal: a progress line this often
 
 
 class CreateError(AvatarError):
@@ -106,9 +105,9 @@ def create_avatar(
         )
     if (video is None) == (image is None):
         raise CreateError("give exactly one of --video or --image")
-    bar: _Bar | _Lines | None = None
+    bar: _Bar | ProgressLines | None = None
     if progress is None and not quiet:
-        bar = _Bar() if sys.stderr.isatty() else _Lines()
+        bar = _Bar() if sys.stderr.isatty() else ProgressLines()
     report_to = progress or _call(bar)
     checker = None if check is None else _reported(check, report_to)
     try:
@@ -195,38 +194,6 @@ class _Bar:
             self._bar = None
 
 
-class _Lines:
-    """Progress as plain lines where stderr is no terminal (a log, ``docker run`` without
-    ``-t``): each stage's start and end, and in between one line every :data:`LINE_EVERY_S`
-    with the share done and the time left, so a minutes-long create is never silent. They go
-    to stdout: stderr keeps the summary, or the one-line error of a create that fails."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._stage = ""
-        self._started = self._said = 0.0
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        now = self._clock()
-        if stage != self._stage:
-            self._stage, self._started, self._said = stage, now, now
-            print(f"{stage}: started", flush=True)
-        finished = total > 0 and done >= total
-        if finished or now - self._said >= LINE_EVERY_S:
-            self._said = now
-            elapsed = now - self._started
-            line = f"{stage}: {done}/{total}"
-            if finished:
-                line += f", done in {elapsed:.0f} s"
-            elif total > 0 and done > 0:
-                left = elapsed / done * (total - done)
-                line += f" ({100 * done / total:.0f} %, about {left:.0f} s left)"
-            print(line, flush=True)
-
-    def close(self) -> None:
-        pass
-
-
 def _reported(check: Checker, progress: Progress) -> Checker:
     """``check`` as a stage of its own in the progress (its cases take some 15 s)."""
 
@@ -239,7 +206,7 @@ def _reported(check: Checker, progress: Progress) -> Checker:
     return run
 
 
-def _call(bar: _Bar | _Lines | None) -> Progress:
+def _call(bar: _Bar | ProgressLines | None) -> Progress:
     if bar is None:
         return lambda stage, done, total: None
     return bar.update

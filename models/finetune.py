@@ -50,6 +50,7 @@ from models.checkpoint import (
 from models.config import ModelConfig
 from models.networks import Generator, PatchDiscriminator, SyncNet
 from models.person import FinetuneError, PersonData, load_person, training_batch
+from models.progress_lines import ProgressLines
 from models.step import Gan, LossWeights, cosine_lr, freeze, generator_step, set_lr, to_device
 
 STATE_FILE = "finetune.pt"
@@ -203,15 +204,19 @@ class Finetuner:
             initial=self.step,
             desc="train",
             unit="step",
-            disable=not progress,
+            disable=not progress or not sys.stderr.isatty(),
             dynamic_ncols=True,
             file=sys.stderr,
         )
+        # Without a terminal: lines (each 10 s) in the bar's place.
+        lines = ProgressLines() if progress and bar.disable else None
         start = time.monotonic()
         try:
             while self.step < c.steps:
                 logs = self.train_step(data)
                 bar.update()
+                if lines is not None:
+                    lines.update("train", self.step, c.steps)
                 if self.step % 5 == 0 or self.step == c.steps:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
                 if self.step % c.checkpoint_every == 0 or self.step == c.steps:

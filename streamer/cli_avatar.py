@@ -112,7 +112,7 @@ def _train_person(args: argparse.Namespace) -> int:
         steps=args.steps,
         resume=args.resume,
         force=args.force,
-        progress=sys.stderr.isatty(),
+        progress=True,  # a bar on a terminal, else lines
     )
     print(report.summary(), file=sys.stderr)
     return 0

@@ -171,10 +171,10 @@ def test_photo_avatar(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_progress_lines_without_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
-    from models.create import LINE_EVERY_S, _Lines
+    from models.progress_lines import LINE_EVERY_S, ProgressLines
 
     now = [0.0]
-    lines = _Lines(clock=lambda: now[0])
+    lines = ProgressLines(clock=lambda: now[0])
     for step in range(0, 101):
         now[0] = step * LINE_EVERY_S / 4  # a line every fourth step
         lines.update("adapting the model", step, 100)

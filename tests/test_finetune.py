@@ -114,8 +114,10 @@ def test_train_created_avatar(
 
     # The command: a short train, the held-out figures, the package replaced only if better.
     assert main(["avatar", "train", "twin", "--device", "cpu", "--steps", "2"]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "held-out" in err and "psnr_db" in err, err
+    # stderr is no terminal here: progress comes as lines on stdout.
+    assert out.startswith("train: started\n") and "train: 2/2, done in" in out, out
     # The eval on the held-out tail: lips follow this person's own speech (r of the generated
     # mouth against the real one; the bar for a usable model is 0.7).
     r_row = next(line.split() for line in err.splitlines() if line.startswith("r "))
