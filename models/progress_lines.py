@@ -16,10 +16,12 @@ LINE_EVERY_S = 10.0
 
 
 class ProgressLines:
-    """``update(stage, done, total)`` as lines; a new ``stage`` starts its own clock."""
+    """``update(stage, done, total)`` as lines; a new ``stage`` starts its own clock. A
+    ``total`` of 0 is unknown: the lines count ``unit`` then."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, unit: str = "") -> None:
         self._clock = clock
+        self._unit = unit
         self._stage = ""
         self._started = self._said = 0.0
 
@@ -32,7 +34,7 @@ class ProgressLines:
         if finished or now - self._said >= LINE_EVERY_S:
             self._said = now
             elapsed = now - self._started
-            line = f"{stage}: {done}/{total}"
+            line = f"{stage}: {done}/{total}" if total > 0 else f"{stage}: {done} {self._unit}"
             if finished:
                 line += f", done in {elapsed:.0f} s"
             elif total > 0 and done > 0:

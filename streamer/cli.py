@@ -121,14 +121,13 @@ def cmd_render(args: argparse.Namespace) -> int:
             audio=args.audio,
             text=args.text,
             batch_size=settings.batch_size or BATCH,
-            progress=progress.update if progress else None,
+            progress=progress.update,
             transparent=transparent,
             label=args.label,
             signing=settings.home,  # the C2PA chain lives (or is made) there
         )
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     print(
         f"wrote {result.path}: {result.frames} frames, {result.duration_s:.2f} s of audio, "
         f"{result.ms_per_frame:.1f} ms/frame ({backend_key(backend)}), mark id {result.mark_id}",

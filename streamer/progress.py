@@ -1,4 +1,5 @@
-"""`avatarcast render`'s progress bar on stderr (only on a terminal: logs stay clean)."""
+"""`avatarcast render`'s progress: a bar on stderr on a terminal, else a line on stdout every
+10 s (:mod:`models.progress_lines`), so logs stay clean and a long render is never silent."""
 
 from __future__ import annotations
 
@@ -22,5 +23,20 @@ class Progress:
         self._bar.close()
 
 
-def progress_bar() -> Progress | None:
-    return Progress() if sys.stderr.isatty() else None
+class Lines:
+    """Frames rendered so far, as a line every 10 s."""
+
+    def __init__(self) -> None:
+        from models.progress_lines import ProgressLines
+
+        self._lines = ProgressLines(unit="frames")
+
+    def update(self, frames: int) -> None:
+        self._lines.update("render", frames, 0)
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar() -> Progress | Lines:
+    return Progress() if sys.stderr.isatty() else Lines()

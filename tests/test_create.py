@@ -185,6 +185,11 @@ def test_progress_lines_without_a_terminal(capsys: pytest.CaptureFixture[str]) -
     assert out[-2] == "adapting the model: 100/100, done in 250 s"
     assert out[-1] == "self-check: started"
     assert len(out) == 1 + 25 + 1  # not a line per step: one each 10 s and at the end
+    frames = ProgressLines(clock=lambda: now[0], unit="frames")  # a total not known
+    frames.update("render", 1, 0)
+    now[0] += LINE_EVERY_S
+    frames.update("render", 250, 0)
+    assert capsys.readouterr().out.splitlines() == ["render: started", "render: 250 frames"]
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -214,6 +219,7 @@ def test_create_then_render(
     assert 100 < np.median(sides) < 160
     out = tmp_path / "twin.mp4"
     assert main(["render", "--avatar", "twin", "--text", "Hello there.", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("render: started\n")  # no terminal: lines
     with av.open(str(out)) as container:
         frame = next(container.decode(video=0))
         assert (frame.width, frame.height) == (WIDTH, HEIGHT)
