@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,42 @@ def test_drawn_teeth_for_closed_lips() -> None:
     grace = TeacherFace(*prepare_face(FACES / "grace-hopper.jpg")[:2])
     ouster = TeacherFace(*prepare_face(FACES / "ouster.png")[:2])
     assert not grace.own_teeth and ouster.own_teeth
+
+
+def test_drawn_teeth_keep_their_white_under_a_beard_or_dark_skin() -> None:
+    """Drawn teeth take their brightness from the face's white, not from the skin below the
+    lip: a beard or darker skin there leaves them as bright, and they show as separate teeth
+    (the V between two biting edges), not as one band."""
+    from models.photo_avatar import prepare_face
+    from models.synth.face import TeacherFace
+    from models.synth.interior import LUMA, TEETH_PX
+
+    photo, landmarks = prepare_face(FACES / "grace-hopper.jpg")[:2]
+    face = TeacherFace(photo, landmarks)
+    chin = photo.copy()
+    lower_lip_y = int(landmarks[17, 1])  # the lower lip's lowest point, mid-mouth
+    chin[lower_lip_y + 2 :] = (chin[lower_lip_y + 2 :] * 0.4).astype(np.uint8)
+    darker = TeacherFace(chin, landmarks)
+
+    def teeth(f: TeacherFace) -> np.ndarray:
+        """The drawn teeth's row a pixel under the lip line, across the middle of the mouth."""
+        frame = f.render(np.array([0.6, 0, 0, 0], np.float32)).astype(np.float32) @ LUMA
+        row = round(f.mouth_cy + 2 * f.scale)
+        half = int(0.5 * f.half_width)
+        return frame[row, int(f.mouth_cx) - half : int(f.mouth_cx) + half]
+
+    light, dark = teeth(face), teeth(darker)
+    assert np.median(dark) > 0.9 * np.median(light) and np.median(light) > 150
+    # Separate teeth: near the biting edge (0.7 of the drawn length) the dark cavity shows
+    # between two teeth, not a seam's slight shade.
+    edge = round(face.mouth_cy + 0.7 * TEETH_PX * face.scale)
+    frame = face.render(np.array([0.6, 0, 0, 0], np.float32)).astype(np.float32) @ LUMA
+    half = int(0.6 * face.half_width)
+    bite = frame[edge, int(face.mouth_cx) - half : int(face.mouth_cx) + half]
+    bright = np.flatnonzero(bite > 0.6 * bite.max())
+    # Runs of darker pixels between two bright ones, as dark as the cavity.
+    notches = [b > a + 1 and bite[a + 1 : b].min() < 0.4 * bite.max() for a, b in pairwise(bright)]
+    assert sum(notches) >= 2, bite.round()
 
 
 # --- create from photos --------------------------------------------------------------------

@@ -186,7 +186,7 @@ class TeacherFace:
         self._jaw_depth = smooth_fall(ys - (self.chin_y - 16.0 * s), 28.0 * s)[:, None]
         self._interior = interior.Interior(
             self.photo, xs, self.y0, self._gap_top, self._gap_bot, self._gap_shape,
-            self._contact, self.own_teeth, s,
+            self._contact, self.own_teeth, s, interior.face_white(self.photo, lm),
         )  # fmt: skip
 
     # -- mouth --------------------------------------------------------------------------------

@@ -20,7 +20,12 @@ TEETH_PX = 6.0
 # Tooth boundaries as a share of the half mouth width from the centre: central incisors,
 # lateral incisors, canines.
 TOOTH_EDGES = (0.0, 0.34, 0.6, 0.84)
-SKIN_LUMA = 150.0  # skin brightness at which drawn teeth take their base colour
+NOTCH = 0.35  # share of a drawn tooth's length the V between two teeth takes
+SHADES = (1.0, 1.0, 0.96, 0.96, 0.92, 0.92, 0.84)  # centrals .. the teeth past the canines
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+TEETH_LUMA = float(TEETH_RGB @ LUMA)
+WHITE_SHARE = 0.85  # drawn teeth are this bright against the face's white (face_white)
+SKIN_RGB = np.array([170.0, 140.0, 120.0], np.float32)  # the tint where no skin is sampled
 
 
 class Interior:
@@ -37,6 +42,7 @@ class Interior:
         contact: np.ndarray,
         own_teeth: bool,
         scale: float,
+        white: float = TEETH_LUMA,
     ) -> None:
         self._photo = photo
         self._x0, self._x1 = int(xs[0]), int(xs[-1]) + 1
@@ -52,11 +58,13 @@ class Interior:
         self._cavity = _toward_grey(CAVITY_RGB, grey)
         self._tongue = _toward_grey(TONGUE_RGB, grey)
         if not own_teeth:
-            self._drawn_bottom = contact + TEETH_PX * scale * np.sqrt(gap_shape)
-            self._drawn_rgb = _toward_grey(_teeth_colour(photo, xs, contact, gap_shape), grey)
             centre = float(xs[int(np.argmax(gap_shape))])
             half = 0.5 * float(np.sum(gap_shape > 0.02))
-            self._seams = _seams(xs, centre, half, scale)
+            length = TEETH_PX * scale * np.sqrt(gap_shape)
+            self._drawn_bottom = contact + length * (1.0 - _notches(xs, centre, half, scale))
+            colour = _teeth_colour(photo, xs, contact, gap_shape, white)
+            self._drawn_rgb = _toward_grey(colour, grey)
+            self._seams = _seams(xs, centre, half, scale) * _tooth_shade(xs, centre, half)
 
     def render(
         self, Y: np.ndarray, r0: int, top: np.ndarray, bot: np.ndarray, gap: np.ndarray
@@ -96,11 +104,23 @@ class Interior:
         return np.asarray(mix * shade[..., None], dtype=np.float32)
 
 
+def face_white(photo: np.ndarray, landmarks: np.ndarray) -> float:
+    """The luma of what is white in the face's light: the 99th percentile over the face's
+    landmark box (the eyes' whites, the highlights on forehead and nose)."""
+    h, w = photo.shape[:2]
+    x0, y0 = np.clip(np.floor(landmarks[:, :2].min(axis=0)).astype(int), 0, (w - 1, h - 1))
+    x1, y1 = np.clip(np.ceil(landmarks[:, :2].max(axis=0)).astype(int) + 1, 1, (w, h))
+    region = photo[y0:y1, x0:x1].reshape(-1, 3).astype(np.float32)
+    return float(np.percentile(region @ LUMA, 99)) if len(region) else TEETH_LUMA
+
+
 def _teeth_colour(
-    photo: np.ndarray, xs: np.ndarray, contact: np.ndarray, shape: np.ndarray
+    photo: np.ndarray, xs: np.ndarray, contact: np.ndarray, shape: np.ndarray, white: float
 ) -> np.ndarray:
-    """(cols, 3) colour of drawn teeth: off-white, as bright as the skin below the lower lip
-    and with a little of its colour cast, so the teeth sit in the photo's light."""
+    """(cols, 3) colour of drawn teeth: off-white, a little under the face's ``white``
+    (:func:`face_white`), with a little of the colour cast of the skin below the lower lip,
+    so the teeth sit in the photo's light. (Their brightness once followed that skin: dark
+    skin, or a beard there, made them grey.)"""
     centre = int(np.argmax(shape))
     cols = np.flatnonzero(shape > 0.3)
     y = int(contact[centre])
@@ -109,26 +129,44 @@ def _teeth_colour(
     x0 = int(xs[cols[0]]) if len(cols) else int(xs[centre]) - span
     x1 = int(xs[cols[-1]]) + 1 if len(cols) else int(xs[centre]) + span
     patch = photo[min(y + span // 2, h - 1) : min(y + span, h), max(x0, 0) : min(x1, w)]
-    skin = (
-        np.median(patch.reshape(-1, 3).astype(np.float32), axis=0)
-        if patch.size
-        else np.full(3, SKIN_LUMA, np.float32)
-    )
-    luma = float(skin @ np.array([0.299, 0.587, 0.114], np.float32))
-    light = float(np.clip(luma / SKIN_LUMA, 0.5, 1.1))
+    skin = np.median(patch.reshape(-1, 3).astype(np.float32), axis=0) if patch.size else SKIN_RGB
+    light = float(np.clip(WHITE_SHARE * white / TEETH_LUMA, 0.45, 1.05))
     tint = skin / max(float(skin.mean()), 1.0)
     rgb = TEETH_RGB * light * (0.85 + 0.15 * tint)
     return np.asarray(np.tile(np.clip(rgb, 0, 255), (len(xs), 1)), np.float32)
 
 
+def _tooth_edges(centre: float, half: float) -> list[float]:
+    """Columns where neighbouring drawn teeth meet, the middle one first."""
+    return [centre + side * edge * half for edge in TOOTH_EDGES for side in (-1.0, 1.0)][1:]
+
+
+def _notches(xs: np.ndarray, centre: float, half: float, scale: float) -> np.ndarray:
+    """(cols,) share of a tooth's length lost where two teeth meet: their rounded biting
+    edges leave a small V there, which is what shows teeth rather than a white band."""
+    out = np.zeros(len(xs), np.float32)
+    for x in _tooth_edges(centre, half):
+        out = np.maximum(out, NOTCH * np.exp(-(((xs - x) / (1.1 * scale)) ** 2)))
+    return out
+
+
+def _tooth_shade(xs: np.ndarray, centre: float, half: float) -> np.ndarray:
+    """(cols,) brightness of each tooth: the front incisors catch the most light; the
+    laterals, the canines and the teeth behind them, turned away and in the corners'
+    shadow, less."""
+    d = np.abs(xs - centre) / max(half, 1.0)
+    e = TOOTH_EDGES
+    return np.interp(
+        d, [0.0, e[1], e[1] + 0.06, e[2], e[2] + 0.06, e[3], e[3] + 0.06], SHADES
+    ).astype(np.float32)
+
+
 def _seams(xs: np.ndarray, centre: float, half: float, scale: float) -> np.ndarray:
     """(cols,) brightness factor with faint dark lines where neighbouring teeth meet."""
     out = np.ones(len(xs), np.float32)
-    for k, edge in enumerate(TOOTH_EDGES):
+    for k, x in enumerate(_tooth_edges(centre, half)):
         depth = 0.2 if k == 0 else 0.13
-        for side in (-1.0, 1.0) if k else (1.0,):
-            x = centre + side * edge * half
-            out *= 1.0 - depth * np.exp(-(((xs - x) / (0.7 * scale)) ** 2))
+        out *= 1.0 - depth * np.exp(-(((xs - x) / (0.7 * scale)) ** 2))
     return out
 
 
@@ -143,5 +181,5 @@ def _greyness(region: np.ndarray) -> float:
 
 def _toward_grey(rgb: np.ndarray, grey: float) -> np.ndarray:
     """Colours (..., 3) moved toward their own luma by ``grey`` (0 none, 1 all the way)."""
-    luma = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    luma = rgb @ LUMA
     return np.asarray(rgb + grey * (np.asarray(luma)[..., None] - rgb), np.float32)
