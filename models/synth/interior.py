@@ -20,7 +20,10 @@ TEETH_PX = 6.0
 # Tooth boundaries as a share of the half mouth width from the centre: central incisors,
 # lateral incisors, canines.
 TOOTH_EDGES = (0.0, 0.34, 0.6, 0.84)
-NOTCH = 0.35  # share of a drawn tooth's length the V between two teeth takes
+# The V between two teeth: the share of a tooth's length it takes, and its half-width (px at
+# the default scale). A V 0.35 deep and 1.1 px wide was blurred away by the adapted generator,
+# which drew one white band again; this one survives it (docs/benchmarks.md).
+NOTCH, NOTCH_PX = 0.5, 1.6
 SHADES = (1.0, 1.0, 0.96, 0.96, 0.92, 0.92, 0.84)  # centrals .. the teeth past the canines
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 TEETH_LUMA = float(TEETH_RGB @ LUMA)
@@ -146,7 +149,7 @@ def _notches(xs: np.ndarray, centre: float, half: float, scale: float) -> np.nda
     edges leave a small V there, which is what shows teeth rather than a white band."""
     out = np.zeros(len(xs), np.float32)
     for x in _tooth_edges(centre, half):
-        out = np.maximum(out, NOTCH * np.exp(-(((xs - x) / (1.1 * scale)) ** 2)))
+        out = np.maximum(out, NOTCH * np.exp(-(((xs - x) / (NOTCH_PX * scale)) ** 2)))
     return out
 
 
