@@ -21,9 +21,10 @@ TEETH_PX = 6.0
 # lateral incisors, canines.
 TOOTH_EDGES = (0.0, 0.34, 0.6, 0.84)
 # The V between two teeth: the share of a tooth's length it takes, and its half-width (px at
-# the default scale). A V 0.35 deep and 1.1 px wide was blurred away by the adapted generator,
-# which drew one white band again; this one survives it (docs/benchmarks.md).
-NOTCH, NOTCH_PX = 0.5, 1.6
+# the default scale). The adapted generator mostly blurs this one into a band; one 0.5 deep
+# and 1.6 px wide survived it on photos, but a short video twin's mouth then no longer shut
+# (docs/benchmarks.md).
+NOTCH, NOTCH_PX = 0.35, 1.1
 SHADES = (1.0, 1.0, 0.96, 0.96, 0.92, 0.92, 0.84)  # centrals .. the teeth past the canines
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 TEETH_LUMA = float(TEETH_RGB @ LUMA)
