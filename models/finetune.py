@@ -199,17 +199,18 @@ class Finetuner:
         from tqdm import tqdm
 
         c = self.cfg
+        on_terminal = sys.stderr.isatty()
         bar = tqdm(
             total=c.steps,
             initial=self.step,
             desc="train",
             unit="step",
-            disable=not progress or not sys.stderr.isatty(),
+            disable=not (progress and on_terminal),
             dynamic_ncols=True,
             file=sys.stderr,
         )
         # Without a terminal: lines (each 10 s) in the bar's place.
-        lines = ProgressLines() if progress and bar.disable else None
+        lines = ProgressLines() if progress and not on_terminal else None
         start = time.monotonic()
         try:
             while self.step < c.steps:

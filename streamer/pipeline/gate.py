@@ -16,6 +16,7 @@ The reference looks back only: a live stream has no future to look at, and the s
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import maximum_filter1d
 
 from models.audio import HOP, SAMPLE_RATE
 
@@ -47,8 +48,7 @@ def voice_gate(window: np.ndarray, history: np.ndarray) -> np.ndarray:
     gain = np.clip((levels - (reference - BELOW_DB)) / RAMP_DB, 0.0, 1.0)
     if gain.min() >= 1.0:
         return window
-    padded = np.pad(gain, HOLD)
-    held = np.max([padded[i : i + len(gain)] for i in range(2 * HOLD + 1)], axis=0)
+    held = maximum_filter1d(gain, 2 * HOLD + 1, mode="constant")
     # Gain per hop at the hop's centre, linear in between; the tail past the last hop keeps it.
     centres = np.arange(len(held)) * HOP + HOP // 2
     ramp = np.interp(np.arange(len(window)), centres, held)
