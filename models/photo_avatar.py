@@ -38,16 +38,20 @@ from models.synth.face import LANDMARKS_FILE, TeacherFace
 PHOTO_SIZE = 512
 ALIGN_POINTS = (33, 263, 1, 152)  # outer eye corners, nose tip, chin
 KNOWN_GAIN = 16.0  # fill_outside: a coarse pixel 1/16 photo counts as known
+FILL_LINE = 1.0 / 6.0  # frame_box: an edge line goes while more of it than this is fill
+KEEP_MARGIN = 12.0  # framed_face: pixels (at the default's scale) kept around the jaw's reach
 
 Progress = Callable[[str, int, int], None]
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1 and y1 exclusive
 
 
 class PhotoAvatarError(AvatarError):
     """The photo cannot become an avatar; the message says why and what to do."""
 
 
-def align(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """The photo warped so its face sits where the default's does in a 512x512 frame."""
+def align(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The photo warped so its face sits where the default's does in a 512x512 frame, and
+    where in that frame the photo's own pixels are (the rest is filled from them)."""
     teacher = np.load(LANDMARKS_FILE)[:, :2].astype(np.float32)
     points = list(ALIGN_POINTS)
     matrix, _ = cv2.estimateAffinePartial2D(
@@ -63,7 +67,45 @@ def align(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     inside = cv2.warpAffine(
         np.ones(rgb.shape[:2], np.float32), matrix, size, flags=cv2.INTER_LINEAR
     )
-    return fill_outside(warped, inside)
+    return fill_outside(warped, inside), inside >= 0.999
+
+
+def frame_box(photo: np.ndarray, keep: Box) -> Box:
+    """The part of the aligned 512x512 frame an avatar keeps, where ``photo`` (H, W bool) is
+    the photo's own pixels and the rest is filled from them. A tight or tilted portrait is not
+    padded out to the default's framing with colours smeared from its edge: starting from the
+    photo's extent, the side whose edge line is most fill goes, one line at a time, while that
+    line is more than ``FILL_LINE`` fill (a pixel of fill weighs as much as five of photo). No
+    side moves into ``keep`` (where the teacher moves the jaw and the compositor pastes the
+    mouth). The sides are even, for the video encoders. A photo that covers the frame keeps
+    all of it."""
+    height, width = photo.shape
+    ys, xs = np.nonzero(photo)
+    if not len(xs):
+        return (0, 0, width, height)
+    x0, y0 = max(min(int(xs.min()), keep[0]), 0), max(min(int(ys.min()), keep[1]), 0)
+    x1, y1 = (
+        min(max(int(xs.max()) + 1, keep[2]), width),
+        min(max(int(ys.max()) + 1, keep[3]), height),
+    )
+    fill = ~photo
+    while True:
+        lines = {
+            "top": fill[y0, x0:x1].mean() if y0 < keep[1] else 0.0,
+            "bottom": fill[y1 - 1, x0:x1].mean() if y1 > keep[3] else 0.0,
+            "left": fill[y0:y1, x0].mean() if x0 < keep[0] else 0.0,
+            "right": fill[y0:y1, x1 - 1].mean() if x1 > keep[2] else 0.0,
+        }
+        side = max(lines, key=lambda k: lines[k])
+        if lines[side] <= FILL_LINE:
+            break
+        x0, y0 = x0 + (side == "left"), y0 + (side == "top")
+        x1, y1 = x1 - (side == "right"), y1 - (side == "bottom")
+    if (x1 - x0) % 2:
+        x1, x0 = (x1 + 1, x0) if x1 < width else (x1, x0 - 1)
+    if (y1 - y0) % 2:
+        y1, y0 = (y1 + 1, y0) if y1 < height else (y1, y0 - 1)
+    return (x0, y0, x1, y1)
 
 
 def fill_outside(image: np.ndarray, inside: np.ndarray, feather: int = 6) -> np.ndarray:
@@ -103,8 +145,9 @@ def fill_outside(image: np.ndarray, inside: np.ndarray, feather: int = 6) -> np.
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def prepare_face(path: Path) -> tuple[np.ndarray, np.ndarray, float, list[str]]:
-    """(aligned RGB, its landmarks, face size in the source, warnings) for a photo file."""
+def prepare_face(path: Path) -> tuple[np.ndarray, np.ndarray, float, list[str], np.ndarray]:
+    """(aligned RGB, its landmarks, face size in the source, warnings, where the aligned frame
+    shows the photo's own pixels) for a photo file."""
     from models.photo import check_face, pick_face, read_photo, without_frame_lines
     from models.tracking import FaceTracker, observe
 
@@ -113,11 +156,35 @@ def prepare_face(path: Path) -> tuple[np.ndarray, np.ndarray, float, list[str]]:
         face = pick_face(tracker.landmarks(rgb))
         warnings = check_face(face, rgb.shape)
         source_px = observe(face).side
-        aligned = align(rgb, face)
+        aligned, photo = align(rgb, face)
         again = tracker.landmarks(aligned)
     if not again:
         raise PhotoAvatarError(f"the face in {path} is lost once aligned: use a frontal photo")
-    return aligned, again[0], source_px, warnings
+    return aligned, again[0], source_px, warnings, photo
+
+
+def keep_box(face: TeacherFace) -> Box:
+    """Where the teacher moves the jaw and the compositor pastes the mouth (head motion
+    included): what a photo avatar's frame must hold, even past the photo's edge."""
+    mouth = face.mouth_box()
+    margin = KEEP_MARGIN * face.scale
+    return (
+        int(min(face.x0, mouth[0]) - margin),
+        int(min(face.y0, mouth[1]) - margin),
+        int(np.ceil(max(face.x1, mouth[2]) + margin)),
+        int(np.ceil(max(face.y1, mouth[3]) + margin)),
+    )
+
+
+def framed_face(aligned: np.ndarray, landmarks: np.ndarray, photo: np.ndarray) -> TeacherFace:
+    """The teacher's face on the part of the aligned frame the avatar keeps (:func:`frame_box`)."""
+    whole = TeacherFace(aligned, landmarks)
+    x0, y0, x1, y1 = frame_box(photo, keep_box(whole))
+    if (x0, y0, x1, y1) == (0, 0, *aligned.shape[1::-1]):
+        return whole
+    shifted = np.asarray(landmarks, np.float32).copy()
+    shifted[:, :2] -= (x0, y0)
+    return TeacherFace(np.ascontiguousarray(aligned[y0:y1, x0:x1]), shifted)
 
 
 def create_photo_avatar(
@@ -130,8 +197,8 @@ def create_photo_avatar(
 ) -> dict[str, Any]:
     """Build, adapt, check and install the package; returns what the summary reports."""
     started = time.perf_counter()
-    aligned, landmarks, source_px, warnings = prepare_face(path)
-    face = TeacherFace(aligned, landmarks)
+    aligned, landmarks, source_px, warnings, photo = prepare_face(path)
+    face = framed_face(aligned, landmarks, photo)
     closed = np.zeros(4, np.float32)
     frames = [face.render(closed)] + [face.render(closed, blink=b) for b in BLINK_LEVELS]
     box = face.mouth_box()
@@ -142,8 +209,8 @@ def create_photo_avatar(
     work = Path(tempfile.mkdtemp(prefix=f".{name}.create-", dir=root))
     try:
         model, checkpoint, figures = adapted_model(face, cfg, work, progress)
-        cv2.imwrite(str(work / "photo.png"), cv2.cvtColor(aligned, cv2.COLOR_RGB2BGR))
-        np.save(work / "landmarks.npy", np.asarray(landmarks, np.float32))
+        cv2.imwrite(str(work / "photo.png"), cv2.cvtColor(face.photo, cv2.COLOR_RGB2BGR))
+        np.save(work / "landmarks.npy", face.landmarks)
         staged = write_avatar(
             work / name,
             name=name,

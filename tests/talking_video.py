@@ -92,7 +92,7 @@ def make_talking_video(
         from models.photo_avatar import prepare_face
         from models.synth.face import TeacherFace
 
-        aligned, landmarks, _, _ = prepare_face(Path(photo))
+        aligned, landmarks, *_ = prepare_face(Path(photo))
         face = TeacherFace(aligned, landmarks)
     frames, samples = _teacher_clip(seconds, seed, face)
     duration = len(frames) / TEACHER_FPS

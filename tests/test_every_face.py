@@ -61,7 +61,7 @@ def test_the_teacher_closes_and_opens_any_mouth(name: str) -> None:
     from models.photo_avatar import prepare_face
     from models.synth.face import TeacherFace
 
-    aligned, landmarks, _, _ = prepare_face(FACES / name)
+    aligned, landmarks, *_ = prepare_face(FACES / name)
     face = TeacherFace(aligned, landmarks)
     closed, _, small, half, wide = apertures(face, (0.0, 0.2, 0.3, 0.5, 1.0))
     assert closed < 0.02

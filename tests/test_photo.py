@@ -333,3 +333,63 @@ def test_padding_beside_a_small_photo_is_smooth(monkeypatch: pytest.MonkeyPatch)
     assert np.abs(aligned.astype(np.float32) - nearest).mean(axis=2)[band].mean() < 28.0
     untouched = np.ones((40, 40, 3), np.uint8)
     assert photo_avatar.fill_outside(untouched, np.ones((40, 40), np.float32)) is untouched
+
+
+def test_a_tight_tilted_portrait_keeps_its_own_framing() -> None:
+    """Denis Bitouzé's photo is a tight portrait with his head tilted 14 degrees. Aligned to the
+    default's framing it covered 44 % of the 512x512 frame, and the avatar showed the rest:
+    colours smeared out from the photo's edge around his head. The avatar now keeps the part
+    of the frame that is photo, around everything the mouth needs."""
+    from models.photo_avatar import (
+        FILL_LINE,
+        TeacherFace,
+        frame_box,
+        framed_face,
+        keep_box,
+        prepare_face,
+    )
+
+    aligned, landmarks, _, _, photo = prepare_face(FACES / "denis.png")
+    assert photo.mean() < 0.5
+    keep = keep_box(TeacherFace(aligned, landmarks))
+    x0, y0, x1, y1 = box = frame_box(photo, keep)
+    assert (x1 - x0) % 2 == 0 and (y1 - y0) % 2 == 0
+    assert x0 <= keep[0] and y0 <= keep[1] and x1 >= keep[2] and y1 >= keep[3]
+    # His photo ends at his collar, tilted: under the chin, the jaw's reach is fill (10 %).
+    # The jaw holds the sides and the bottom; the top line is nearly all photo (at most a
+    # sixth fill); most of the photo is kept.
+    fill = ~photo
+    assert fill[y0:y1, x0:x1].mean() < 0.15
+    assert keep[0] - x0 <= 1 and x1 - keep[2] <= 1 and y1 - keep[3] <= 1
+    assert fill[y0, x0:x1].mean() <= FILL_LINE
+    assert photo[y0:y1, x0:x1].sum() > 0.7 * photo.sum()
+    face = framed_face(aligned, landmarks, photo)
+    assert face.frame_size == (x1 - x0, y1 - y0)
+    assert np.array_equal(face.photo, aligned[y0:y1, x0:x1]), box
+    # The face's landmarks moved with the frame: the mouth box holds the same pixels.
+    whole = TeacherFace(aligned, landmarks)
+    mx0, my0, mx1, my1 = face.mouth_box()
+    wx0, wy0, wx1, wy1 = whole.mouth_box()
+    assert np.array_equal(face.photo[my0:my1, mx0:mx1], aligned[wy0:wy1, wx0:wx1])
+
+
+def test_the_frame_box_of_a_photo_that_covers_the_frame_or_not() -> None:
+    from models.photo_avatar import frame_box
+
+    keep = (180, 200, 340, 400)
+    assert frame_box(np.ones((512, 512), bool), keep) == (0, 0, 512, 512)
+    # A photo turned 20 degrees: the upright rectangle inside it, less than 2 % fill at the
+    # corners (1.3 %), two thirds of the photo (the most an upright rectangle can hold of a
+    # 330x420 one turned 20 degrees is 70 %).
+    tilted = np.zeros((512, 512), np.uint8)
+    corners = cv2.boxPoints(((256.0, 240.0), (330.0, 420.0), 20.0))
+    cv2.fillConvexPoly(tilted, np.round(corners).astype(np.int32), 1)
+    photo = tilted.astype(bool)
+    x0, y0, x1, y1 = frame_box(photo, keep)
+    assert 1.0 - photo[y0:y1, x0:x1].mean() < 0.02
+    assert photo[y0:y1, x0:x1].sum() > 0.6 * photo.sum()
+    # A photo that ends above the chin: the frame still holds the jaw's reach, filled, and
+    # keeps the photo's sides rather than trading five of its pixels for one of fill.
+    short = np.zeros((512, 512), bool)
+    short[:350, 100:420] = True
+    assert frame_box(short, keep) == (100, 0, 420, 400)
