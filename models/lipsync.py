@@ -52,7 +52,7 @@ class ApertureMeter:
         mp = import_mediapipe()
 
         self._mesh = started(
-            mp.solutions.face_mesh.FaceMesh(
+            lambda: mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=False, refine_landmarks=True, max_num_faces=1
             )
         )

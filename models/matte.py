@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -54,12 +55,11 @@ def segment(frames: np.ndarray) -> np.ndarray:
             "pip install 'avatarcast[eval]', or run `python -m models.matte PACKAGE` where it is"
         ) from None
     out = np.zeros(frames.shape[:3], np.float32)
+    segmentation = mp.solutions.selfie_segmentation
     for selection in (0, 1):  # general (256x256) and landscape (144x256)
         with (
             default_float_environment(),
-            started(
-                mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=selection)
-            ) as s,
+            started(partial(segmentation.SelfieSegmentation, model_selection=selection)) as s,
         ):
             for i, rgb in enumerate(frames):
                 out[i] += s.process(np.ascontiguousarray(rgb)).segmentation_mask

@@ -21,7 +21,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -64,9 +64,12 @@ def native_stderr_quiet() -> Iterator[None]:
         os.close(saved)
 
 
-def started(solution: Solution) -> Solution:
-    """``solution`` (a MediaPipe solution) with its graph built quietly: one ``process`` of a
-    small blank picture, where no face or person is found, so no tracking state is kept.
+def started(make: Callable[[], Solution]) -> Solution:
+    """The MediaPipe solution ``make`` builds, built quietly: made, then one ``process`` of a
+    small blank picture, where no face or person is found, so no tracking state is kept. A
+    solution starts its graph as it is made, and the graph's own threads open its models and
+    write their warnings soon after, so the making is inside the quiet block too (outside it,
+    the lines of some graphs slipped out, mid-progress, in every ``eval``).
 
     The first face a process finds makes one more warning ("Using NORM_RECT without
     IMAGE_DIMENSIONS...", once per process), so solutions started on the main thread also see
@@ -75,6 +78,7 @@ def started(solution: Solution) -> Solution:
     global _face_seen
     blank = np.zeros((64, 64, 3), np.uint8)
     with native_stderr_quiet():
+        solution = make()
         solution.process(blank)  # type: ignore[attr-defined]
         if not _face_seen and _on_main_thread():
             from skimage import data

@@ -77,7 +77,7 @@ class FaceTracker:
         mp = import_mediapipe()
 
         self._mesh: Any = started(
-            mp.solutions.face_mesh.FaceMesh(
+            lambda: mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=not video,
                 max_num_faces=max_faces,
                 refine_landmarks=False,

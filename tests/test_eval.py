@@ -259,3 +259,31 @@ def test_figures_by_voice_find_the_voice_whose_lips_stay_open() -> None:
     assert table["voice ked_diphone"]["generated"]["bilabial_closed"] == 0.0
     assert table["voice ked_diphone"]["teacher"]["bilabial_closed"] == 1.0
     assert table["voice ked_diphone"]["cases"] == 1
+
+
+def test_the_landmark_models_write_nothing_to_stderr() -> None:
+    """MediaPipe's C++ side writes warnings as a graph opens its models ("Feedback manager
+    requires a model with a single signature...", from the graph's own threads while the
+    solution is being made) and when it first meets a face ("Using NORM_RECT..."). With the
+    making outside the quiet start-up, a fifth to a third of the meters wrote a line, in the
+    middle of ``create``'s progress and of every ``eval`` (7 and 13 lines from these 40)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from models.lipsync import ApertureMeter\n"
+        "from models.synth.face import load_photo\n"
+        "from models.tracking import FaceTracker\n"
+        "face = load_photo()\n"
+        "with FaceTracker(video=False) as tracker:\n"
+        "    assert tracker.landmarks(face)\n"
+        "for _ in range(40):\n"
+        "    with ApertureMeter() as meter:\n"
+        "        assert all(meter.measure(face) > 0.0 for _ in range(5))\n"
+        "print('measured')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and "measured" in done.stdout, done.stderr[-2000:]
+    assert done.stderr.strip() == "", done.stderr[-2000:]
