@@ -382,3 +382,43 @@ async def test_pages_need_the_view_token(browser: Any) -> None:
         for name in ("index.html", "view.html", "obs.html", "control.js", "whep.js"):
             body = (await http.get(f"/web/{name}")).text
             assert "http://" not in body.replace("http://www.w3.org", "")  # nothing external
+
+
+async def test_the_viewer_takes_the_shape_of_a_non_square_avatar(
+    browser: Any, standin: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """A photo avatar keeps its photo's framing, so its pictures need not be square: the
+    viewer page's box takes their shape instead of a square with bars beside a tall face."""
+    from models.avatar import AvatarError, load_avatar
+    from tests.conftest import fake_speech, make_stand_in_avatar
+
+    _, backend = standin
+    make_stand_in_avatar(tmp_path / "avatars" / "tall", name="tall", size=(400, 480))
+
+    def loader(name: str) -> tuple[Any, Any]:
+        if name != "tall":
+            raise AvatarError(f"no avatar named {name!r}")
+        return load_avatar(name, tmp_path), backend
+
+    app = create_app(Settings(home=tmp_path, avatar="tall"), loader=loader, speech=fake_speech)
+    async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
+        res = await http.post("/v1/sessions", json={"avatar": "tall"})
+        assert res.status_code == 201, res.text
+        page = await browser.new_page(viewport={"width": 800, "height": 600})
+        await page.goto(res.json()["view_url"])
+        await page.wait_for_function(
+            "window.avatarcast && window.avatarcast.firstFrameMs", timeout=15_000
+        )
+        await asyncio.sleep(0.3)
+        look = await page.evaluate(
+            """() => {
+              const v = document.getElementById('video');
+              const r = v.parentElement.getBoundingClientRect();
+              return { size: [v.videoWidth, v.videoHeight], box: [r.width, r.height] };
+            }"""
+        )
+        await page.close()
+    assert look["size"] == [400, 480]
+    width, height = look["box"]
+    assert abs(width / height - 400 / 480) < 0.01, look  # a square box: 1.0
+    assert height > 0.75 * 600  # as tall as the page allows (82 % of its height)

@@ -1,9 +1,10 @@
 // The control page: create a session, make it speak (text, file, microphone), interrupt,
 // watch it, and see its events and live figures.
-import { play, sendMicrophone } from "/web/whep.js";
+import { play, sendMicrophone, shapeFrame } from "/web/whep.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { session: null, player: null, mic: null, ws: null, timer: null };
+shapeFrame($("video"), $("video").parentElement);
 
 $("apikey").value = localStorage.getItem("avatarcast.apikey") || "";
 $("apikey").addEventListener("change", () => localStorage.setItem("avatarcast.apikey", $("apikey").value));

@@ -143,3 +143,16 @@ export function pageParams() {
   const query = new URLSearchParams(location.search);
   return { sessionId: parts[parts.length - 1], token: query.get("token"), query };
 }
+
+// The picture's box takes the shape of the session's picture: an avatar's own frame need not
+// be square (a photo avatar keeps its photo's framing). `packed`: colour and alpha side by side.
+export function shapeFrame(video, frame, packed = false) {
+  const fit = () => {
+    const width = packed ? video.videoWidth / 2 : video.videoWidth;
+    if (width > 0 && video.videoHeight > 0) {
+      frame.style.setProperty("--aspect", String(width / video.videoHeight));
+    }
+  };
+  video.addEventListener("loadedmetadata", fit);
+  video.addEventListener("resize", fit);
+}
