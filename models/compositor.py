@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from models.avatar import Avatar, keep_mask
-from models.detail import transfer_detail
+from models.detail import Reference, transfer_detail
 from models.idle import STILL, IdleMotion, Pose
 from models.matte import Matte, MatteError
 
@@ -50,6 +50,8 @@ class Compositor:
         self._hole = keep_mask(avatar.mask)  # where the target stays visible
         self._masked: dict[int, np.ndarray] = {}
         self._masks: dict[int, np.ndarray] = {size: avatar.mask[..., None].astype(np.float32)}
+        # A photo's reference crop is the same face at the same place: detail for the teeth.
+        self._references: dict[int, Reference] = {}
         width, height = avatar.manifest.frame_size
         self._centre = (width / 2.0, height / 2.0)
 
@@ -85,6 +87,20 @@ class Compositor:
             crop = cv2.resize(crop, (self._size, self._size), interpolation=interp)
         return crop
 
+    def _reference_detail(self, side: int) -> Reference | None:
+        """The reference crop at the box's size as a source of detail, for photo avatars (a
+        video's reference comes from one of its frames, its head elsewhere in the others)."""
+        if not self._photo:
+            return None
+        reference = self._references.get(side)
+        if reference is None:
+            image = self.avatar.reference
+            if side != image.shape[0]:
+                shrink = cv2.INTER_AREA if side < image.shape[0] else cv2.INTER_LINEAR
+                image = cv2.resize(image, (side, side), interpolation=shrink)
+            reference = self._references[side] = Reference(image)
+        return reference
+
     def _mask(self, side: int) -> np.ndarray:
         mask = self._masks.get(side)
         if mask is None:
@@ -107,7 +123,7 @@ class Compositor:
             if side != self._size:
                 gen = cv2.resize(gen, (side, side), interpolation=cv2.INTER_LINEAR)
             region = frame[y0:y1, x0:x1].astype(np.float32)
-            gen = transfer_detail(gen, region)
+            gen = transfer_detail(gen, region, self._reference_detail(side))
             # Blend in float and round once: a mask of 0 gives back the base pixels exactly.
             region += self._mask(side) * (gen - region)
             frame[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)

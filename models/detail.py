@@ -12,6 +12,13 @@ nothing agrees and the generated pixels stay as drawn, and so do they wherever t
 the softer of the two (an upscaled photo). Nothing is invented: every added detail is the
 person's own.
 
+For a photo avatar the reference crop is a second source (:class:`Reference`): the teacher's
+drawing of the same face with the mouth half open, at the same place. Where the mouth changed
+(nothing of the base agrees) but its low frequencies agree with the reference's, the reference's
+detail goes in: the seams and edges of the teeth, which the generator otherwise draws as one
+soft white band. The upper teeth are fixed to the head, so they sit where the reference has
+them.
+
 It runs on every frame, so the comparison is made at a quarter of the pixels (80 px) and the
 low-pass is a Gaussian pyramid step: about 1 ms per frame on one CPU core.
 """
@@ -26,6 +33,7 @@ import numpy as np
 TOLERANCE = 26.0  # low-pass difference (8-bit levels) at which the base texture is dropped
 SHIFTS = (0, -2, 2, 4, 6)  # downward shifts of the base tried, in pixels of the half scale
 PREFER = 2.0  # levels by which a shifted base must agree better than the unshifted one
+TOLERANCE_REFERENCE = 16.0  # the same for the reference, stricter: it is another mouth state
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -52,10 +60,24 @@ def _shifted(image: np.ndarray, dy: int) -> np.ndarray:
     return out
 
 
-def transfer_detail(generated: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """``generated`` with the high frequencies of ``base`` where both agree at low frequency.
+class Reference:
+    """A second source of detail (see the module's text): its high frequencies, its low-pass
+    luma at half size and its detail energy, computed once for every frame."""
 
-    Both are (S, S, 3) float32 in 0..255 with S even; shifts are scaled to S / 160.
+    def __init__(self, image: np.ndarray) -> None:
+        image = np.asarray(image, np.float32)
+        low, self.luma = _low(image)
+        self.detail = image - low
+        self.energy = cv2.blur(np.abs(self.detail) @ LUMA, (7, 7))
+
+
+def transfer_detail(
+    generated: np.ndarray, base: np.ndarray, reference: Reference | None = None
+) -> np.ndarray:
+    """``generated`` with the high frequencies of ``base`` where both agree at low frequency,
+    and, where none of the base agrees, those of ``reference`` where it does.
+
+    All are (S, S, 3) float32 in 0..255 with S even; shifts are scaled to S / 160.
     """
     size = generated.shape[0]
     scale = size / 160.0
@@ -84,9 +106,23 @@ def transfer_detail(generated: np.ndarray, base: np.ndarray) -> np.ndarray:
     # Only where the base is the more detailed: a soft base never blurs a crisp drawing.
     energy_base = cv2.blur(np.abs(detail) @ LUMA, (7, 7))
     energy_gen = cv2.blur(np.abs(high_gen) @ LUMA, (7, 7))
-    richer = np.clip(2.5 * (energy_base / np.maximum(energy_gen, 0.5) - 0.7), 0.0, 1.0)
-    keep *= richer
-    return np.asarray(generated + keep[..., None] * (detail - high_gen), np.float32)
+    keep *= _richer(energy_base, energy_gen)
+    out = generated + keep[..., None] * (detail - high_gen)
+    if reference is not None:
+        gap = cv2.blur(cv2.absdiff(luma_gen, reference.luma), (5, 5))
+        changed = np.clip(best_gap / TOLERANCE, 0.0, 1.0)
+        take = np.clip(1.0 - gap / TOLERANCE_REFERENCE, 0.0, 1.0) * changed
+        if float(take.max()) > 0.1:  # a closed mouth (most frames): next to nothing to take
+            take = cv2.resize(cv2.blur(take, (5, 5)), full, interpolation=cv2.INTER_LINEAR)
+            take *= _richer(reference.energy, energy_gen)
+            out += take[..., None] * (reference.detail - high_gen)
+    return np.asarray(out, np.float32)
+
+
+def _richer(energy_source: np.ndarray, energy_generated: np.ndarray) -> np.ndarray:
+    """0..1: how much more detail the source has than the generated pixels."""
+    ratio = energy_source / np.maximum(energy_generated, 0.5)
+    return np.asarray(np.clip(2.5 * (ratio - 0.7), 0.0, 1.0), np.float32)
 
 
 @lru_cache(maxsize=8)
