@@ -50,6 +50,7 @@ class CreateReport:
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
     check: dict[str, Any] | None = None  # the self-check's eval figures
+    frame_size: tuple[int, int] | None = None  # (width, height) of the avatar's pictures
 
     @property
     def frames_per_s(self) -> float:
@@ -57,6 +58,10 @@ class CreateReport:
 
     def summary(self) -> str:
         lines = [f"created avatar {self.name!r} ({self.kind}) in {self.path}"]
+        if self.frame_size is not None:
+            framing = "the photo's own framing" if self.kind == "photo" else "the video's"
+            width, height = self.frame_size
+            lines.append(f"  frame: {width}x{height} px ({framing}; sessions stream this size)")
         if self.kind == "video":
             lines += [
                 f"  frames used: {self.frames_used} of {self.frames_total} "
@@ -164,6 +169,7 @@ def _create_from_image(
         seconds=made["seconds"],
         notes=tuple(made["notes"]),
         check=made["check"],
+        frame_size=made["frame_size"],
     )
 
 

@@ -234,6 +234,7 @@ def create_photo_avatar(
         shutil.rmtree(work, ignore_errors=True)
     return {
         "face_px": source_px,
+        "frame_size": face.frame_size,
         "frames": len(frames),
         "warnings": warnings,
         "notes": notes,

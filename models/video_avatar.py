@@ -111,6 +111,7 @@ def create_video_avatar(
         frames_total=n,
         frames_used=used,
         face_px=float(np.median(face_px)),
+        frame_size=(frame_w, frame_h),
         loop=loop,
         interpolated=track.interpolated,
         left_out=track.long_gaps,

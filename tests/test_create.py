@@ -156,7 +156,8 @@ def test_photo_avatar(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
         ["avatar", "create", "me", "--image", str(photo), "--steps", "0", "--no-check", *CONSENT]
     )
     assert made == 0
-    assert "face size" in capsys.readouterr().err
+    summary = capsys.readouterr().err
+    assert "face size" in summary and "frame: 512x512 px (the photo's own framing" in summary
     avatar = load_avatar("me", home)
     assert avatar.manifest.kind == "photo" and avatar.manifest.frame_size == (512, 512)
     assert avatar.manifest.blink_frames == (1, 2, 3)
@@ -206,6 +207,7 @@ def test_create_then_render(
     assert made == 0
     out, summary = capsys.readouterr()
     assert "frames used" in summary and "face size" in summary
+    assert f"frame: {WIDTH}x{HEIGHT} px (the video's" in summary
     # stderr is no terminal here: progress comes as lines on stdout, each stage's start and end.
     assert "tracking: started" in out and "cutting: started" in out and "done in" in out
     avatar = read_avatar(home / "avatars" / "twin")
