@@ -118,6 +118,7 @@ def test_create_signs_the_record_in(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         fake_package(target.parent.parent, name)
         return {
             "face_px": 100.0,
+            "frame_size": (512, 512),
             "frames": 1,
             "warnings": [],
             "seconds": 0.0,
