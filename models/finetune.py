@@ -21,7 +21,6 @@ default's training shares.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from models.checkpoint import (
 )
 from models.config import ModelConfig
 from models.networks import Generator, PatchDiscriminator, SyncNet
+from models.ownership import file_sha256
 from models.person import FinetuneError, PersonData, load_person, training_batch
 from models.progress_lines import ProgressLines
 from models.step import Gan, LossWeights, cosine_lr, freeze, generator_step, set_lr, to_device
@@ -89,14 +89,6 @@ class FinetuneConfig:
 def work_dir(name: str, home: Path) -> Path:
     """Where a run of ``avatar train NAME`` keeps its state until it is done."""
     return home / "work" / name
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hold(*modules: torch.nn.Module) -> None:
@@ -323,7 +315,7 @@ def train_avatar(
         torch.set_num_threads(cfg.threads)
     data = load_person(avatar, cfg.holdout)
     base = load_checkpoint(base_path)
-    base_sha = _sha256(base_path)
+    base_sha = file_sha256(base_path)
     work = work_dir(name, home)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / STATE_FILE

@@ -5,13 +5,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from models.detail import Reference, transfer_detail
+from models.detail import LUMA, Reference, transfer_detail
 from models.synth.clip import REFERENCE_PARAMS
 from models.synth.face import TeacherFace
 
 
 def _energy(image: np.ndarray) -> float:
-    grey = np.asarray(image, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = np.asarray(image, np.float32) @ LUMA
     return float(cv2.Laplacian(grey, cv2.CV_32F).var())
 
 

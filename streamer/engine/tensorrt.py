@@ -14,7 +14,6 @@ of the torch backend), so no pycuda/cuda-python is needed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from models.ownership import file_sha256
 from streamer.engine.base import BackendError
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,8 @@ def cache_root() -> Path:
 
 
 def model_hash(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The ONNX model's SHA-256: part of an engine's cache key."""
+    return file_sha256(Path(path))
 
 
 def _slug(text: str) -> str:
