@@ -8,6 +8,7 @@ FROM python:3.11-slim-bookworm AS cpu
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 AVATARCAST_HOME=/data/avatars
 RUN apt-get update \
  && apt-get install -y --no-install-recommends espeak-ng srt-tools \
+    festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -28,6 +29,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 AVATARCAST_HOME=/data/avatars \
     PIP_BREAK_SYSTEM_PACKAGES=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-pip python3-venv espeak-ng srt-tools \
+    festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -6,11 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
-# Speech: espeak-ng is the built-in TTS; festival and its voices give training and eval more voices;
+# Speech: espeak-ng is the built-in TTS; festival and its voices give `avatar create`'s adaptation,
+# training and eval their natural-sounding voices (without festival, create adapts on espeak only);
 # chromium is the real browser of the WebRTC tests (driven by playwright, no browser download);
 # nginx with its RTMP module receives the RTMP outputs' pushes in their tests.
 # srt-tools: srt-live-transmit sends the srt outputs (and is the SRT listener in their tests).
-RUN_APT := espeak-ng
+RUN_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
 TEST_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium \
 	nginx libnginx-mod-rtmp srt-tools
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from models.audio import SAMPLE_RATE
+from models.synth import speech as speech_module
 from models.synth.augment import (
     NOISE_KINDS,
     augment,
@@ -97,6 +98,18 @@ def test_random_voice_is_reproducible_and_in_split() -> None:
     assert {v.engine for v in drawn} == {"espeak", "festival"}
     with pytest.raises(ValueError):
         voices("test")  # type: ignore[arg-type]
+
+
+def test_without_festival_the_teacher_speaks_espeak_and_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`make run` and the image once had espeak-ng only: `create` drew a festival voice for a
+    third of its sentences and died of FileNotFoundError."""
+    monkeypatch.setattr(speech_module, "engine_installed", lambda engine: engine == "espeak")
+    rng = np.random.default_rng(0)
+    assert {random_voice("train", rng).engine for _ in range(60)} == {"espeak"}
+    with pytest.raises(RuntimeError, match=r"festival is not installed.*apt install festival"):
+        synthesize("Bob paid me.", FESTIVAL[0])
 
 
 # --- synthesis ------------------------------------------------------------------------------

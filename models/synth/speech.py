@@ -10,7 +10,10 @@ pauses and stop closures).
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import unicodedata
@@ -37,6 +40,13 @@ from models.synth.phonemes import (
 Engine = Literal["espeak", "festival", "recorded"]
 Split = Literal["train", "heldout"]
 PEAK = 0.9
+# espeak-ng is a library loaded in process (and required); festival is a program, its voices
+# in Debian packages of their own: engine -> (program, apt packages).
+PROGRAMS: dict[str, tuple[str, str]] = {
+    "festival": ("festival", "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"),
+}
+
+log = logging.getLogger("models.synth.speech")
 
 
 @dataclass(frozen=True)
@@ -135,13 +145,31 @@ def voices(split: Split) -> list[Voice]:
     return out
 
 
+@functools.cache
+def engine_installed(engine: str) -> bool:
+    """Whether ``engine`` can speak here (warned about once where it cannot)."""
+    if engine not in PROGRAMS:
+        return True
+    program, packages = PROGRAMS[engine]
+    found = shutil.which(program) is not None
+    if not found:
+        log.warning(
+            "%s is not installed: the teacher speaks without its voices, which teaches a new "
+            "face's mouth less about natural voices (apt install %s)",
+            program,
+            packages,
+        )
+    return found
+
+
 def random_voice(split: Split, rng: np.random.Generator, festival_share: float = 0.35) -> Voice:
     """A voice of ``split`` with a rate and pitch drawn for one utterance.
 
-    festival gets a fixed share because it has few voices but the most natural ones.
+    festival gets a fixed share because it has few voices but the most natural ones; where it
+    is not installed, every voice is espeak-ng's.
     """
     pool = voices(split)
-    engine_pool = [v for v in pool if v.engine == "festival"]
+    engine_pool = [v for v in pool if v.engine in PROGRAMS and engine_installed(v.engine)]
     if not engine_pool or rng.random() >= festival_share:
         engine_pool = [v for v in pool if v.engine == "espeak"]
     base = engine_pool[int(rng.integers(len(engine_pool)))]
@@ -162,6 +190,12 @@ def synthesize(text: str, voice: Voice) -> Speech:
         raise ValueError("text is empty")
     if voice.engine == "recorded":
         raise ValueError("a recorded voice cannot synthesize")
+    if not engine_installed(voice.engine):
+        program, packages = PROGRAMS[voice.engine]
+        raise RuntimeError(
+            f"{program}'s voice {voice.name} is needed here and {program} is not installed "
+            f"(apt install {packages})"
+        )
     if voice.engine == "espeak":
         samples, rate, phones = _espeak(text, voice)
     else:
