@@ -29,11 +29,11 @@ def case_voices(n: int) -> list[Any]:
     three speaking rates, with every fourth case from the held-out festival voice (an espeak
     voice where festival is not installed: the figures then differ from docs/benchmarks.md's,
     and a warning says why)."""
-    from models.synth.speech import Voice, engine_installed, voices
+    from models.synth.speech import Voice, festival_installed, voices
 
     pool = voices("heldout")
     espeak = [v for v in pool if v.engine == "espeak"]
-    festival = [v for v in pool if v.engine == "festival" and engine_installed("festival")]
+    festival = [v for v in pool if v.engine == "festival" and festival_installed()]
     out = []
     for i in range(n):
         if festival and i % 4 == 3:

@@ -143,7 +143,7 @@ def test_cases_without_festival_are_espeak_voices(monkeypatch: pytest.MonkeyPatc
     """A machine with espeak-ng only still evaluates (create's self-check once died there)."""
     from models.synth import speech
 
-    monkeypatch.setattr(speech, "engine_installed", lambda engine: engine == "espeak")
+    monkeypatch.setattr(speech, "festival_installed", lambda: False)
     chosen = heldout.case_voices(12)
     assert {v.engine for v in chosen} == {"espeak"} and len({v.name for v in chosen}) >= 8
 

@@ -105,7 +105,7 @@ def test_without_festival_the_teacher_speaks_espeak_and_says_what_is_missing(
 ) -> None:
     """`make run` and the image once had espeak-ng only: `create` drew a festival voice for a
     third of its sentences and died of FileNotFoundError."""
-    monkeypatch.setattr(speech_module, "engine_installed", lambda engine: engine == "espeak")
+    monkeypatch.setattr(speech_module, "festival_installed", lambda: False)
     rng = np.random.default_rng(0)
     assert {random_voice("train", rng).engine for _ in range(60)} == {"espeak"}
     with pytest.raises(RuntimeError, match=r"festival is not installed.*apt install festival"):

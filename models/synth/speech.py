@@ -41,10 +41,8 @@ Engine = Literal["espeak", "festival", "recorded"]
 Split = Literal["train", "heldout"]
 PEAK = 0.9
 # espeak-ng is a library loaded in process (and required); festival is a program, its voices
-# in Debian packages of their own: engine -> (program, apt packages).
-PROGRAMS: dict[str, tuple[str, str]] = {
-    "festival": ("festival", "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"),
-}
+# in Debian packages of their own.
+FESTIVAL_PACKAGES = "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
 
 log = logging.getLogger("models.synth.speech")
 
@@ -146,18 +144,15 @@ def voices(split: Split) -> list[Voice]:
 
 
 @functools.cache
-def engine_installed(engine: str) -> bool:
-    """Whether ``engine`` can speak here (warned about once where it cannot)."""
-    if engine not in PROGRAMS:
-        return True
-    program, packages = PROGRAMS[engine]
-    found = shutil.which(program) is not None
+def festival_installed() -> bool:
+    """Whether festival can speak here (warned about once where it cannot)."""
+    found = shutil.which("festival") is not None
     if not found:
         log.warning(
-            "%s is not installed: the teacher speaks without its voices, which teaches a new "
-            "face's mouth less about natural voices (apt install %s)",
-            program,
-            packages,
+            "festival is not installed, so its voices are left out: create adapts a face on "
+            "espeak-ng's voices only, and eval's festival cases are spoken by espeak-ng "
+            "(apt install %s)",
+            FESTIVAL_PACKAGES,
         )
     return found
 
@@ -169,7 +164,7 @@ def random_voice(split: Split, rng: np.random.Generator, festival_share: float =
     is not installed, every voice is espeak-ng's.
     """
     pool = voices(split)
-    engine_pool = [v for v in pool if v.engine in PROGRAMS and engine_installed(v.engine)]
+    engine_pool = [v for v in pool if v.engine == "festival" and festival_installed()]
     if not engine_pool or rng.random() >= festival_share:
         engine_pool = [v for v in pool if v.engine == "espeak"]
     base = engine_pool[int(rng.integers(len(engine_pool)))]
@@ -190,11 +185,10 @@ def synthesize(text: str, voice: Voice) -> Speech:
         raise ValueError("text is empty")
     if voice.engine == "recorded":
         raise ValueError("a recorded voice cannot synthesize")
-    if not engine_installed(voice.engine):
-        program, packages = PROGRAMS[voice.engine]
+    if voice.engine == "festival" and not festival_installed():
         raise RuntimeError(
-            f"{program}'s voice {voice.name} is needed here and {program} is not installed "
-            f"(apt install {packages})"
+            f"festival's voice {voice.name} is needed here and festival is not installed "
+            f"(apt install {FESTIVAL_PACKAGES})"
         )
     if voice.engine == "espeak":
         samples, rate, phones = _espeak(text, voice)
