@@ -11,7 +11,7 @@ PORT ?= 8080
 # chromium is the real browser of the WebRTC tests (driven by playwright, no browser download);
 # nginx with its RTMP module receives the RTMP outputs' pushes in their tests.
 # srt-tools: srt-live-transmit sends the srt outputs (and is the SRT listener in their tests).
-RUN_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+RUN_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts srt-tools
 TEST_APT := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts chromium \
 	nginx libnginx-mod-rtmp srt-tools
 
