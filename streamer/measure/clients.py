@@ -21,6 +21,8 @@ from streamer.measure.liveserver import Speaker, sleep_until
 from streamer.measure.signals import voiced
 from streamer.measure.viewer import Viewer
 
+EXIT_GRACE_S = 5.0  # a client process that has reported gets this long to exit by itself
+
 
 class ClientProcess:
     """A process running :func:`clients`: ``python -m streamer.measure.clients REQUEST``."""
@@ -72,6 +74,14 @@ class ClientProcess:
         return dict(json.loads(await asyncio.wait_for(self.process.stdout.read(), 60)))
 
     async def aclose(self) -> None:
+        """End the process: one that has reported (its stdout closed) is exiting, so it gets a
+        few seconds to finish; any other is killed. Killing one that has just exited raced
+        asyncio's child watcher: ``kill`` polls, and so reaps, the child first, and the watcher
+        then logged "Unknown child process pid N, will report returncode 255"."""
+        stdout = self.process.stdout
+        if self.process.returncode is None and stdout is not None and stdout.at_eof():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.process.wait()), EXIT_GRACE_S)
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
