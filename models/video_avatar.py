@@ -129,7 +129,10 @@ def _probe(path: Path) -> tuple[VideoInfo, list[str]]:
     except VideoError as exc:
         raise CreateError(str(exc)) from None
     if not info.has_audio:
-        raise CreateError(f"{path} has no audio track: the avatar needs the person's speech")
+        raise CreateError(
+            f"{path} has no audio track: a video twin learns from the person's own speech, so "
+            "use a video of them talking with its sound (or make a photo avatar with --image)"
+        )
     if 0 < info.duration_s < MIN_SECONDS:
         raise CreateError(_too_short(info.duration_s))
     warnings = []

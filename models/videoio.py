@@ -75,6 +75,8 @@ def probe(path: Path | str) -> VideoInfo:
     try:
         if not container.streams.video:
             raise VideoError(f"{p} has no video stream")
+        if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+            raise VideoError(f"{p} is a still image, not a video: make a photo avatar with --image")
         stream = container.streams.video[0]
         try:
             first = next(container.decode(stream))

@@ -125,6 +125,11 @@ def test_bad_inputs(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "not a video" in run_create(capsys, "a", "--video", str(text))
     silent = write_video(tmp_path / "silent.mp4", numbered, 10, audio=False)
     assert "no audio track" in run_create(capsys, "a", "--video", str(silent))
+    photo = tmp_path / "me.jpg"
+    cv2.imwrite(str(photo), np.full((64, 64, 3), 128, np.uint8))
+    assert "still image, not a video: make a photo avatar with --image" in run_create(
+        capsys, "a", "--video", str(photo)
+    )
     short = write_video(tmp_path / "short.mp4", teacher_frame, 30)
     assert "at least 5 s" in run_create(capsys, "a", "--video", str(short))
     blank = write_video(tmp_path / "blank.mp4", numbered, 180)
