@@ -8,6 +8,7 @@ training) are imported inside the handlers so that ``--help`` is fast and servin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -216,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("avatarcast: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`avatarcast avatar show NAME | head`): stop quietly, as Unix
+        # tools do, and keep Python from failing again on the closed pipe at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _fail(message: str) -> int:

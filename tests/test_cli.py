@@ -194,6 +194,23 @@ def test_console_entry_point_has_no_traceback(home: Path, tmp_path: Path) -> Non
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_a_reader_that_goes_away_gets_no_traceback(home: Path, tmp_path: Path) -> None:
+    """`avatarcast avatar show NAME | head -1`: the pipe closes before the output is written."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer.cli", "avatar", "show", "default"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == ""
+
+
 def test_serve_on_a_busy_port_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     import socket
 
