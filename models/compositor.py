@@ -81,11 +81,7 @@ class Compositor:
 
     def _crop(self, index: int) -> np.ndarray:
         x0, y0, x1, y1 = (int(v) for v in self.avatar.boxes[index])
-        crop = self.avatar.frames[index, y0:y1, x0:x1]
-        if x1 - x0 != self._size:
-            interp = cv2.INTER_AREA if x1 - x0 > self._size else cv2.INTER_LINEAR
-            crop = cv2.resize(crop, (self._size, self._size), interpolation=interp)
-        return crop
+        return _square(self.avatar.frames[index, y0:y1, x0:x1], self._size)
 
     def _reference_detail(self, side: int) -> Reference | None:
         """The reference crop at the box's size as a source of detail, for photo avatars (a
@@ -94,11 +90,7 @@ class Compositor:
             return None
         reference = self._references.get(side)
         if reference is None:
-            image = self.avatar.reference
-            if side != image.shape[0]:
-                shrink = cv2.INTER_AREA if side < image.shape[0] else cv2.INTER_LINEAR
-                image = cv2.resize(image, (side, side), interpolation=shrink)
-            reference = self._references[side] = Reference(image)
+            reference = self._references[side] = Reference(_square(self.avatar.reference, side))
         return reference
 
     def _mask(self, side: int) -> np.ndarray:
@@ -198,3 +190,12 @@ def unmix_edges(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def _chw(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(image, (2, 0, 1)), np.float32) / 255.0
+
+
+def _square(image: np.ndarray, side: int) -> np.ndarray:
+    """A square ``image`` at ``side`` px: area-averaged when it shrinks, bilinear when it grows."""
+    width = image.shape[1]
+    if width == side:
+        return image
+    interp = cv2.INTER_AREA if width > side else cv2.INTER_LINEAR
+    return cv2.resize(image, (side, side), interpolation=interp)
